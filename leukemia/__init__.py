@@ -1,0 +1,41 @@
+"""leukemia: attention-augmented EfficientNet fine-tuning for ALL vs normal cells, C core on oneDNN.
+
+The compiled core (`leukemia._core`) is imported lazily so that the pure-Python parts
+(`leukemia.data`, `leukemia.io`) work even before the extension is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def _core() -> Any:
+    """Return the compiled extension module, with a clear error if it is missing."""
+    try:
+        from . import _core as core
+    except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+        raise ImportError(
+            "leukemia._core (the C extension) could not be imported: "
+            f"{exc}. Reinstall with `pip install -e .` so that it is compiled "
+            "against onednn-cpu-gomp."
+        ) from exc
+    return core
+
+
+def build_info() -> dict[str, Any]:
+    """oneDNN version, CPU runtime, dispatched ISA and thread count of the C core."""
+    return _core().build_info()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the C core (OpenMP / oneDNN) uses."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _core().set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Number of threads the C core uses."""
+    return int(_core().get_num_threads())
