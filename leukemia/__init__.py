@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def _core() -> Any:
+def _ext() -> Any:
     """Return the compiled extension module, with a clear error if it is missing."""
     try:
         from . import _core as core
@@ -26,16 +26,16 @@ def _core() -> Any:
 
 def build_info() -> dict[str, Any]:
     """oneDNN version, CPU runtime, dispatched ISA and thread count of the C core."""
-    return _core().build_info()
+    return _ext().build_info()
 
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads the C core (OpenMP / oneDNN) uses."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
-    _core().set_num_threads(n)
+    _ext().set_num_threads(n)
 
 
 def get_num_threads() -> int:
     """Number of threads the C core uses."""
-    return int(_core().get_num_threads())
+    return int(_ext().get_num_threads())

@@ -1,0 +1,217 @@
+/* The layer library: one struct per layer kind, planned once for fixed sizes.
+ *
+ * Conventions (see csrc/core/lk_dnnl.h):
+ *  - activations are NHWC float32; vectors are [N, C]; parameters keep
+ *    PyTorch's layout (conv [OC, IC/G, KH, KW], linear [OUT, IN]);
+ *  - argument order follows llm.c: outputs, then saved state, then inputs and
+ *    parameters; backward mirrors forward;
+ *  - backward functions OVERWRITE their gradient outputs (no accumulation);
+ *    a NULL gradient output skips that gradient;
+ *  - `_init` fills a zeroed struct; on failure the caller still calls `_free`,
+ *    which accepts partially built and zeroed structs.
+ * Each layer's forward and backward live in one file: csrc/layers/<layer>.c.
+ */
+#ifndef LK_LAYERS_H
+#define LK_LAYERS_H
+
+#include <stdint.h>
+
+#include "lk_dnnl.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- conv2d.c */
+typedef struct lk_conv2d_cfg {
+    int n, ic, ih, iw;      /* input [N, IH, IW, IC] */
+    int oc, kh, kw;         /* weights [OC, IC/groups, KH, KW] */
+    int sh, sw;             /* strides */
+    int pt, pl, pb, pr;     /* padding top, left, bottom, right */
+    int groups;             /* 1 .. IC; IC == OC == groups is depthwise */
+    int bias;               /* has a bias [OC] */
+    int train;              /* plan backward primitives */
+    int need_dx;            /* (train) compute the input gradient */
+} lk_conv2d_cfg;
+
+typedef struct lk_conv2d {
+    lk_conv2d_cfg cfg;
+    int oh, ow;
+    lk_prim fwd, bwd_d, bwd_w;
+    lk_prim w_to_fwd, w_to_bwd_d, dw_to_user; /* weight reorders (may be unused) */
+    int need_w_fwd, need_w_bwd_d, need_dw_user;
+    float *w_fwd, *w_bwd_d, *dw_int;          /* internal weight layouts */
+    dnnl_memory_t m_x, m_y, m_w_user, m_w_fwd, m_b, m_dx, m_dy, m_w_bwd_d, m_dw_int, m_dw_user, m_db;
+    const float *w_cached;  /* eval: weights already reordered for this pointer */
+    uint64_t w_cached_version;
+} lk_conv2d;
+
+lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
+/* y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w, b [OC] or NULL). `w_version`
+ * lets eval-mode callers skip the weight reorder when weights are unchanged
+ * (pass 0 to always reorder). */
+lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
+                            uint64_t w_version);
+/* dx [N, IH, IW, IC], dw [OC, IC/G, KH, KW], db [OC] from dy [N, OH, OW, OC]. */
+lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
+                             const float *x, const float *w);
+void lk_conv2d_free(lk_conv2d *L);
+
+/* ------------------------------------------------------------- batchnorm.c */
+typedef enum lk_bn_mode {
+    LK_BN_TRAIN = 0,  /* batch statistics, running stats updated, backward through stats */
+    LK_BN_EVAL = 1,   /* running statistics, no backward */
+    LK_BN_FROZEN = 2  /* running statistics, backward with them as constants */
+} lk_bn_mode;
+
+typedef struct lk_bn_cfg {
+    int n, c, h, w;   /* x [N, H, W, C]; BatchNorm1d is h = w = 1 */
+    float eps, momentum;
+    lk_bn_mode mode;
+    int need_dx;      /* (train/frozen) compute the input gradient */
+} lk_bn_cfg;
+
+typedef struct lk_bn {
+    lk_bn_cfg cfg;
+    lk_prim fwd, bwd;
+    float *scaleshift_tmp; /* [2, C] scratch for gradients if needed */
+    dnnl_memory_t m_x, m_y, m_mean, m_var, m_scale, m_shift, m_dx, m_dy, m_dscale, m_dshift;
+} lk_bn;
+
+lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg);
+/* y = gamma * (x - mean) / sqrt(var + eps) + beta. TRAIN: mean/var [C] receive
+ * the batch statistics (biased variance) and running_mean/var are updated as
+ * PyTorch does (momentum, unbiased variance). EVAL/FROZEN: mean/var may be NULL;
+ * the running statistics are used and left unchanged. */
+lk_status lk_bn_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
+                        const float *gamma, const float *beta, float *running_mean,
+                        float *running_var);
+/* TRAIN: mean/var are the saved batch statistics; FROZEN: pass the running ones. */
+lk_status lk_bn_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
+                         const float *x, const float *mean, const float *var, const float *gamma);
+void lk_bn_free(lk_bn *L);
+
+/* ------------------------------------------------------------ activation.c */
+typedef enum lk_act_kind { LK_ACT_SILU, LK_ACT_SIGMOID, LK_ACT_RELU, LK_ACT_RELU6 } lk_act_kind;
+
+typedef struct lk_act {
+    lk_act_kind kind;
+    int64_t count;
+    int train;
+    lk_prim fwd, bwd;
+    dnnl_memory_t m_x, m_y, m_dx, m_dy;
+} lk_act;
+
+lk_status lk_act_init(lk_act *L, lk_act_kind kind, int64_t count, int train);
+/* y = act(x); in place (y == x) is allowed. */
+lk_status lk_act_forward(lk_act *L, float *y, const float *x);
+/* dx = dy * act'(.); SiLU and ReLU/ReLU6 use x, sigmoid uses y (the other may
+ * be NULL). dx == dy is allowed. */
+lk_status lk_act_backward(lk_act *L, float *dx, const float *dy, const float *x, const float *y);
+void lk_act_free(lk_act *L);
+
+/* --------------------------------------------------------------- pooling.c */
+typedef enum lk_pool_kind { LK_POOL_AVG, LK_POOL_MAX } lk_pool_kind;
+
+typedef struct lk_gpool {
+    lk_pool_kind kind;
+    int n, c, h, w;
+    int train;
+    lk_prim fwd, bwd;
+    void *ws;  /* max-pool workspace from the last forward */
+    dnnl_memory_t m_x, m_y, m_dx, m_dy, m_ws;
+} lk_gpool;
+
+/* Global pooling over H, W. */
+lk_status lk_gpool_init(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int w, int train);
+/* y [N, C] from x [N, H, W, C]. */
+lk_status lk_gpool_forward(lk_gpool *L, float *y, const float *x);
+/* dx [N, H, W, C] from dy [N, C] (max: uses the workspace of the last forward). */
+lk_status lk_gpool_backward(lk_gpool *L, float *dx, const float *dy);
+void lk_gpool_free(lk_gpool *L);
+
+/* ---------------------------------------------------------------- linear.c */
+typedef struct lk_linear {
+    int n, in, out, bias, train, need_dx;
+    lk_prim fwd, bwd_d, bwd_w;
+    dnnl_memory_t m_x, m_y, m_w, m_b, m_dx, m_dy, m_dw, m_db;
+} lk_linear;
+
+lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int train, int need_dx);
+/* y [N, OUT] = x [N, IN] w^T [IN, OUT] + b [OUT]. */
+lk_status lk_linear_forward(lk_linear *L, float *y, const float *x, const float *w, const float *b);
+lk_status lk_linear_backward(lk_linear *L, float *dx, float *dw, float *db, const float *dy,
+                             const float *x, const float *w);
+void lk_linear_free(lk_linear *L);
+
+/* ------------------------------------------------------------ elementwise.c */
+/* Broadcast channel multiply (SE gate, channel attention):
+ * y [N, H, W, C] = x [N, H, W, C] * s [N, C]. */
+typedef struct lk_chmul {
+    int n, c, h, w;
+    lk_prim fwd;
+    dnnl_memory_t m_x, m_s, m_y;
+} lk_chmul;
+
+lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w);
+lk_status lk_chmul_forward(lk_chmul *L, float *y, const float *x, const float *s);
+/* dx = dy * s, ds [N, C] = sum over H, W of dy * x (either may be NULL). */
+lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, const float *x,
+                            const float *s);
+void lk_chmul_free(lk_chmul *L);
+
+/* y = a + b over `count` floats (y may alias a or b). */
+lk_status lk_add_forward(float *y, const float *a, const float *b, int64_t count);
+/* y += x (gradient accumulation, e.g. through a residual). */
+lk_status lk_add_inplace(float *y, const float *x, int64_t count);
+
+/* ---------------------------------------------------------------- dropout.c */
+/* Dropout: y = x * mask / (1 - p), mask[i] ~ Bernoulli(1 - p) from a
+ * counter-based generator: the mask depends only on (seed, i), not on threads. */
+lk_status lk_dropout_forward(float *y, uint8_t *mask, const float *x, int64_t count, float p,
+                             uint64_t seed);
+lk_status lk_dropout_backward(float *dx, const float *dy, const uint8_t *mask, int64_t count,
+                              float p);
+/* Stochastic depth, torchvision "row" mode: one keep flag per sample,
+ * y[n] = x[n] * keep[n] / (1 - p) for x [N, per_sample]. */
+lk_status lk_stochdepth_forward(float *y, uint8_t *keep, const float *x, int n,
+                                int64_t per_sample, float p, uint64_t seed);
+lk_status lk_stochdepth_backward(float *dx, const float *dy, const uint8_t *keep, int n,
+                                 int64_t per_sample, float p);
+
+/* ------------------------------------------------------------------- loss.c */
+/* Softmax cross-entropy, mean reduction, exactly as torch.nn.functional.cross_entropy
+ * with `weight` (class weights [K] or NULL) and `label_smoothing`. prob [N, K]
+ * is saved for the backward. */
+lk_status lk_xent_forward(float *loss, float *prob, const float *logits, const int32_t *labels,
+                          const float *class_weight, int n, int k, float smoothing);
+/* dlogits [N, K] = dloss * d(loss)/d(logits). */
+lk_status lk_xent_backward(float *dlogits, const float *prob, const int32_t *labels,
+                           const float *class_weight, int n, int k, float smoothing, float dloss);
+
+/* -------------------------------------------------------------- chanstat.c */
+/* Spatial-attention input: y [N, H, W, 2] with y[..., 0] = mean over C and
+ * y[..., 1] = max over C of x [N, H, W, C]; argmax [N, H, W] saved for backward. */
+lk_status lk_chanstat_forward(float *y, int32_t *argmax, const float *x, int64_t npos, int c);
+/* dx [N, H, W, C] from dy [N, H, W, 2]. */
+lk_status lk_chanstat_backward(float *dx, const float *dy, const int32_t *argmax, int64_t npos,
+                               int c);
+
+/* --------------------------------------------------------------- softmax.c */
+/* Softmax over the last axis of [rows, cols] (attention pooling over H*W). */
+typedef struct lk_softmax {
+    int rows, cols, train;
+    lk_prim fwd, bwd;
+    dnnl_memory_t m_x, m_y, m_dx, m_dy;
+} lk_softmax;
+
+lk_status lk_softmax_init(lk_softmax *L, int rows, int cols, int train);
+lk_status lk_softmax_forward(lk_softmax *L, float *y, const float *x);
+/* dx from dy and the forward output y. */
+lk_status lk_softmax_backward(lk_softmax *L, float *dx, const float *dy, const float *y);
+void lk_softmax_free(lk_softmax *L);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

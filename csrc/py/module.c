@@ -1,0 +1,74 @@
+/* leukemia._core: multi-phase initialised module that concatenates the method
+ * tables of the binding files. */
+#define LK_PY_MODULE_MAIN
+#include "lk_py.h"
+
+#include "lk_dnnl.h"
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
+    lk_build_info info;
+    lk_get_build_info(&info);
+    char version[64];
+    snprintf(version, sizeof version, "%d.%d.%d", info.dnnl_major, info.dnnl_minor,
+             info.dnnl_patch);
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i}", "onednn_version", version, "onednn_commit",
+                         info.dnnl_hash ? info.dnnl_hash : "", "cpu_runtime", info.cpu_runtime,
+                         "isa", info.isa, "num_threads", lk_get_num_threads());
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 4096) return PyErr_Format(PyExc_ValueError, "num_threads must be in 1..4096, got %ld", n);
+    lk_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
+    return PyLong_FromLong(lk_get_num_threads());
+}
+
+static PyObject *py_exec_counts(PyObject *self, PyObject *noargs) {
+    return Py_BuildValue("(KK)", (unsigned long long)lk_exec_count(),
+                         (unsigned long long)lk_reorder_exec_count());
+}
+
+PyMethodDef lk_py_core_methods[] = {
+    {"build_info", py_build_info, METH_NOARGS, "oneDNN version, runtime, ISA and threads."},
+    {"set_num_threads", py_set_num_threads, METH_O, "Set the thread count of the core."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
+    {"exec_counts", py_exec_counts, METH_NOARGS,
+     "(primitive executions, reorder executions) since import."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef *lk_py_tables[] = {
+    lk_py_core_methods,   lk_py_conv_methods,        lk_py_bn_methods,
+    lk_py_act_methods,    lk_py_pool_methods,        lk_py_linear_methods,
+    lk_py_elementwise_methods, lk_py_dropout_methods, lk_py_loss_methods,
+    lk_py_attention_methods, lk_py_model_methods,
+};
+
+static int lk_py_exec(PyObject *m) {
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+    for (size_t t = 0; t < sizeof lk_py_tables / sizeof lk_py_tables[0]; t++) {
+        if (PyModule_AddFunctions(m, lk_py_tables[t]) < 0) return -1;
+    }
+    if (lk_py_model_register(m) < 0) return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot lk_py_slots[] = {
+    {Py_mod_exec, (void *)lk_py_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef lk_py_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "leukemia._core",
+    .m_doc = "C core of leukemia: EfficientNet layers and models on oneDNN.",
+    .m_size = 0,
+    .m_slots = lk_py_slots,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&lk_py_module); }

@@ -1,0 +1,47 @@
+"""Argument normalisation shared by the layer-level NumPy API.
+
+The C binding checks again (dtype, rank, contiguity, writability); these helpers
+give the friendlier messages and the NCHW <-> NHWC conversions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def as_f32(x: object, name: str, ndim: int | None = None) -> np.ndarray:
+    """Return `x` as a C-contiguous float32 array; TypeError for other dtypes."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def check_finite(x: np.ndarray, name: str) -> None:
+    """ValueError if `x` holds NaN or Inf."""
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> contiguous [N, H, W, C]."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    """[N, H, W, C] -> contiguous [N, C, H, W]."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair of ints."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v), int(v)
+    if isinstance(v, Sequence) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
+        return int(v[0]), int(v[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")

@@ -1,0 +1,94 @@
+"""conv2d forward/backward against torch.nn.functional.conv2d and finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _gradcheck import FD_RTOL, FWD_RTOL, GRAD_RTOL, assert_close, directional_fd, probe
+
+from leukemia import _ext
+from leukemia.functional import conv2d_backward, conv2d_forward, conv_padding
+
+# (n, cin, h, w, cout, k, stride, groups, bias, padding)
+CASES = [
+    (1, 3, 17, 13, 8, 3, 2, 1, False, "symmetric"),      # stem-like, odd non-square, batch 1
+    (2, 16, 9, 11, 24, 1, 1, 1, False, 0),              # 1x1 pointwise
+    (3, 12, 15, 10, 12, 5, 2, 12, False, "symmetric"),  # depthwise 5x5 stride 2
+    (2, 8, 7, 7, 8, 3, 1, 8, False, "symmetric"),       # depthwise 3x3
+    (2, 8, 1, 1, 4, 1, 1, 1, True, 0),                  # SE fc on 1x1 with bias
+    (2, 6, 10, 9, 9, 3, 1, 3, True, (0, 1, 2, 1)),      # grouped, asymmetric padding, bias
+    (1, 4, 12, 12, 4, 5, 2, 4, False, "same"),          # TF SAME (asymmetric) depthwise
+]
+
+
+def _torch_conv(x, w, b, stride, pad, groups):
+    t, l, bo, r = pad
+    xt = F.pad(x, (l, r, t, bo))
+    return F.conv2d(xt, w, b, stride=stride, groups=groups)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_conv2d_matches_torch_and_fd(case):
+    n, cin, h, w_, cout, k, s, g, bias, padding = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal((n, cin, h, w_)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin // g, k, k)) / np.sqrt(cin // g * k * k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    pad = conv_padding(padding, (k, k), (s, s), (h, w_))
+
+    y = conv2d_forward(x, w, b, stride=s, padding=pad, groups=g)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
+    yt = _torch_conv(xt, wt, bt, s, pad, g)
+    assert y.shape == tuple(yt.shape)
+    assert_close(y, yt.detach().numpy(), FWD_RTOL, "conv2d forward")
+
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.tensor(r, dtype=torch.float64))
+    dx, dw, db = conv2d_backward(r, x, w, bias=bias, stride=s, padding=pad, groups=g)
+    assert_close(dx, xt.grad.numpy(), GRAD_RTOL, "conv2d dx")
+    assert_close(dw, wt.grad.numpy(), GRAD_RTOL, "conv2d dw")
+    if bias:
+        assert_close(db, bt.grad.numpy(), GRAD_RTOL, "conv2d db")
+
+    # Finite differences in float64 along random directions, for x and w.
+    fx = lambda xx: probe(conv2d_forward(xx, w, b, stride=s, padding=pad, groups=g), r)  # noqa: E731
+    fw = lambda ww: probe(conv2d_forward(x, ww, b, stride=s, padding=pad, groups=g), r)  # noqa: E731
+    assert directional_fd(fx, x, dx, rng) < FD_RTOL
+    assert directional_fd(fw, w, dw, rng) < FD_RTOL
+
+
+def test_conv2d_bad_inputs():
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        conv2d_forward(x.astype(np.float64), w)
+    with pytest.raises(ValueError, match="w must have 4 dimensions"):
+        conv2d_forward(x, w[0])
+    with pytest.raises(ValueError, match="groups"):
+        conv2d_forward(x, w, groups=3)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv2d_forward(x[:, :, :2, :2], w)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        conv2d_forward([[1.0]], w)  # type: ignore[arg-type]
+    # Direct binding: read-only, non-contiguous, wrong-shape outputs.
+    xh = np.zeros((1, 8, 8, 4), np.float32)
+    y = np.zeros((1, 8, 8, 4), np.float32)
+    y.setflags(write=False)
+    with pytest.raises(ValueError, match="output array y is read-only"):
+        _ext().conv2d_forward(y, xh, w, None, (1, 1), (1, 1, 1, 1), 1)
+    y2 = np.zeros((1, 8, 8, 8), np.float32)[..., ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _ext().conv2d_forward(y2, xh, w, None, (1, 1), (1, 1, 1, 1), 1)
+    with pytest.raises(ValueError, match=r"y has shape \(1, 8, 8, 5\)"):
+        _ext().conv2d_forward(np.zeros((1, 8, 8, 5), np.float32), xh, w, None, (1, 1),
+                              (1, 1, 1, 1), 1)
+    with pytest.raises(ValueError, match="stride"):
+        _ext().conv2d_forward(np.zeros((1, 8, 8, 4), np.float32), xh, w, None, (0, 1),
+                              (1, 1, 1, 1), 1)
+    with pytest.raises(ValueError, match="dw has shape"):
+        _ext().conv2d_backward(None, np.zeros((4, 4, 3, 1), np.float32), None,
+                               np.zeros((1, 8, 8, 4), np.float32), xh, w, (1, 1), (1, 1, 1, 1), 1)
