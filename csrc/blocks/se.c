@@ -1,0 +1,69 @@
+/* Squeeze-and-excitation: out = x * sigmoid(fc2(silu(fc1(GAP(x))))). The two
+ * 1x1 convolutions act on [N, 1, 1, C] tensors. */
+#include <string.h>
+
+#include "lk_blocks.h"
+
+lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, int h, int w) {
+    s->n = o->n;
+    s->h = h;
+    s->w = w;
+    LK_TRY(lk_gpool_init(&s->pool, LK_POOL_AVG, o->n, s->c, h, w, o->train));
+    lk_conv2d_cfg c1 = {.n = o->n, .ic = s->c, .ih = 1, .iw = 1, .oc = s->sq, .kh = 1, .kw = 1,
+                        .sh = 1, .sw = 1, .groups = 1, .bias = 1, .train = o->train,
+                        .need_dx = 1};
+    LK_TRY(lk_conv2d_init(&s->fc1, &c1));
+    lk_conv2d_cfg c2 = c1;
+    c2.ic = s->sq;
+    c2.oc = s->c;
+    LK_TRY(lk_conv2d_init(&s->fc2, &c2));
+    LK_TRY(lk_act_init(&s->act1, LK_ACT_SILU, (int64_t)o->n * s->sq, o->train));
+    LK_TRY(lk_act_init(&s->act2, LK_ACT_SIGMOID, (int64_t)o->n * s->c, o->train));
+    LK_TRY(lk_chmul_init(&s->mul, o->n, s->c, h, w));
+    return LK_OK;
+}
+
+void lk_se_bind(lk_se *s, lk_arena *a, const lk_plan_opts *o) {
+    size_t nc = (size_t)s->n * s->c, nq = (size_t)s->n * s->sq;
+    s->pooled = lk_arena_take(a, nc);
+    s->z1 = lk_arena_take(a, nq);
+    s->a1 = lk_arena_take(a, nq);
+    s->z2 = lk_arena_take(a, nc);
+    s->gate = lk_arena_take(a, nc);
+    s->out = lk_arena_take(a, nc * s->h * s->w);
+    lk_arena_note(a, nc * s->h * s->w);
+    s->dsmall = o->train ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
+}
+
+lk_status lk_se_forward(lk_se *s, const float *x) {
+    LK_TRY(lk_gpool_forward(&s->pool, s->pooled, x));
+    LK_TRY(lk_conv2d_forward(&s->fc1, s->z1, s->pooled, s->p.w1, s->p.b1, 0));
+    LK_TRY(lk_act_forward(&s->act1, s->a1, s->z1));
+    LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, 0));
+    LK_TRY(lk_act_forward(&s->act2, s->gate, s->z2));
+    return lk_chmul_forward(&s->mul, s->out, x, s->gate);
+}
+
+/* dx [N, H, W, C] = dy * gate + GAP^T(d pooled); uses g->s1 for the pooled path. */
+lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
+                         const lk_grad_scratch *g) {
+    size_t big = (size_t)s->n * (s->c > s->sq ? s->c : s->sq);
+    float *dgate = s->dsmall, *dz2 = s->dsmall + big, *da1 = s->dsmall + 2 * big,
+          *dpool = s->dsmall + 3 * big;
+    LK_TRY(lk_chmul_backward(&s->mul, dx, dgate, dy, x, s->gate));
+    LK_TRY(lk_act_backward(&s->act2, dz2, dgate, s->z2, s->gate));
+    LK_TRY(lk_conv2d_backward(&s->fc2, da1, s->p.dw2, s->p.db2, dz2, s->a1, s->p.w2));
+    LK_TRY(lk_act_backward(&s->act1, da1, da1, s->z1, s->a1));
+    LK_TRY(lk_conv2d_backward(&s->fc1, dpool, s->p.dw1, s->p.db1, da1, s->pooled, s->p.w1));
+    LK_TRY(lk_gpool_backward(&s->pool, g->s1, dpool));
+    return lk_add_inplace(dx, g->s1, (int64_t)s->n * s->h * s->w * s->c);
+}
+
+void lk_se_free(lk_se *s) {
+    lk_gpool_free(&s->pool);
+    lk_conv2d_free(&s->fc1);
+    lk_conv2d_free(&s->fc2);
+    lk_act_free(&s->act1);
+    lk_act_free(&s->act2);
+    lk_chmul_free(&s->mul);
+}
