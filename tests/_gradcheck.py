@@ -46,7 +46,10 @@ def directional_fd(f: Callable[[np.ndarray], float], x: np.ndarray, grad: np.nda
         step = (xp.astype(np.float64) - xm.astype(np.float64)) / 2.0
         fd = (f(xp) - f(xm)) / 2.0
         an = float(np.sum(grad.astype(np.float64) * step))
-        scale = max(abs(fd), abs(an), 1e-6)
+        # Typical size of a random directional derivative: guards against directions
+        # that happen to be nearly orthogonal to the gradient.
+        typical = float(np.linalg.norm(grad) * np.linalg.norm(step)) / np.sqrt(max(x.size, 1))
+        scale = max(abs(fd), abs(an), typical, 1e-12)
         worst = max(worst, abs(fd - an) / scale)
     return worst
 

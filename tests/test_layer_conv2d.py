@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def _torch_conv(x, w, b, stride, pad, groups):
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_conv2d_matches_torch_and_fd(case):
     n, cin, h, w_, cout, k, s, g, bias, padding = case
-    rng = np.random.default_rng(hash(case) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     x = rng.standard_normal((n, cin, h, w_)).astype(np.float32)
     w = (rng.standard_normal((cout, cin // g, k, k)) / np.sqrt(cin // g * k * k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32) if bias else None

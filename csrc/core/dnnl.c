@@ -15,7 +15,7 @@ static dnnl_engine_t lk_engine_;
 static dnnl_status_t lk_engine_status_ = dnnl_success;
 static pthread_once_t lk_engine_once_ = PTHREAD_ONCE_INIT;
 static _Thread_local dnnl_stream_t lk_stream_;
-static atomic_uint_fast64_t lk_exec_count_, lk_reorder_count_;
+static atomic_uint_fast64_t lk_exec_count_, lk_reorder_count_, lk_weight_reorder_count_;
 
 const char *lk_dnnl_status_str(dnnl_status_t s) { return dnnl_status2str(s); }
 
@@ -140,8 +140,10 @@ lk_status lk_prim_exec(lk_prim *P, int nargs, const dnnl_exec_arg_t *args) {
     atomic_fetch_add(&lk_exec_count_, 1);
     dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
     if (dnnl_primitive_desc_query(P->pd, dnnl_query_primitive_kind, 0, &kind) == dnnl_success &&
-        kind == dnnl_reorder)
+        kind == dnnl_reorder) {
         atomic_fetch_add(&lk_reorder_count_, 1);
+        if (P->weights) atomic_fetch_add(&lk_weight_reorder_count_, 1);
+    }
     return LK_OK;
 }
 
@@ -224,3 +226,4 @@ lk_status lk_reorder_init(lk_prim *P, int *needed, const_dnnl_memory_desc_t from
 
 uint64_t lk_exec_count(void) { return atomic_load(&lk_exec_count_); }
 uint64_t lk_reorder_exec_count(void) { return atomic_load(&lk_reorder_count_); }
+uint64_t lk_weight_reorder_exec_count(void) { return atomic_load(&lk_weight_reorder_count_); }

@@ -59,6 +59,7 @@ typedef struct lk_prim {
     dnnl_primitive_t p;       /* owned */
     dnnl_memory_t scratch;    /* owned, NULL if the primitive needs none */
     void *scratch_buf;        /* owned, 64-byte aligned */
+    int weights;              /* a weight reorder (counted apart from activation reorders) */
 } lk_prim;
 
 /* Take ownership of `pd` (even on failure) and create the primitive. */
@@ -97,6 +98,7 @@ void lk_free(void *p);
  * number of reorders in a steady-state step). */
 uint64_t lk_exec_count(void);
 uint64_t lk_reorder_exec_count(void);
+uint64_t lk_weight_reorder_exec_count(void);
 
 #ifdef __cplusplus
 }

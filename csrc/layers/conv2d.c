@@ -72,6 +72,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     pd = NULL;
     const_dnnl_memory_desc_t w_fwd_md = lk_prim_md(&L->fwd, dnnl_query_weights_md, 0);
     TRY(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
+    L->w_to_fwd.weights = 1;
     if (L->need_w_fwd) {
         L->w_fwd = lk_alloc(dnnl_memory_desc_get_size(w_fwd_md));
         if (!L->w_fwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
@@ -91,6 +92,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             pd = NULL;
             const_dnnl_memory_desc_t w_bd_md = lk_prim_md(&L->bwd_d, dnnl_query_weights_md, 0);
             TRY(lk_reorder_init(&L->w_to_bwd_d, &L->need_w_bwd_d, w_user, w_bd_md));
+            L->w_to_bwd_d.weights = 1;
             if (L->need_w_bwd_d) {
                 L->w_bwd_d = lk_alloc(dnnl_memory_desc_get_size(w_bd_md));
                 if (!L->w_bwd_d) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
@@ -105,6 +107,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
         pd = NULL;
         const_dnnl_memory_desc_t dw_md = lk_prim_md(&L->bwd_w, dnnl_query_diff_weights_md, 0);
         TRY(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));
+        L->dw_to_user.weights = 1;
         if (L->need_dw_user) {
             L->dw_int = lk_alloc(dnnl_memory_desc_get_size(dw_md));
             if (!L->dw_int) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight-gradient buffer"); goto done; }

@@ -29,8 +29,9 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 }
 
 static PyObject *py_exec_counts(PyObject *self, PyObject *noargs) {
-    return Py_BuildValue("(KK)", (unsigned long long)lk_exec_count(),
-                         (unsigned long long)lk_reorder_exec_count());
+    return Py_BuildValue("{s:K,s:K,s:K}", "primitives", (unsigned long long)lk_exec_count(),
+                         "reorders", (unsigned long long)lk_reorder_exec_count(),
+                         "weight_reorders", (unsigned long long)lk_weight_reorder_exec_count());
 }
 
 PyMethodDef lk_py_core_methods[] = {
@@ -38,7 +39,7 @@ PyMethodDef lk_py_core_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Set the thread count of the core."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
     {"exec_counts", py_exec_counts, METH_NOARGS,
-     "(primitive executions, reorder executions) since import."},
+     "Counts of primitive, reorder and weight-reorder executions since import."},
     {NULL, NULL, 0, NULL},
 };
 

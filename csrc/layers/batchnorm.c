@@ -1,0 +1,250 @@
+/* Batch normalization (2-D and 1-D): forward and backward on oneDNN.
+ *
+ * Activations are NHWC ([N, C] for BatchNorm1d, h = w = 1); gamma and beta are
+ * separate [C] arrays (oneDNN v3 DNNL_ARG_SCALE / DNNL_ARG_SHIFT).
+ *  - TRAIN: batch statistics (oneDNN gives the biased variance); the running
+ *    statistics are then updated in plain C exactly as PyTorch does, with the
+ *    unbiased variance var * M / (M - 1), M = N*H*W.
+ *  - EVAL / FROZEN: the running statistics are inputs (dnnl_use_global_stats);
+ *    FROZEN's backward treats them as constants, which oneDNN supports directly.
+ * When only dgamma/dbeta are wanted (first trainable layer after a frozen
+ * prefix), a plain C reduction computes them without writing a dx.
+ */
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "lk_layers.h"
+
+static lk_status bn_check(const lk_bn_cfg *c) {
+    LK_REQUIRE(c->n > 0 && c->c > 0 && c->h > 0 && c->w > 0,
+               "batchnorm: sizes must be positive (n=%d c=%d h=%d w=%d)", c->n, c->c, c->h, c->w);
+    LK_REQUIRE(c->mode == LK_BN_TRAIN || c->mode == LK_BN_EVAL || c->mode == LK_BN_FROZEN,
+               "batchnorm: mode must be LK_BN_TRAIN, LK_BN_EVAL or LK_BN_FROZEN, got %d",
+               (int)c->mode);
+    LK_REQUIRE(isfinite(c->eps) && c->eps > 0.0f, "batchnorm: eps must be > 0, got %g",
+               (double)c->eps);
+    LK_REQUIRE(c->momentum >= 0.0f && c->momentum <= 1.0f,
+               "batchnorm: momentum must be in [0, 1], got %g", (double)c->momentum);
+    /* PyTorch refuses this too: the unbiased variance of one value is undefined. */
+    LK_REQUIRE(c->mode != LK_BN_TRAIN || (int64_t)c->n * c->h * c->w > 1,
+               "batchnorm: expected more than 1 value per channel when training, got "
+               "n*h*w = %lld (n=%d h=%d w=%d)",
+               (long long)c->n * c->h * c->w, c->n, c->h, c->w);
+    return LK_OK;
+}
+
+/* Activation descriptor: [N, C] ("nc") for BatchNorm1d, NHWC otherwise. */
+static lk_status bn_act_md(dnnl_memory_desc_t *md, const lk_bn_cfg *c) {
+    if (c->h == 1 && c->w == 1) return lk_md2(md, c->n, c->c, dnnl_nc);
+    return lk_md4(md, c->n, c->c, c->h, c->w, dnnl_nhwc);
+}
+
+lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg) {
+    memset(L, 0, sizeof *L);
+    L->cfg = *cfg;
+    const lk_bn_cfg *c = &L->cfg;
+    LK_TRY(bn_check(c));
+
+    dnnl_engine_t eng;
+    LK_TRY(lk_engine(&eng));
+    lk_status st = LK_OK;
+    dnnl_memory_desc_t x_md = NULL, c_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL, hint = NULL;
+    const unsigned ss = dnnl_use_scale | dnnl_use_shift;
+    const unsigned flags = c->mode == LK_BN_TRAIN ? ss : ss | dnnl_use_global_stats;
+
+#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
+#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
+        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
+                     lk_dnnl_status_str(s_)); goto done; } } while (0)
+
+    TRY(bn_act_md(&x_md, c));    /* [N, H, W, C] or [N, C] */
+    TRY(lk_md1(&c_md, c->c));    /* [C]: mean, var, gamma, beta and their gradients */
+    TRY(lk_attr(&attr));
+
+    /* [2, C]: batch mean/var when the caller passes none, or discarded gradients. */
+    L->scaleshift_tmp = lk_alloc(2 * (size_t)c->c * sizeof(float));
+    if (!L->scaleshift_tmp) { st = LK_FAIL(LK_ERR_NOMEM, "batchnorm: [2, C] scratch"); goto done; }
+
+    /* EVAL and FROZEN forwards are the same inference with the running stats. */
+    DN(dnnl_batch_normalization_forward_primitive_desc_create(
+        &pd, eng, c->mode == LK_BN_TRAIN ? dnnl_forward_training : dnnl_forward_inference, x_md,
+        x_md, c->eps, flags, attr));
+    TRY(lk_prim_init(&L->fwd, pd));
+    pd = NULL;
+    TRY(lk_mem(&L->m_x, x_md));
+    TRY(lk_mem(&L->m_y, x_md));
+    TRY(lk_mem(&L->m_mean, c_md));
+    TRY(lk_mem(&L->m_var, c_md));
+    TRY(lk_mem(&L->m_scale, c_md));
+    TRY(lk_mem(&L->m_shift, c_md));
+
+    if (c->mode != LK_BN_EVAL && c->need_dx) {
+        /* The backward wants a training forward as its hint; FROZEN's forward
+         * is an inference one, so make a throwaway training descriptor. */
+        const_dnnl_primitive_desc_t h = L->fwd.pd;
+        if (c->mode == LK_BN_FROZEN) {
+            DN(dnnl_batch_normalization_forward_primitive_desc_create(
+                &hint, eng, dnnl_forward_training, x_md, x_md, c->eps, flags, attr));
+            h = hint;
+        }
+        DN(dnnl_batch_normalization_backward_primitive_desc_create(
+            &pd, eng, dnnl_backward, x_md, x_md, x_md, c->eps, flags, h, attr));
+        TRY(lk_prim_init(&L->bwd, pd));
+        pd = NULL;
+        TRY(lk_mem(&L->m_dx, x_md));
+        TRY(lk_mem(&L->m_dy, x_md));
+        TRY(lk_mem(&L->m_dscale, c_md));
+        TRY(lk_mem(&L->m_dshift, c_md));
+    }
+#undef TRY
+#undef DN
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (hint) dnnl_primitive_desc_destroy(hint);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (x_md) dnnl_memory_desc_destroy(x_md);
+    if (c_md) dnnl_memory_desc_destroy(c_md);
+    return st;
+}
+
+/* PyTorch's running-statistics update (float32 state, double arithmetic). */
+static void bn_update_running(float *running_mean, float *running_var, const float *mean,
+                              const float *var, int c, double momentum, int64_t m) {
+    const double unbias = (double)m / (double)(m - 1);
+    for (int i = 0; i < c; i++) {
+        running_mean[i] = (float)((1.0 - momentum) * running_mean[i] + momentum * mean[i]);
+        running_var[i] = (float)((1.0 - momentum) * running_var[i] + momentum * var[i] * unbias);
+    }
+}
+
+lk_status lk_bn_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
+                        const float *gamma, const float *beta, float *running_mean,
+                        float *running_var) {
+    const lk_bn_cfg *c = &L->cfg;
+    LK_REQUIRE(L->fwd.p, "batchnorm: layer not initialised");
+    LK_REQUIRE(y && x && gamma && beta, "batchnorm forward: NULL argument (y, x, gamma, beta)");
+    const float *use_mean, *use_var;
+    if (c->mode == LK_BN_TRAIN) {
+        /* Running stats are optional in training (track_running_stats=False). */
+        LK_REQUIRE(!running_mean == !running_var,
+                   "batchnorm forward: pass both running_mean and running_var, or neither");
+        if (!mean) mean = L->scaleshift_tmp;
+        if (!var) var = L->scaleshift_tmp + c->c;
+        use_mean = mean;
+        use_var = var;
+    } else {
+        LK_REQUIRE(running_mean && running_var,
+                   "batchnorm forward: eval/frozen mode needs running_mean and running_var");
+        use_mean = running_mean;
+        use_var = running_var;
+    }
+    LK_TRY(lk_mem_set(L->m_x, x));
+    LK_TRY(lk_mem_set(L->m_y, y));
+    LK_TRY(lk_mem_set(L->m_mean, use_mean));
+    LK_TRY(lk_mem_set(L->m_var, use_var));
+    LK_TRY(lk_mem_set(L->m_scale, gamma));
+    LK_TRY(lk_mem_set(L->m_shift, beta));
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, L->m_x},        {DNNL_ARG_DST, L->m_y},
+                                    {DNNL_ARG_MEAN, L->m_mean},    {DNNL_ARG_VARIANCE, L->m_var},
+                                    {DNNL_ARG_SCALE, L->m_scale},  {DNNL_ARG_SHIFT, L->m_shift}};
+    LK_TRY(lk_prim_exec(&L->fwd, 6, args));
+    if (c->mode == LK_BN_TRAIN && running_mean)
+        bn_update_running(running_mean, running_var, mean, var, c->c, c->momentum,
+                          (int64_t)c->n * c->h * c->w);
+    /* EVAL/FROZEN: hand the statistics used back when asked, for symmetry. */
+    if (c->mode != LK_BN_TRAIN) {
+        if (mean && mean != running_mean) memcpy(mean, running_mean, sizeof(float) * (size_t)c->c);
+        if (var && var != running_var) memcpy(var, running_var, sizeof(float) * (size_t)c->c);
+    }
+    return LK_OK;
+}
+
+/* dgamma [C] = sum(dy * (x - mean) * rstd), dbeta [C] = sum(dy) over N*H*W rows
+ * of NHWC, without a dx. Rows are split over threads (channels stay contiguous
+ * for vector loads); each thread accumulates in double, then the partials are
+ * summed in a fixed order, so the result does not depend on scheduling. */
+static lk_status bn_param_grads(float *dgamma, float *dbeta, const float *dy, const float *x,
+                                const float *mean, const float *var, int c, int64_t rows,
+                                float eps) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    if ((int64_t)nt > rows) nt = (int)rows;
+    double *part = lk_alloc(sizeof(double) * 2 * (size_t)c * (size_t)nt); /* [NT, 2, C] */
+    if (!part) return LK_FAIL(LK_ERR_NOMEM, "batchnorm: [%d, 2, %d] partial sums", nt, c);
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        double *sxy = part + (size_t)t * 2 * c, *sy = sxy + c; /* sum(dy*(x-mean)), sum(dy) */
+        for (int j = 0; j < c; j++) sxy[j] = sy[j] = 0.0;
+        const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        for (int64_t r = r0; r < r1; r++) {
+            const float *xr = x + r * c, *dyr = dy + r * c;
+            for (int j = 0; j < c; j++) {
+                sxy[j] += (double)dyr[j] * ((double)xr[j] - mean[j]);
+                sy[j] += dyr[j];
+            }
+        }
+    }
+    for (int j = 0; j < c; j++) {
+        double a = 0.0, b = 0.0;
+        for (int t = 0; t < nt; t++) {
+            a += part[(size_t)t * 2 * c + j];
+            b += part[(size_t)t * 2 * c + c + j];
+        }
+        if (dgamma) dgamma[j] = (float)(a / sqrt((double)var[j] + eps));
+        if (dbeta) dbeta[j] = (float)b;
+    }
+    lk_free(part);
+    return LK_OK;
+}
+
+lk_status lk_bn_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
+                         const float *x, const float *mean, const float *var, const float *gamma) {
+    const lk_bn_cfg *c = &L->cfg;
+    LK_REQUIRE(L->fwd.p, "batchnorm: layer not initialised");
+    LK_REQUIRE(c->mode != LK_BN_EVAL, "batchnorm backward: the layer is in eval mode "
+                                      "(use LK_BN_FROZEN for gradients with running statistics)");
+    LK_REQUIRE(dy && x && mean && var, "batchnorm backward: NULL argument (dy, x, mean, var)");
+    if (!dx) {
+        if (!dgamma && !dbeta) return LK_OK;
+        return bn_param_grads(dgamma, dbeta, dy, x, mean, var, c->c,
+                              (int64_t)c->n * c->h * c->w, c->eps);
+    }
+    LK_REQUIRE(L->bwd.p, "batchnorm backward: planned without the input gradient (need_dx=0)");
+    LK_REQUIRE(gamma, "batchnorm backward: gamma is required for dx");
+    LK_TRY(lk_mem_set(L->m_x, x));
+    LK_TRY(lk_mem_set(L->m_dy, dy));
+    LK_TRY(lk_mem_set(L->m_dx, dx));
+    LK_TRY(lk_mem_set(L->m_mean, mean));
+    LK_TRY(lk_mem_set(L->m_var, var));
+    LK_TRY(lk_mem_set(L->m_scale, gamma));
+    LK_TRY(lk_mem_set(L->m_dscale, dgamma ? dgamma : L->scaleshift_tmp));
+    LK_TRY(lk_mem_set(L->m_dshift, dbeta ? dbeta : L->scaleshift_tmp + c->c));
+    const dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, L->m_x},           {DNNL_ARG_DIFF_DST, L->m_dy},
+        {DNNL_ARG_MEAN, L->m_mean},       {DNNL_ARG_VARIANCE, L->m_var},
+        {DNNL_ARG_SCALE, L->m_scale},     {DNNL_ARG_DIFF_SRC, L->m_dx},
+        {DNNL_ARG_DIFF_SCALE, L->m_dscale}, {DNNL_ARG_DIFF_SHIFT, L->m_dshift}};
+    return lk_prim_exec(&L->bwd, 8, args);
+}
+
+void lk_bn_free(lk_bn *L) {
+    lk_prim_free(&L->fwd);
+    lk_prim_free(&L->bwd);
+    lk_free(L->scaleshift_tmp);
+    dnnl_memory_t *mems[] = {&L->m_x,     &L->m_y,  &L->m_mean, &L->m_var,    &L->m_scale,
+                             &L->m_shift, &L->m_dx, &L->m_dy,   &L->m_dscale, &L->m_dshift};
+    for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);
+    memset(L, 0, sizeof *L);
+}

@@ -1,0 +1,163 @@
+/* Broadcast channel multiply (oneDNN binary forward, plain-C backward) and
+ * elementwise add (plain C).
+ *
+ * chmul backward is plain C because oneDNN has no backward for binary ops:
+ * one pass over dy and x gives both dx = dy * s and ds = sum_HW dy * x. Work
+ * is split over (image, channel block, position chunk) so that batch-1 calls
+ * with few channels still use every thread; partial channel sums are kept in
+ * double (a 150 x 150 plane sums 22,500 products) and reduced in a fixed
+ * order, so results do not depend on the thread count.
+ *
+ * add is plain C rather than oneDNN binary: it has no plan (the API is a bare
+ * function), must allow y to alias either input, and is a memory-bound
+ * streaming loop that the compiler vectorises.
+ */
+#include <string.h>
+
+#include "lk_layers.h"
+
+enum { CHMUL_CB = 64,              /* channels per block (4 cache lines per row) */
+       CHMUL_MIN_CHUNK = 256 };    /* fewest positions per chunk worth a task */
+
+lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
+    memset(L, 0, sizeof *L);
+    *L = (lk_chmul){.n = n, .c = c, .h = h, .w = w};
+    LK_REQUIRE(n > 0 && c > 0 && h > 0 && w > 0,
+               "channel multiply: sizes must be positive (n=%d c=%d h=%d w=%d)", n, c, h, w);
+
+    dnnl_engine_t eng;
+    LK_TRY(lk_engine(&eng));
+    lk_status st = LK_OK;
+    dnnl_memory_desc_t x_md = NULL, s_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+
+#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
+#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
+        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
+                     lk_dnnl_status_str(s_)); goto done; } } while (0)
+
+    TRY(lk_md4(&x_md, n, c, h, w, dnnl_nhwc)); /* x, y [N, H, W, C] */
+    TRY(lk_md4(&s_md, n, c, 1, 1, dnnl_nhwc)); /* s [N, C], broadcast over H, W */
+    TRY(lk_attr(&attr));
+    DN(dnnl_binary_primitive_desc_create(&pd, eng, dnnl_binary_mul, x_md, s_md, x_md, attr));
+    TRY(lk_prim_init(&L->fwd, pd));
+    pd = NULL;
+    TRY(lk_mem(&L->m_x, x_md));
+    TRY(lk_mem(&L->m_s, s_md));
+    TRY(lk_mem(&L->m_y, x_md));
+#undef TRY
+#undef DN
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (x_md) dnnl_memory_desc_destroy(x_md);
+    if (s_md) dnnl_memory_desc_destroy(s_md);
+    return st;
+}
+
+lk_status lk_chmul_forward(lk_chmul *L, float *y, const float *x, const float *s) {
+    LK_REQUIRE(L->fwd.p, "channel multiply: layer not initialised");
+    LK_REQUIRE(y && x && s, "channel multiply forward: NULL argument");
+    LK_TRY(lk_mem_set(L->m_x, x));
+    LK_TRY(lk_mem_set(L->m_s, s));
+    LK_TRY(lk_mem_set(L->m_y, y));
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC_0, L->m_x}, {DNNL_ARG_SRC_1, L->m_s},
+                                    {DNNL_ARG_DST, L->m_y}};
+    return lk_prim_exec(&L->fwd, 3, args);
+}
+
+/* dx only: a flat loop (dx may alias dy). */
+static void chmul_dx(float *dx, const float *dy, const float *s, int n, int64_t hw, int c) {
+#pragma omp parallel for collapse(2) if ((int64_t)n * hw * c > (1 << 15))
+    for (int i = 0; i < n; i++)
+        for (int64_t p = 0; p < hw; p++) {
+            const float *si = s + (int64_t)i * c;
+            const int64_t o = ((int64_t)i * hw + p) * c;
+            for (int k = 0; k < c; k++) dx[o + k] = dy[o + k] * si[k];
+        }
+}
+
+lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, const float *x,
+                            const float *s) {
+    LK_REQUIRE(L->fwd.p, "channel multiply: layer not initialised");
+    LK_REQUIRE(dy, "channel multiply backward: dy is NULL");
+    LK_REQUIRE(!dx || s, "channel multiply backward: s is required for dx");
+    LK_REQUIRE(!ds || x, "channel multiply backward: x is required for ds");
+    const int n = L->n, c = L->c;
+    const int64_t hw = (int64_t)L->h * L->w;
+    if (!ds) {
+        if (dx) chmul_dx(dx, dy, s, n, hw, c);
+        return LK_OK;
+    }
+    /* Task grid: n x nblk channel blocks x nchunk position chunks. */
+    const int nblk = (c + CHMUL_CB - 1) / CHMUL_CB;
+    int threads = lk_get_num_threads();
+    int64_t nchunk = 1;
+    if ((int64_t)n * nblk < 4 * threads) {
+        nchunk = (4 * threads + (int64_t)n * nblk - 1) / ((int64_t)n * nblk);
+        int64_t most = hw / CHMUL_MIN_CHUNK;
+        if (nchunk > most) nchunk = most;
+        if (nchunk < 1) nchunk = 1;
+    }
+    double *part = lk_alloc(sizeof(double) * (size_t)n * (size_t)nchunk * (size_t)c);
+    if (!part) return LK_FAIL(LK_ERR_NOMEM, "channel multiply backward: partial sums");
+    const int64_t ntask = (int64_t)n * nblk * nchunk;
+
+    /* part [N, nchunk, C]: sum of dy * x over one chunk of positions. */
+#pragma omp parallel for schedule(static) if (ntask > 1 && (int64_t)n * hw * c > (1 << 15))
+    for (int64_t t = 0; t < ntask; t++) {
+        const int i = (int)(t / ((int64_t)nblk * nchunk));
+        const int b = (int)(t / nchunk % nblk);
+        const int64_t ch = t % nchunk;
+        const int k0 = b * CHMUL_CB, kn = c - k0 < CHMUL_CB ? c - k0 : CHMUL_CB;
+        const int64_t p0 = hw * ch / nchunk, p1 = hw * (ch + 1) / nchunk;
+        const float *si = s ? s + (int64_t)i * c + k0 : NULL;
+        double acc[CHMUL_CB] = {0};
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t o = ((int64_t)i * hw + p) * c + k0;
+            const float *dyp = dy + o, *xp = x + o;
+            for (int k = 0; k < kn; k++) acc[k] += (double)dyp[k] * (double)xp[k];
+            if (dx) {
+                float *dxp = dx + o; /* written after the read above: dx may alias dy */
+                for (int k = 0; k < kn; k++) dxp[k] = dyp[k] * si[k];
+            }
+        }
+        double *dst = part + ((int64_t)i * nchunk + ch) * c + k0;
+        for (int k = 0; k < kn; k++) dst[k] = acc[k];
+    }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < c; k++) {
+            double sum = 0.0;
+            for (int64_t ch = 0; ch < nchunk; ch++) sum += part[((int64_t)i * nchunk + ch) * c + k];
+            ds[(int64_t)i * c + k] = (float)sum;
+        }
+    lk_free(part);
+    return LK_OK;
+}
+
+void lk_chmul_free(lk_chmul *L) {
+    lk_prim_free(&L->fwd);
+    dnnl_memory_t *mems[] = {&L->m_x, &L->m_s, &L->m_y};
+    for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);
+    memset(L, 0, sizeof *L);
+}
+
+/* Below this many floats an OpenMP fork costs more than the loop. */
+#define ADD_PAR_MIN (1 << 15)
+
+lk_status lk_add_forward(float *y, const float *a, const float *b, int64_t count) {
+    LK_REQUIRE(y && a && b, "add: NULL argument");
+    LK_REQUIRE(count >= 0, "add: count must be >= 0, got %lld", (long long)count);
+#pragma omp parallel for simd schedule(static) if (count > ADD_PAR_MIN)
+    for (int64_t i = 0; i < count; i++) y[i] = a[i] + b[i];
+    return LK_OK;
+}
+
+lk_status lk_add_inplace(float *y, const float *x, int64_t count) {
+    LK_REQUIRE(y && x, "add: NULL argument");
+    LK_REQUIRE(count >= 0, "add: count must be >= 0, got %lld", (long long)count);
+#pragma omp parallel for simd schedule(static) if (count > ADD_PAR_MIN)
+    for (int64_t i = 0; i < count; i++) y[i] += x[i];
+    return LK_OK;
+}

@@ -1,0 +1,238 @@
+/* Layer benchmark: plan each layer once at EfficientNet-B3 shapes, then time
+ * forward and backward execution only (median, or with --min the fastest, of
+ * --reps runs after warm-up; the minimum is steadier on a busy machine).
+ * Driven by benchmarks/bench_layers.py, which times the same ops in PyTorch.
+ *
+ *   bench_layers [--reps N] [--warmup N] [--batch N] [--threads N] [--min] [--only NAME]
+ *
+ * Prints one line per op: `RESULT <op> <plan_ms> <fwd_ms> <bwd_ms>`, and before
+ * an op's first execution `BENCH_OP <op>` (so ONEDNN_VERBOSE lines can be
+ * attributed to ops). A standalone program, so it may exit on errors.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lk_layers.h"
+
+static int g_reps = 10, g_warmup = 2, g_batch = 16, g_min;
+static const char *g_only;
+
+#define CK(call)                                                                         \
+    do {                                                                                 \
+        lk_status s_ = (call);                                                           \
+        if (s_ != LK_OK) {                                                               \
+            fprintf(stderr, "bench_layers: %s -> %s: %s\n", #call, lk_status_str(s_),    \
+                    lk_last_error());                                                    \
+            exit(1);                                                                     \
+        }                                                                                \
+    } while (0)
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median (or minimum) of `g_reps` timed runs of `stmt` after `g_warmup` untimed ones. */
+#define TIME_REPS(out, stmt)                                      \
+    do {                                                            \
+        double t_[256];                                             \
+        int n_ = g_reps < 256 ? g_reps : 256;                       \
+        for (int r_ = 0; r_ < g_warmup; r_++) { stmt; }             \
+        for (int r_ = 0; r_ < n_; r_++) {                           \
+            double a_ = now_ms();                                   \
+            stmt;                                                   \
+            t_[r_] = now_ms() - a_;                                 \
+        }                                                           \
+        qsort(t_, (size_t)n_, sizeof t_[0], cmp_d);                 \
+        (out) = g_min ? t_[0] : n_ % 2 ? t_[n_ / 2] : 0.5 * (t_[n_ / 2 - 1] + t_[n_ / 2]); \
+    } while (0)
+
+static float *rnd(size_t n, float lo, float hi) {
+    float *p = lk_alloc(n * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "bench_layers: out of memory (%zu floats)\n", n);
+        exit(1);
+    }
+    uint64_t s = 0x243F6A8885A308D3ull ^ n;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+    return p;
+}
+
+static int wanted(const char *op) {
+    if (g_only && strcmp(g_only, op) != 0) return 0;
+    printf("BENCH_OP %s\n", op);
+    fflush(stdout);
+    return 1;
+}
+
+static void report(const char *op, double plan, double fwd, double bwd) {
+    printf("RESULT %s %.4f %.4f %.4f\n", op, plan, fwd, bwd);
+    fflush(stdout);
+}
+
+/* Convolution with symmetric padding (k-1)/2, no bias (BN follows), as in B3. */
+static void bench_conv(const char *op, int ic, int hw, int oc, int k, int s, int groups,
+                       int need_dx) {
+    if (!wanted(op)) return;
+    int p = (k - 1) / 2;
+    lk_conv2d_cfg c = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = k, .kw = k,
+                       .sh = s, .sw = s, .pt = p, .pl = p, .pb = p, .pr = p, .groups = groups,
+                       .train = 1, .need_dx = need_dx};
+    lk_conv2d L;
+    double t0 = now_ms();
+    CK(lk_conv2d_init(&L, &c));
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ic, ny = (size_t)g_batch * L.oh * L.ow * oc;
+    size_t nw = (size_t)oc * (ic / groups) * k * k;
+    float *x = rnd(nx, -1, 1), *w = rnd(nw, -0.1f, 0.1f), *y = rnd(ny, 0, 0), *dy = rnd(ny, -1, 1);
+    float *dx = need_dx ? rnd(nx, 0, 0) : NULL, *dw = rnd(nw, 0, 0);
+    double fwd, bwd;
+    /* Weight version 0: reorder every call, as in training where weights change. */
+    TIME_REPS(fwd, CK(lk_conv2d_forward(&L, y, x, w, NULL, 0)));
+    TIME_REPS(bwd, CK(lk_conv2d_backward(&L, dx, dw, NULL, dy, x, w)));
+    report(op, plan, fwd, bwd);
+    lk_conv2d_free(&L);
+    lk_free(x), lk_free(w), lk_free(y), lk_free(dy), lk_free(dx), lk_free(dw);
+}
+
+/* Training-mode BN and/or SiLU on [N, HW, HW, C]. */
+static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_silu) {
+    if (!wanted(op)) return;
+    size_t nx = (size_t)g_batch * hw * hw * ch;
+    lk_bn B;
+    lk_act A;
+    memset(&B, 0, sizeof B);
+    memset(&A, 0, sizeof A);
+    lk_bn_cfg bc = {.n = g_batch, .c = ch, .h = hw, .w = hw, .eps = 1e-5f, .momentum = 0.1f,
+                    .mode = LK_BN_TRAIN, .need_dx = 1};
+    double t0 = now_ms();
+    if (with_bn) CK(lk_bn_init(&B, &bc));
+    if (with_silu) CK(lk_act_init(&A, LK_ACT_SILU, (int64_t)nx, 1));
+    double plan = now_ms() - t0;
+    float *x = rnd(nx, -2, 2), *t = rnd(nx, 0, 0), *y = rnd(nx, 0, 0), *dy = rnd(nx, -1, 1);
+    float *dt = rnd(nx, 0, 0), *dx = rnd(nx, 0, 0);
+    float *g = rnd(ch, 0.5f, 1.5f), *b = rnd(ch, -0.5f, 0.5f), *mean = rnd(ch, 0, 0);
+    float *var = rnd(ch, 0, 0), *rm = rnd(ch, 0, 0), *rv = rnd(ch, 1, 1), *dg = rnd(ch, 0, 0);
+    float *db = rnd(ch, 0, 0);
+    /* BN writes t, SiLU reads t (the pre-activation, needed by its backward). */
+    const float *act_in = with_bn ? t : x;
+    double fwd, bwd;
+    TIME_REPS(fwd, {
+        if (with_bn) CK(lk_bn_forward(&B, with_silu ? t : y, mean, var, x, g, b, rm, rv));
+        if (with_silu) CK(lk_act_forward(&A, y, act_in));
+    });
+    TIME_REPS(bwd, {
+        if (with_silu) CK(lk_act_backward(&A, with_bn ? dt : dx, dy, act_in, NULL));
+        if (with_bn) CK(lk_bn_backward(&B, dx, dg, db, with_silu ? dt : dy, x, mean, var, g));
+    });
+    report(op, plan, fwd, bwd);
+    lk_bn_free(&B);
+    lk_act_free(&A);
+    float *bufs[] = {x, t, y, dy, dt, dx, g, b, mean, var, rm, rv, dg, db};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lk_free(bufs[i]);
+}
+
+static void bench_gpool(const char *op, lk_pool_kind kind, int ch, int hw) {
+    if (!wanted(op)) return;
+    lk_gpool L;
+    double t0 = now_ms();
+    CK(lk_gpool_init(&L, kind, g_batch, ch, hw, hw, 1));
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ch, ny = (size_t)g_batch * ch;
+    float *x = rnd(nx, -1, 1), *y = rnd(ny, 0, 0), *dy = rnd(ny, -1, 1), *dx = rnd(nx, 0, 0);
+    double fwd, bwd;
+    TIME_REPS(fwd, CK(lk_gpool_forward(&L, y, x)));
+    TIME_REPS(bwd, CK(lk_gpool_backward(&L, dx, dy)));
+    report(op, plan, fwd, bwd);
+    lk_gpool_free(&L);
+    lk_free(x), lk_free(y), lk_free(dy), lk_free(dx);
+}
+
+static void bench_linear(const char *op, int in, int out) {
+    if (!wanted(op)) return;
+    lk_linear L;
+    double t0 = now_ms();
+    CK(lk_linear_init(&L, g_batch, in, out, 1, 1, 1));
+    double plan = now_ms() - t0;
+    float *x = rnd((size_t)g_batch * in, -1, 1), *w = rnd((size_t)out * in, -0.1f, 0.1f);
+    float *b = rnd(out, 0, 0), *y = rnd((size_t)g_batch * out, 0, 0);
+    float *dy = rnd((size_t)g_batch * out, -1, 1), *dx = rnd((size_t)g_batch * in, 0, 0);
+    float *dw = rnd((size_t)out * in, 0, 0), *db = rnd(out, 0, 0);
+    double fwd, bwd;
+    TIME_REPS(fwd, CK(lk_linear_forward(&L, y, x, w, b)));
+    TIME_REPS(bwd, CK(lk_linear_backward(&L, dx, dw, db, dy, x, w)));
+    report(op, plan, fwd, bwd);
+    lk_linear_free(&L);
+    float *bufs[] = {x, w, b, y, dy, dx, dw, db};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lk_free(bufs[i]);
+}
+
+/* SE gate: y = x * s[N, C] broadcast over H, W. */
+static void bench_chmul(const char *op, int ch, int hw) {
+    if (!wanted(op)) return;
+    lk_chmul L;
+    double t0 = now_ms();
+    CK(lk_chmul_init(&L, g_batch, ch, hw, hw));
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ch, ns = (size_t)g_batch * ch;
+    float *x = rnd(nx, -1, 1), *s = rnd(ns, 0, 1), *y = rnd(nx, 0, 0), *dy = rnd(nx, -1, 1);
+    float *dx = rnd(nx, 0, 0), *ds = rnd(ns, 0, 0);
+    double fwd, bwd;
+    TIME_REPS(fwd, CK(lk_chmul_forward(&L, y, x, s)));
+    TIME_REPS(bwd, CK(lk_chmul_backward(&L, dx, ds, dy, x, s)));
+    report(op, plan, fwd, bwd);
+    lk_chmul_free(&L);
+    lk_free(x), lk_free(s), lk_free(y), lk_free(dy), lk_free(dx), lk_free(ds);
+}
+
+int main(int argc, char **argv) {
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 < argc && !strcmp(argv[i], "--reps")) g_reps = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--warmup")) g_warmup = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--batch")) g_batch = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--only")) g_only = argv[++i];
+        else if (!strcmp(argv[i], "--min")) g_min = 1;
+        else {
+            fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--batch N] [--threads N] "
+                            "[--min] [--only OP]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (g_reps < 1 || g_warmup < 0 || g_batch < 1) {
+        fprintf(stderr, "bench_layers: --reps and --batch must be >= 1, --warmup >= 0\n");
+        return 2;
+    }
+    if (threads > 0) lk_set_num_threads(threads);
+    lk_build_info bi;
+    lk_get_build_info(&bi);
+    printf("INFO onednn %d.%d.%d runtime=%s isa=%s threads=%d batch=%d\n", bi.dnnl_major,
+           bi.dnnl_minor, bi.dnnl_patch, bi.cpu_runtime, bi.isa, lk_get_num_threads(), g_batch);
+    /* EfficientNet-B3 at 300x300 (names shared with benchmarks/bench_layers.py). */
+    bench_conv("stem_conv3x3_s2_3-40_300", 3, 300, 40, 3, 2, 1, 0);
+    bench_conv("dw3x3_s1_144_75", 144, 75, 144, 3, 1, 144, 1);
+    bench_conv("dw5x5_s2_144_75", 144, 75, 144, 5, 2, 144, 1);
+    bench_conv("pw1x1_expand_24-144_75", 24, 75, 144, 1, 1, 1, 1);
+    bench_conv("pw1x1_project_816-136_19", 816, 19, 136, 1, 1, 1, 1);
+    bench_bn_silu("bn_train_144_75", 144, 75, 1, 0);
+    bench_bn_silu("silu_144_75", 144, 75, 0, 1);
+    bench_bn_silu("bn+silu_144_75", 144, 75, 1, 1);
+    bench_chmul("se_chmul_144_75", 144, 75);
+    bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);
+    bench_linear("linear_1536-2", 1536, 2);
+    lk_shutdown();
+    return 0;
+}

@@ -1,0 +1,1237 @@
+/* C-level test of every layer in csrc/layers/lk_layers.h, meant to run under
+ * AddressSanitizer + UndefinedBehaviorSanitizer + LeakSanitizer
+ * (csrc/tests/run_sanitized.sh builds and runs it).
+ *
+ * Each layer's forward values and gradients are compared with naive loops in
+ * double precision written here; bad arguments must fail with a status and a
+ * non-empty lk_last_error(); `_free` must accept zeroed structs and structs
+ * left by a failed `_init`. Layer functions are referenced weakly so that a
+ * layer whose .c file is not built yet is reported as MISSING (a failure), not
+ * skipped. Usage: test_layers [substring]  (runs only tests whose name matches).
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lk_layers.h"
+
+/* Weak references: a missing layer file leaves these NULL instead of breaking the link. */
+#pragma weak lk_conv2d_init
+#pragma weak lk_conv2d_forward
+#pragma weak lk_conv2d_backward
+#pragma weak lk_conv2d_free
+#pragma weak lk_bn_init
+#pragma weak lk_bn_forward
+#pragma weak lk_bn_backward
+#pragma weak lk_bn_free
+#pragma weak lk_act_init
+#pragma weak lk_act_forward
+#pragma weak lk_act_backward
+#pragma weak lk_act_free
+#pragma weak lk_gpool_init
+#pragma weak lk_gpool_forward
+#pragma weak lk_gpool_backward
+#pragma weak lk_gpool_free
+#pragma weak lk_linear_init
+#pragma weak lk_linear_forward
+#pragma weak lk_linear_backward
+#pragma weak lk_linear_free
+#pragma weak lk_chmul_init
+#pragma weak lk_chmul_forward
+#pragma weak lk_chmul_backward
+#pragma weak lk_chmul_free
+#pragma weak lk_add_forward
+#pragma weak lk_add_inplace
+#pragma weak lk_dropout_forward
+#pragma weak lk_dropout_backward
+#pragma weak lk_stochdepth_forward
+#pragma weak lk_stochdepth_backward
+#pragma weak lk_xent_forward
+#pragma weak lk_xent_backward
+#pragma weak lk_chanstat_forward
+#pragma weak lk_chanstat_backward
+#pragma weak lk_softmax_init
+#pragma weak lk_softmax_forward
+#pragma weak lk_softmax_backward
+#pragma weak lk_softmax_free
+
+#ifndef RTOL
+#define RTOL 1e-4 /* fp32 result vs double reference, relative (see close_to) */
+#endif
+
+/* ------------------------------------------------------------ test harness */
+static char g_msg[1024];
+static int g_missing;
+
+static int failf(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int failf(int line, const char *fmt, ...) {
+    int k = snprintf(g_msg, sizeof g_msg, "line %d: ", line);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg + k, sizeof g_msg - (size_t)k, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+#define EXPECT(cond, ...) \
+    do { if (!(cond)) return failf(__LINE__, __VA_ARGS__); } while (0)
+/* A call that must succeed. */
+#define OK(call)                                                                         \
+    do {                                                                                 \
+        lk_status s_ = (call);                                                           \
+        if (s_ != LK_OK)                                                                 \
+            return failf(__LINE__, "%s -> %s: %s", #call, lk_status_str(s_), lk_last_error()); \
+    } while (0)
+/* A call that must fail with `code` (or any error when code == LK_OK) and say why. */
+#define BAD(call, code)                                                                  \
+    do {                                                                                 \
+        lk_clear_error();                                                                \
+        lk_status s_ = (call);                                                           \
+        if (s_ == LK_OK || ((code) != LK_OK && s_ != (code)))                            \
+            return failf(__LINE__, "%s -> %s, expected %s", #call, lk_status_str(s_),    \
+                         (code) == LK_OK ? "an error" : lk_status_str(code));            \
+        if (!lk_last_error()[0])                                                         \
+            return failf(__LINE__, "%s failed with an empty lk_last_error()", #call);    \
+    } while (0)
+#define ANY_ERR LK_OK
+/* A layer whose functions are not linked: reported, counted as a failure. */
+#define NEED(fn, file)                                                                   \
+    do {                                                                                 \
+        if (!(fn)) {                                                                     \
+            g_missing = 1;                                                               \
+            return failf(__LINE__, "MISSING: %s not linked (%s not built)", #fn, file);   \
+        }                                                                                \
+    } while (0)
+#define CLOSE(what, got, ref, n) \
+    do { if (!close_to(what, got, ref, n, RTOL, __LINE__)) return 0; } while (0)
+
+/* Per-test allocations, released after each test (so early returns do not leak). */
+static void *g_allocs[256];
+static int g_nallocs;
+
+static void *talloc(size_t bytes) {
+    if (g_nallocs == (int)(sizeof g_allocs / sizeof g_allocs[0])) {
+        fprintf(stderr, "test_layers: too many allocations in one test\n");
+        exit(2);
+    }
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "test_layers: out of memory\n");
+        exit(2);
+    }
+    return g_allocs[g_nallocs++] = p;
+}
+static float *fbuf(size_t n) { return talloc(n * sizeof(float)); }
+static double *dbuf(size_t n) { return talloc(n * sizeof(double)); }
+static void tfree_all(void) {
+    while (g_nallocs) free(g_allocs[--g_nallocs]);
+}
+
+/* Deterministic data: xorshift64*, uniform in [lo, hi). */
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static double urand(void) {
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (double)((g_rng * 0x2545F4914F6CDD1Dull) >> 11) * (1.0 / 9007199254740992.0);
+}
+static float *frand(size_t n, double lo, double hi) {
+    float *p = fbuf(n);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(lo + (hi - lo) * urand());
+    return p;
+}
+
+/* Relative error against a double reference, scaled by the reference's largest
+ * magnitude so that near-zero results of long sums are not over-penalised:
+ * |got - ref| <= rtol * (|ref| + 0.05 * max|ref|). */
+static int close_to(const char *what, const float *got, const double *ref, size_t n, double rtol,
+                    int line) {
+    double amax = 0;
+    for (size_t i = 0; i < n; i++) amax = fmax(amax, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - ref[i]);
+        if (!(err <= rtol * (fabs(ref[i]) + 0.05 * amax) + 1e-30))
+            return failf(line, "%s[%zu] = %.9g, reference %.9g (max|ref| %.3g)", what, i,
+                         (double)got[i], ref[i], amax);
+    }
+    return 1;
+}
+
+/* float -> double copy, for references that are plain copies/scales. */
+static double *to_d(const float *p, size_t n) {
+    double *d = dbuf(n);
+    for (size_t i = 0; i < n; i++) d[i] = p[i];
+    return d;
+}
+
+/* ------------------------------------------------------------------ conv2d */
+static void ref_conv_fwd(double *y, const float *x, const float *w, const float *b,
+                         const lk_conv2d_cfg *c, int oh, int ow) {
+    int icg = c->ic / c->groups, ocg = c->oc / c->groups;
+    for (int n = 0; n < c->n; n++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++)
+                for (int o = 0; o < c->oc; o++) {
+                    int g = o / ocg;
+                    double s = b ? b[o] : 0.0;
+                    for (int ky = 0; ky < c->kh; ky++) {
+                        int iy = oy * c->sh - c->pt + ky;
+                        if (iy < 0 || iy >= c->ih) continue;
+                        for (int kx = 0; kx < c->kw; kx++) {
+                            int ix = ox * c->sw - c->pl + kx;
+                            if (ix < 0 || ix >= c->iw) continue;
+                            const float *xp = x + ((size_t)(n * c->ih + iy) * c->iw + ix) * c->ic;
+                            for (int ci = 0; ci < icg; ci++)
+                                s += (double)xp[g * icg + ci] *
+                                     w[((size_t)(o * icg + ci) * c->kh + ky) * c->kw + kx];
+                        }
+                    }
+                    y[((size_t)(n * oh + oy) * ow + ox) * c->oc + o] = s;
+                }
+}
+
+static void ref_conv_bwd(double *dx, double *dw, double *db, const float *dy, const float *x,
+                         const float *w, const lk_conv2d_cfg *c, int oh, int ow) {
+    int icg = c->ic / c->groups, ocg = c->oc / c->groups;
+    for (int n = 0; n < c->n; n++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++)
+                for (int o = 0; o < c->oc; o++) {
+                    int g = o / ocg;
+                    double d = dy[((size_t)(n * oh + oy) * ow + ox) * c->oc + o];
+                    db[o] += d;
+                    for (int ky = 0; ky < c->kh; ky++) {
+                        int iy = oy * c->sh - c->pt + ky;
+                        if (iy < 0 || iy >= c->ih) continue;
+                        for (int kx = 0; kx < c->kw; kx++) {
+                            int ix = ox * c->sw - c->pl + kx;
+                            if (ix < 0 || ix >= c->iw) continue;
+                            size_t xi = ((size_t)(n * c->ih + iy) * c->iw + ix) * c->ic;
+                            for (int ci = 0; ci < icg; ci++) {
+                                size_t wi = ((size_t)(o * icg + ci) * c->kh + ky) * c->kw + kx;
+                                dx[xi + g * icg + ci] += d * w[wi];
+                                dw[wi] += d * x[xi + g * icg + ci];
+                            }
+                        }
+                    }
+                }
+}
+
+/* One configuration: forward (train and eval plans), full backward, and the
+ * partial-gradient paths (dx only; dw/db only on a need_dx=0 plan). */
+static int conv_case_body(lk_conv2d *L, lk_conv2d *E, lk_conv2d *W, lk_conv2d_cfg c) {
+    c.train = 1;
+    c.need_dx = 1;
+    OK(lk_conv2d_init(L, &c));
+    int oh = L->oh, ow = L->ow;
+    EXPECT(oh == (c.ih + c.pt + c.pb - c.kh) / c.sh + 1 && ow == (c.iw + c.pl + c.pr - c.kw) / c.sw + 1,
+           "output size %dx%d", oh, ow);
+    size_t nx = (size_t)c.n * c.ih * c.iw * c.ic, ny = (size_t)c.n * oh * ow * c.oc;
+    size_t nw = (size_t)c.oc * (c.ic / c.groups) * c.kh * c.kw;
+    float *x = frand(nx, -1, 1), *w = frand(nw, -1, 1), *b = c.bias ? frand(c.oc, -1, 1) : NULL;
+    float *dy = frand(ny, -1, 1), *y = fbuf(ny), *dx = fbuf(nx), *dw = fbuf(nw), *db = fbuf(c.oc);
+    double *ry = dbuf(ny), *rdx = dbuf(nx), *rdw = dbuf(nw), *rdb = dbuf(c.oc);
+    ref_conv_fwd(ry, x, w, b, &c, oh, ow);
+    ref_conv_bwd(rdx, rdw, rdb, dy, x, w, &c, oh, ow);
+
+    OK(lk_conv2d_forward(L, y, x, w, b, 0));
+    CLOSE("conv y", y, ry, ny);
+    /* Backward overwrites: poison the outputs first. */
+    for (size_t i = 0; i < nx; i++) dx[i] = 1e6f;
+    for (size_t i = 0; i < nw; i++) dw[i] = 1e6f;
+    OK(lk_conv2d_backward(L, dx, dw, c.bias ? db : NULL, dy, x, w));
+    CLOSE("conv dx", dx, rdx, nx);
+    CLOSE("conv dw", dw, rdw, nw);
+    if (c.bias) CLOSE("conv db", db, rdb, (size_t)c.oc);
+    /* dx alone (weights passed again, no forward in between). */
+    memset(dx, 0, nx * sizeof *dx);
+    OK(lk_conv2d_backward(L, dx, NULL, NULL, dy, x, w));
+    CLOSE("conv dx (dx only)", dx, rdx, nx);
+
+    /* Eval plan with the weight cache: same version reuses the reordered
+     * weights, a new version picks up changed weights. */
+    lk_conv2d_cfg ce = c;
+    ce.train = 0;
+    ce.need_dx = 0;
+    OK(lk_conv2d_init(E, &ce));
+    OK(lk_conv2d_forward(E, y, x, w, b, 7));
+    CLOSE("conv y (eval)", y, ry, ny);
+    OK(lk_conv2d_forward(E, y, x, w, b, 7));
+    CLOSE("conv y (eval, cached weights)", y, ry, ny);
+    for (size_t i = 0; i < nw; i++) w[i] = -w[i];
+    for (int o = 0; o < c.oc && b; o++) b[o] = -b[o];
+    for (size_t i = 0; i < ny; i++) ry[i] = -ry[i];
+    OK(lk_conv2d_forward(E, y, x, w, b, 8));
+    CLOSE("conv y (eval, new weight version)", y, ry, ny);
+    BAD(lk_conv2d_backward(E, dx, dw, db, dy, x, w), ANY_ERR); /* forward-only plan */
+    for (size_t i = 0; i < nw; i++) w[i] = -w[i];
+    for (int o = 0; o < c.oc && b; o++) b[o] = -b[o];
+
+    /* Weight gradient only, planned without the input gradient. */
+    lk_conv2d_cfg cw = c;
+    cw.need_dx = 0;
+    OK(lk_conv2d_init(W, &cw));
+    OK(lk_conv2d_forward(W, y, x, w, b, 0));
+    memset(dw, 0, nw * sizeof *dw);
+    OK(lk_conv2d_backward(W, NULL, dw, c.bias ? db : NULL, dy, x, w));
+    CLOSE("conv dw (need_dx=0)", dw, rdw, nw);
+    if (c.bias) CLOSE("conv db (need_dx=0)", db, rdb, (size_t)c.oc);
+    BAD(lk_conv2d_backward(W, dx, dw, c.bias ? db : NULL, dy, x, w), ANY_ERR);
+    return 1;
+}
+
+static int conv_case(lk_conv2d_cfg c) {
+    lk_conv2d L = {0}, E = {0}, W = {0};
+    int ok = conv_case_body(&L, &E, &W, c);
+    lk_conv2d_free(&L);
+    lk_conv2d_free(&E);
+    lk_conv2d_free(&W);
+    if (!ok) {
+        char tmp[768];
+        snprintf(tmp, sizeof tmp, "%.700s", g_msg);
+        snprintf(g_msg, sizeof g_msg, "[n%d ic%d %dx%d oc%d k%dx%d s%d,%d p%d,%d,%d,%d g%d b%d] %s",
+                 c.n, c.ic, c.ih, c.iw, c.oc, c.kh, c.kw, c.sh, c.sw, c.pt, c.pl, c.pb, c.pr,
+                 c.groups, c.bias, tmp);
+    }
+    return ok;
+}
+
+static int test_conv2d(void) {
+    NEED(lk_conv2d_init, "conv2d.c");
+    const lk_conv2d_cfg cases[] = {
+        /* dense 3x3, odd non-square input, bias */
+        {.n = 2, .ic = 3, .ih = 7, .iw = 6, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 1, .bias = 1},
+        /* stem-like 3x3 stride 2, batch 1, no bias */
+        {.n = 1, .ic = 3, .ih = 9, .iw = 11, .oc = 8, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 1},
+        /* depthwise 5x5 stride 2 */
+        {.n = 2, .ic = 8, .ih = 9, .iw = 11, .oc = 8, .kh = 5, .kw = 5, .sh = 2, .sw = 2,
+         .pt = 2, .pl = 2, .pb = 2, .pr = 2, .groups = 8},
+        /* depthwise 3x3 stride 1, bias */
+        {.n = 1, .ic = 16, .ih = 6, .iw = 5, .oc = 16, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 16, .bias = 1},
+        /* grouped (3 groups of 2 -> 3 channels), non-square kernel and stride */
+        {.n = 2, .ic = 6, .ih = 7, .iw = 8, .oc = 9, .kh = 3, .kw = 1, .sh = 2, .sw = 1,
+         .pt = 1, .pl = 0, .pb = 1, .pr = 0, .groups = 3, .bias = 1},
+        /* TF "same" asymmetric padding: 3x3 s2 on even input, extra pixel bottom/right */
+        {.n = 2, .ic = 4, .ih = 8, .iw = 10, .oc = 6, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+         .pt = 0, .pl = 0, .pb = 1, .pr = 1, .groups = 1},
+        /* depthwise 5x5 s2 with asymmetric padding */
+        {.n = 1, .ic = 4, .ih = 10, .iw = 7, .oc = 4, .kh = 5, .kw = 5, .sh = 2, .sw = 2,
+         .pt = 1, .pl = 2, .pb = 2, .pr = 2, .groups = 4},
+        /* 1x1 expand / project with bias (SE fc) */
+        {.n = 3, .ic = 12, .ih = 5, .iw = 3, .oc = 20, .kh = 1, .kw = 1, .sh = 1, .sw = 1,
+         .groups = 1, .bias = 1},
+        {.n = 2, .ic = 20, .ih = 1, .iw = 1, .oc = 5, .kh = 1, .kw = 1, .sh = 1, .sw = 1,
+         .groups = 1, .bias = 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (!conv_case(cases[i])) return 0;
+    return 1;
+}
+
+static int conv_bad_body(lk_conv2d *L) {
+    const lk_conv2d_cfg good = {.n = 1, .ic = 6, .ih = 5, .iw = 5, .oc = 6, .kh = 3, .kw = 3,
+                                .sh = 1, .sw = 1, .pt = 1, .pl = 1, .pb = 1, .pr = 1,
+                                .groups = 1, .train = 1, .need_dx = 1};
+    lk_conv2d_cfg c = good;
+    c.groups = 4; /* does not divide 6 */
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "groups") != NULL, "message should name groups: %s",
+           lk_last_error());
+    lk_conv2d_free(L); /* after a failed init */
+    c = good; c.oc = 5; c.groups = 3; /* divides ic, not oc */
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    lk_conv2d_free(L);
+    c = good; c.kh = 9; /* larger than padded input */
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    lk_conv2d_free(L);
+    c = good; c.pl = -1;
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    lk_conv2d_free(L);
+    c = good; c.sh = 0;
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    lk_conv2d_free(L);
+    c = good; c.n = 0;
+    BAD(lk_conv2d_init(L, &c), LK_ERR_ARG);
+    lk_conv2d_free(L);
+
+    /* Calls on a zeroed (never initialised) struct fail cleanly. */
+    float *x = frand(150, -1, 1), *w = frand(6 * 6 * 9, -1, 1), *y = fbuf(150);
+    BAD(lk_conv2d_forward(L, y, x, w, NULL, 0), ANY_ERR);
+    BAD(lk_conv2d_backward(L, x, w, NULL, y, x, w), ANY_ERR);
+
+    /* NULL arguments on a valid plan. */
+    c = good;
+    OK(lk_conv2d_init(L, &c));
+    BAD(lk_conv2d_forward(L, NULL, x, w, NULL, 0), LK_ERR_ARG);
+    BAD(lk_conv2d_forward(L, y, NULL, w, NULL, 0), LK_ERR_ARG);
+    BAD(lk_conv2d_forward(L, y, x, NULL, NULL, 0), LK_ERR_ARG);
+    BAD(lk_conv2d_backward(L, x, w, NULL, NULL, x, w), LK_ERR_ARG);  /* dy NULL */
+    BAD(lk_conv2d_backward(L, NULL, w, NULL, y, NULL, w), LK_ERR_ARG); /* x NULL for dw */
+    lk_conv2d_free(L);
+    c = good; c.bias = 1;
+    OK(lk_conv2d_init(L, &c));
+    BAD(lk_conv2d_forward(L, y, x, w, NULL, 0), LK_ERR_ARG); /* bias layer without b */
+    lk_conv2d_free(L);
+
+    /* Forward-only plan: backward is refused. */
+    c = good; c.train = 0;
+    OK(lk_conv2d_init(L, &c));
+    BAD(lk_conv2d_backward(L, x, w, NULL, y, x, w), ANY_ERR);
+    lk_conv2d_free(L);
+    return 1;
+}
+
+static int test_conv2d_bad(void) {
+    NEED(lk_conv2d_init, "conv2d.c");
+    lk_conv2d L;
+    memset(&L, 0, sizeof L);
+    lk_conv2d_free(&L); /* zeroed struct */
+    lk_conv2d_free(&L); /* twice */
+    int ok = conv_bad_body(&L);
+    lk_conv2d_free(&L);
+    /* init/free cycles */
+    lk_conv2d_cfg c = {.n = 2, .ic = 8, .ih = 7, .iw = 7, .oc = 8, .kh = 5, .kw = 5, .sh = 2,
+                       .sw = 2, .pt = 2, .pl = 2, .pb = 2, .pr = 2, .groups = 8, .train = 1,
+                       .need_dx = 1};
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_conv2d_init(&L, &c);
+        lk_conv2d_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* --------------------------------------------------------------- batchnorm */
+static int bn_case_body(lk_bn *L, lk_bn_cfg c) {
+    OK(lk_bn_init(L, &c));
+    int C = c.c;
+    size_t M = (size_t)c.n * c.h * c.w, nx = M * C;
+    float *x = frand(nx, -2, 3), *g = frand(C, 0.5, 1.5), *be = frand(C, -1, 1);
+    float *rm = frand(C, -0.5, 0.5), *rv = frand(C, 0.5, 2.0);
+    float *rm0 = fbuf(C), *rv0 = fbuf(C);
+    memcpy(rm0, rm, C * sizeof *rm);
+    memcpy(rv0, rv, C * sizeof *rv);
+    float *y = fbuf(nx), *mean = fbuf(C), *var = fbuf(C), *dy = frand(nx, -1, 1);
+    float *dx = fbuf(nx), *dg = fbuf(C), *db = fbuf(C);
+    double *rmean = dbuf(C), *rvar = dbuf(C), *ry = dbuf(nx), *rdx = dbuf(nx), *rdg = dbuf(C),
+           *rdb = dbuf(C), *rrm = dbuf(C), *rrv = dbuf(C);
+    int train = c.mode == LK_BN_TRAIN;
+    for (int ch = 0; ch < C; ch++) {
+        double s = 0, q = 0;
+        for (size_t i = 0; i < M; i++) s += x[i * C + ch];
+        double mu = s / M;
+        for (size_t i = 0; i < M; i++) q += (x[i * C + ch] - mu) * (x[i * C + ch] - mu);
+        double v = q / M;
+        rmean[ch] = mu;
+        rvar[ch] = v;
+        rrm[ch] = train ? (1 - c.momentum) * rm[ch] + c.momentum * mu : rm[ch];
+        rrv[ch] = train ? (1 - c.momentum) * rv[ch] + c.momentum * v * M / (M - 1) : rv[ch];
+        double um = train ? mu : rm[ch], uv = train ? v : rv[ch];
+        double rstd = 1.0 / sqrt(uv + c.eps), sdy = 0, sdyx = 0;
+        for (size_t i = 0; i < M; i++) {
+            double xh = (x[i * C + ch] - um) * rstd;
+            ry[i * C + ch] = g[ch] * xh + be[ch];
+            sdy += dy[i * C + ch];
+            sdyx += dy[i * C + ch] * xh;
+        }
+        rdb[ch] = sdy;
+        rdg[ch] = sdyx;
+        for (size_t i = 0; i < M; i++) {
+            double xh = (x[i * C + ch] - um) * rstd, d = dy[i * C + ch];
+            rdx[i * C + ch] = train ? g[ch] * rstd * (d - sdy / M - xh * sdyx / M) : g[ch] * rstd * d;
+        }
+    }
+    if (train) {
+        OK(lk_bn_forward(L, y, mean, var, x, g, be, rm, rv));
+        CLOSE("bn mean", mean, rmean, (size_t)C);
+        CLOSE("bn var", var, rvar, (size_t)C);
+    } else {
+        OK(lk_bn_forward(L, y, NULL, NULL, x, g, be, rm, rv));
+    }
+    CLOSE("bn y", y, ry, nx);
+    CLOSE("bn running_mean", rm, rrm, (size_t)C);
+    CLOSE("bn running_var", rv, rrv, (size_t)C);
+    if (!train) {
+        EXPECT(!memcmp(rm, rm0, C * sizeof *rm) && !memcmp(rv, rv0, C * sizeof *rv),
+               "running statistics changed in mode %d", (int)c.mode);
+    }
+    if (c.mode == LK_BN_EVAL) {
+        BAD(lk_bn_backward(L, dx, dg, db, dy, x, rm, rv, g), ANY_ERR);
+        return 1;
+    }
+    const float *sm = train ? mean : rm, *sv = train ? var : rv;
+    for (size_t i = 0; i < nx; i++) dx[i] = 1e6f;
+    OK(lk_bn_backward(L, c.need_dx ? dx : NULL, dg, db, dy, x, sm, sv, g));
+    if (c.need_dx) CLOSE("bn dx", dx, rdx, nx);
+    CLOSE("bn dgamma", dg, rdg, (size_t)C);
+    CLOSE("bn dbeta", db, rdb, (size_t)C);
+    if (c.need_dx) { /* input gradient alone */
+        memset(dx, 0, nx * sizeof *dx);
+        OK(lk_bn_backward(L, dx, NULL, NULL, dy, x, sm, sv, g));
+        CLOSE("bn dx (dx only)", dx, rdx, nx);
+    }
+    return 1;
+}
+
+static int bn_case(lk_bn_cfg c) {
+    lk_bn L = {0};
+    int ok = bn_case_body(&L, c);
+    lk_bn_free(&L);
+    if (!ok) {
+        char tmp[768];
+        snprintf(tmp, sizeof tmp, "%.700s", g_msg);
+        snprintf(g_msg, sizeof g_msg, "[n%d c%d %dx%d mode %d need_dx %d] %s", c.n, c.c, c.h,
+                 c.w, (int)c.mode, c.need_dx, tmp);
+    }
+    return ok;
+}
+
+static int test_batchnorm(void) {
+    NEED(lk_bn_init, "batchnorm.c");
+    const lk_bn_mode modes[] = {LK_BN_TRAIN, LK_BN_EVAL, LK_BN_FROZEN};
+    for (int m = 0; m < 3; m++) {
+        /* 4-D, odd non-square; batch 1; 1-D (BatchNorm1d) */
+        lk_bn_cfg c4 = {.n = 2, .c = 5, .h = 3, .w = 7, .eps = 1e-5f, .momentum = 0.1f,
+                        .mode = modes[m], .need_dx = 1};
+        lk_bn_cfg c1b = {.n = 1, .c = 16, .h = 5, .w = 4, .eps = 1e-3f, .momentum = 0.01f,
+                         .mode = modes[m], .need_dx = 1};
+        lk_bn_cfg c1d = {.n = 6, .c = 7, .h = 1, .w = 1, .eps = 1e-5f, .momentum = 0.1f,
+                         .mode = modes[m], .need_dx = 1};
+        if (!bn_case(c4) || !bn_case(c1b) || !bn_case(c1d)) return 0;
+        if (modes[m] != LK_BN_EVAL) {
+            c4.need_dx = 0; /* parameter gradients only (first trainable layer) */
+            if (!bn_case(c4)) return 0;
+        }
+    }
+    return 1;
+}
+
+static int bn_bad_body(lk_bn *L) {
+    const lk_bn_cfg good = {.n = 2, .c = 3, .h = 2, .w = 2, .eps = 1e-5f, .momentum = 0.1f,
+                            .mode = LK_BN_TRAIN, .need_dx = 1};
+    lk_bn_cfg c = good;
+    c.c = 0;
+    BAD(lk_bn_init(L, &c), LK_ERR_ARG);
+    lk_bn_free(L);
+    c = good; c.mode = (lk_bn_mode)7;
+    BAD(lk_bn_init(L, &c), LK_ERR_ARG);
+    lk_bn_free(L);
+    c = good; c.eps = -1.0f;
+    BAD(lk_bn_init(L, &c), LK_ERR_ARG);
+    lk_bn_free(L);
+    float *x = frand(24, -1, 1), *y = fbuf(24), *p = frand(3, 0.5, 1), *m = fbuf(3), *v = fbuf(3);
+    float *rm = fbuf(3), *rv = frand(3, 1, 2);
+    BAD(lk_bn_forward(L, y, m, v, x, p, p, rm, rv), ANY_ERR); /* zeroed struct */
+    OK(lk_bn_init(L, &good));
+    BAD(lk_bn_forward(L, NULL, m, v, x, p, p, rm, rv), LK_ERR_ARG);
+    BAD(lk_bn_forward(L, y, m, v, NULL, p, p, rm, rv), LK_ERR_ARG);
+    OK(lk_bn_forward(L, y, NULL, NULL, x, p, p, NULL, NULL)); /* stats not kept: allowed */
+    OK(lk_bn_forward(L, y, m, v, x, p, p, rm, rv));
+    BAD(lk_bn_backward(L, x, m, v, NULL, x, m, v, p), LK_ERR_ARG); /* dy NULL */
+    BAD(lk_bn_backward(L, x, m, v, y, x, NULL, NULL, p), LK_ERR_ARG); /* saved stats NULL */
+    lk_bn_free(L);
+    c = good; c.mode = LK_BN_EVAL;
+    OK(lk_bn_init(L, &c));
+    BAD(lk_bn_backward(L, x, m, v, y, x, rm, rv, p), ANY_ERR); /* eval plan has no backward */
+    lk_bn_free(L);
+    return 1;
+}
+
+static int test_batchnorm_bad(void) {
+    NEED(lk_bn_init, "batchnorm.c");
+    lk_bn L;
+    memset(&L, 0, sizeof L);
+    lk_bn_free(&L);
+    int ok = bn_bad_body(&L);
+    lk_bn_free(&L);
+    lk_bn_cfg c = {.n = 2, .c = 5, .h = 3, .w = 3, .eps = 1e-5f, .momentum = 0.1f,
+                   .mode = LK_BN_TRAIN, .need_dx = 1};
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_bn_init(&L, &c);
+        lk_bn_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* -------------------------------------------------------------- activation */
+static double sigm(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+static int act_case_body(lk_act *L, lk_act_kind kind, int64_t n) {
+    static const char *names[] = {"silu", "sigmoid", "relu", "relu6"};
+    OK(lk_act_init(L, kind, n, 1));
+    float *x = frand((size_t)n, -8, 8), *dy = frand((size_t)n, -1, 1), *y = fbuf((size_t)n);
+    float *dx = fbuf((size_t)n);
+    double *ry = dbuf((size_t)n), *rdx = dbuf((size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i], d = 0;
+        switch (kind) {
+        case LK_ACT_SILU: ry[i] = v * sigm(v); d = sigm(v) * (1 + v * (1 - sigm(v))); break;
+        case LK_ACT_SIGMOID: ry[i] = sigm(v); d = sigm(v) * (1 - sigm(v)); break;
+        case LK_ACT_RELU: ry[i] = v > 0 ? v : 0; d = v > 0; break;
+        case LK_ACT_RELU6: ry[i] = v < 0 ? 0 : v > 6 ? 6 : v; d = v > 0 && v < 6; break;
+        }
+        rdx[i] = d * dy[i];
+    }
+    char what[64];
+    snprintf(what, sizeof what, "%s y", names[kind]);
+    OK(lk_act_forward(L, y, x));
+    CLOSE(what, y, ry, (size_t)n);
+    /* Backward gets only the tensor it is documented to use; the other is NULL. */
+    const float *bx = kind == LK_ACT_SIGMOID ? NULL : x, *by = kind == LK_ACT_SIGMOID ? y : NULL;
+    snprintf(what, sizeof what, "%s dx", names[kind]);
+    OK(lk_act_backward(L, dx, dy, bx, by));
+    CLOSE(what, dx, rdx, (size_t)n);
+    /* In place: dx == dy, then y == x (x is clobbered last). */
+    float *g = fbuf((size_t)n);
+    memcpy(g, dy, (size_t)n * sizeof *g);
+    OK(lk_act_backward(L, g, g, bx, by));
+    snprintf(what, sizeof what, "%s dx (in place)", names[kind]);
+    CLOSE(what, g, rdx, (size_t)n);
+    OK(lk_act_forward(L, x, x));
+    snprintf(what, sizeof what, "%s y (in place)", names[kind]);
+    CLOSE(what, x, ry, (size_t)n);
+    return 1;
+}
+
+static int test_activation(void) {
+    NEED(lk_act_init, "activation.c");
+    const lk_act_kind kinds[] = {LK_ACT_SILU, LK_ACT_SIGMOID, LK_ACT_RELU, LK_ACT_RELU6};
+    const int64_t counts[] = {1, 1001, 2 * 5 * 7 * 3};
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 3; j++) {
+            lk_act L = {0};
+            int ok = act_case_body(&L, kinds[k], counts[j]);
+            lk_act_free(&L);
+            if (!ok) return 0;
+        }
+    return 1;
+}
+
+static int act_bad_body(lk_act *L) {
+    BAD(lk_act_init(L, LK_ACT_SILU, -5, 1), LK_ERR_ARG);
+    lk_act_free(L);
+    BAD(lk_act_init(L, (lk_act_kind)42, 10, 1), LK_ERR_ARG);
+    lk_act_free(L);
+    float *x = frand(10, -1, 1), *y = fbuf(10);
+    BAD(lk_act_forward(L, y, x), ANY_ERR); /* zeroed struct */
+    OK(lk_act_init(L, LK_ACT_SILU, 10, 0));
+    BAD(lk_act_forward(L, NULL, x), LK_ERR_ARG);
+    BAD(lk_act_forward(L, y, NULL), LK_ERR_ARG);
+    OK(lk_act_forward(L, y, x));
+    BAD(lk_act_backward(L, y, x, x, y), ANY_ERR); /* forward-only plan */
+    lk_act_free(L);
+    OK(lk_act_init(L, LK_ACT_SILU, 10, 1));
+    BAD(lk_act_backward(L, y, x, NULL, y), LK_ERR_ARG); /* SiLU needs x */
+    BAD(lk_act_backward(L, y, NULL, x, NULL), LK_ERR_ARG);
+    lk_act_free(L);
+    OK(lk_act_init(L, LK_ACT_SIGMOID, 10, 1));
+    BAD(lk_act_backward(L, y, x, x, NULL), LK_ERR_ARG); /* sigmoid needs y */
+    lk_act_free(L);
+    return 1;
+}
+
+static int test_activation_bad(void) {
+    NEED(lk_act_init, "activation.c");
+    lk_act L;
+    memset(&L, 0, sizeof L);
+    lk_act_free(&L);
+    int ok = act_bad_body(&L);
+    lk_act_free(&L);
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_act_init(&L, LK_ACT_RELU6, 100, 1);
+        lk_act_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* ----------------------------------------------------------------- pooling */
+static int gpool_case_body(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int w) {
+    OK(lk_gpool_init(L, kind, n, c, h, w, 1));
+    size_t hw = (size_t)h * w, nx = (size_t)n * hw * c, ny = (size_t)n * c;
+    float *x = frand(nx, -3, 3), *y = fbuf(ny), *dy = frand(ny, -1, 1), *dx = fbuf(nx);
+    double *ry = dbuf(ny), *rdx = dbuf(nx);
+    for (int b = 0; b < n; b++)
+        for (int ch = 0; ch < c; ch++) {
+            double s = 0, mx = -INFINITY;
+            size_t arg = 0;
+            for (size_t p = 0; p < hw; p++) {
+                size_t i = ((size_t)b * hw + p) * c + ch;
+                s += x[i];
+                if (x[i] > mx) { mx = x[i]; arg = i; }
+            }
+            ry[(size_t)b * c + ch] = kind == LK_POOL_AVG ? s / hw : mx;
+            for (size_t p = 0; p < hw; p++) {
+                size_t i = ((size_t)b * hw + p) * c + ch;
+                rdx[i] = kind == LK_POOL_AVG ? dy[(size_t)b * c + ch] / hw
+                                             : (i == arg ? dy[(size_t)b * c + ch] : 0.0);
+            }
+        }
+    OK(lk_gpool_forward(L, y, x));
+    CLOSE(kind == LK_POOL_AVG ? "avgpool y" : "maxpool y", y, ry, ny);
+    for (size_t i = 0; i < nx; i++) dx[i] = 1e6f;
+    OK(lk_gpool_backward(L, dx, dy));
+    CLOSE(kind == LK_POOL_AVG ? "avgpool dx" : "maxpool dx", dx, rdx, nx);
+    return 1;
+}
+
+static int test_pooling(void) {
+    NEED(lk_gpool_init, "pooling.c");
+    const int shapes[][4] = {{2, 5, 3, 7}, {1, 16, 4, 4}, {3, 1, 1, 5}, {2, 9, 1, 1}};
+    for (int k = 0; k < 2; k++)
+        for (int s = 0; s < 4; s++) {
+            lk_gpool L = {0};
+            int ok = gpool_case_body(&L, k ? LK_POOL_MAX : LK_POOL_AVG, shapes[s][0],
+                                     shapes[s][1], shapes[s][2], shapes[s][3]);
+            lk_gpool_free(&L);
+            if (!ok) return 0;
+        }
+    return 1;
+}
+
+static int gpool_bad_body(lk_gpool *L) {
+    BAD(lk_gpool_init(L, LK_POOL_AVG, 2, 0, 3, 3, 1), LK_ERR_ARG);
+    lk_gpool_free(L);
+    BAD(lk_gpool_init(L, (lk_pool_kind)9, 2, 3, 3, 3, 1), LK_ERR_ARG);
+    lk_gpool_free(L);
+    float *x = frand(54, -1, 1), *y = fbuf(6);
+    BAD(lk_gpool_forward(L, y, x), ANY_ERR); /* zeroed struct */
+    OK(lk_gpool_init(L, LK_POOL_MAX, 2, 3, 3, 3, 0));
+    BAD(lk_gpool_forward(L, NULL, x), LK_ERR_ARG);
+    BAD(lk_gpool_forward(L, y, NULL), LK_ERR_ARG);
+    OK(lk_gpool_forward(L, y, x));
+    BAD(lk_gpool_backward(L, x, y), ANY_ERR); /* forward-only plan */
+    lk_gpool_free(L);
+    OK(lk_gpool_init(L, LK_POOL_AVG, 2, 3, 3, 3, 1));
+    BAD(lk_gpool_backward(L, NULL, y), LK_ERR_ARG);
+    lk_gpool_free(L);
+    return 1;
+}
+
+static int test_pooling_bad(void) {
+    NEED(lk_gpool_init, "pooling.c");
+    lk_gpool L;
+    memset(&L, 0, sizeof L);
+    lk_gpool_free(&L);
+    int ok = gpool_bad_body(&L);
+    lk_gpool_free(&L);
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_gpool_init(&L, i % 2 ? LK_POOL_MAX : LK_POOL_AVG, 2, 8, 5, 5, 1);
+        lk_gpool_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------------------ linear */
+static int linear_case_body(lk_linear *L, int n, int in, int out, int bias, int need_dx) {
+    OK(lk_linear_init(L, n, in, out, bias, 1, need_dx));
+    float *x = frand((size_t)n * in, -1, 1), *w = frand((size_t)out * in, -1, 1);
+    float *b = bias ? frand(out, -1, 1) : NULL, *y = fbuf((size_t)n * out);
+    float *dy = frand((size_t)n * out, -1, 1), *dx = fbuf((size_t)n * in);
+    float *dw = fbuf((size_t)out * in), *db = fbuf(out);
+    double *ry = dbuf((size_t)n * out), *rdx = dbuf((size_t)n * in), *rdw = dbuf((size_t)out * in),
+           *rdb = dbuf(out);
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < out; o++) {
+            double s = b ? b[o] : 0, d = dy[(size_t)i * out + o];
+            for (int k = 0; k < in; k++) {
+                s += (double)x[(size_t)i * in + k] * w[(size_t)o * in + k];
+                rdx[(size_t)i * in + k] += d * w[(size_t)o * in + k];
+                rdw[(size_t)o * in + k] += d * x[(size_t)i * in + k];
+            }
+            ry[(size_t)i * out + o] = s;
+            rdb[o] += d;
+        }
+    OK(lk_linear_forward(L, y, x, w, b));
+    CLOSE("linear y", y, ry, (size_t)n * out);
+    OK(lk_linear_backward(L, need_dx ? dx : NULL, dw, bias ? db : NULL, dy, x, w));
+    if (need_dx) CLOSE("linear dx", dx, rdx, (size_t)n * in);
+    CLOSE("linear dw", dw, rdw, (size_t)out * in);
+    if (bias) CLOSE("linear db", db, rdb, (size_t)out);
+    return 1;
+}
+
+static int test_linear(void) {
+    NEED(lk_linear_init, "linear.c");
+    const int cases[][5] = {{3, 7, 4, 1, 1}, {1, 15, 2, 1, 1}, {5, 9, 11, 0, 1}, {4, 6, 3, 1, 0}};
+    for (int i = 0; i < 4; i++) {
+        lk_linear L = {0};
+        int ok = linear_case_body(&L, cases[i][0], cases[i][1], cases[i][2], cases[i][3],
+                                  cases[i][4]);
+        lk_linear_free(&L);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static int linear_bad_body(lk_linear *L) {
+    BAD(lk_linear_init(L, 2, 0, 3, 1, 1, 1), LK_ERR_ARG);
+    lk_linear_free(L);
+    BAD(lk_linear_init(L, -1, 4, 3, 1, 1, 1), LK_ERR_ARG);
+    lk_linear_free(L);
+    float *x = frand(8, -1, 1), *w = frand(12, -1, 1), *b = frand(3, -1, 1), *y = fbuf(6);
+    BAD(lk_linear_forward(L, y, x, w, b), ANY_ERR); /* zeroed struct */
+    OK(lk_linear_init(L, 2, 4, 3, 1, 0, 0));
+    BAD(lk_linear_forward(L, NULL, x, w, b), LK_ERR_ARG);
+    BAD(lk_linear_forward(L, y, x, NULL, b), LK_ERR_ARG);
+    BAD(lk_linear_forward(L, y, x, w, NULL), LK_ERR_ARG); /* bias layer without b */
+    OK(lk_linear_forward(L, y, x, w, b));
+    BAD(lk_linear_backward(L, x, w, b, y, x, w), ANY_ERR); /* forward-only plan */
+    lk_linear_free(L);
+    OK(lk_linear_init(L, 2, 4, 3, 1, 1, 0));
+    BAD(lk_linear_backward(L, x, w, b, y, x, w), ANY_ERR); /* dx without need_dx */
+    BAD(lk_linear_backward(L, NULL, w, b, NULL, x, w), LK_ERR_ARG);
+    lk_linear_free(L);
+    return 1;
+}
+
+static int test_linear_bad(void) {
+    NEED(lk_linear_init, "linear.c");
+    lk_linear L;
+    memset(&L, 0, sizeof L);
+    lk_linear_free(&L);
+    int ok = linear_bad_body(&L);
+    lk_linear_free(&L);
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_linear_init(&L, 4, 16, 2, 1, 1, 1);
+        lk_linear_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------ chmul / add (elementwise.c) */
+static int chmul_case_body(lk_chmul *L, int n, int c, int h, int w) {
+    OK(lk_chmul_init(L, n, c, h, w));
+    size_t hw = (size_t)h * w, nx = (size_t)n * hw * c, ns = (size_t)n * c;
+    float *x = frand(nx, -2, 2), *s = frand(ns, 0, 1), *y = fbuf(nx), *dy = frand(nx, -1, 1);
+    float *dx = fbuf(nx), *ds = fbuf(ns);
+    double *ry = dbuf(nx), *rdx = dbuf(nx), *rds = dbuf(ns);
+    for (int b = 0; b < n; b++)
+        for (size_t p = 0; p < hw; p++)
+            for (int ch = 0; ch < c; ch++) {
+                size_t i = ((size_t)b * hw + p) * c + ch, j = (size_t)b * c + ch;
+                ry[i] = (double)x[i] * s[j];
+                rdx[i] = (double)dy[i] * s[j];
+                rds[j] += (double)dy[i] * x[i];
+            }
+    OK(lk_chmul_forward(L, y, x, s));
+    CLOSE("chmul y", y, ry, nx);
+    for (size_t i = 0; i < ns; i++) ds[i] = 1e6f;
+    OK(lk_chmul_backward(L, dx, ds, dy, x, s));
+    CLOSE("chmul dx", dx, rdx, nx);
+    CLOSE("chmul ds", ds, rds, ns);
+    memset(dx, 0, nx * sizeof *dx);
+    OK(lk_chmul_backward(L, dx, NULL, dy, x, s));
+    CLOSE("chmul dx (dx only)", dx, rdx, nx);
+    memset(ds, 0, ns * sizeof *ds);
+    OK(lk_chmul_backward(L, NULL, ds, dy, x, s));
+    CLOSE("chmul ds (ds only)", ds, rds, ns);
+    return 1;
+}
+
+static int test_chmul(void) {
+    NEED(lk_chmul_init, "elementwise.c");
+    const int shapes[][4] = {{2, 5, 3, 7}, {1, 24, 4, 4}, {3, 7, 1, 1}};
+    for (int i = 0; i < 3; i++) {
+        lk_chmul L = {0};
+        int ok = chmul_case_body(&L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+        lk_chmul_free(&L);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static int test_add(void) {
+    NEED(lk_add_forward, "elementwise.c");
+    NEED(lk_add_inplace, "elementwise.c");
+    const int64_t n = 1001;
+    float *a = frand(n, -1, 1), *b = frand(n, -1, 1), *y = fbuf(n);
+    double *r = dbuf(n);
+    for (int64_t i = 0; i < n; i++) r[i] = (double)a[i] + b[i];
+    OK(lk_add_forward(y, a, b, n));
+    CLOSE("add y", y, r, (size_t)n);
+    float *a2 = fbuf(n);
+    memcpy(a2, a, n * sizeof *a);
+    OK(lk_add_forward(a2, a2, b, n)); /* y aliases a */
+    CLOSE("add y (aliased)", a2, r, (size_t)n);
+    memcpy(a2, a, n * sizeof *a);
+    OK(lk_add_inplace(a2, b, n));
+    CLOSE("add_inplace", a2, r, (size_t)n);
+    OK(lk_add_forward(y, a, b, 0)); /* empty is fine */
+    BAD(lk_add_forward(NULL, a, b, n), LK_ERR_ARG);
+    BAD(lk_add_forward(y, a, NULL, n), LK_ERR_ARG);
+    BAD(lk_add_forward(y, a, b, -1), LK_ERR_ARG);
+    BAD(lk_add_inplace(NULL, a, n), LK_ERR_ARG);
+    BAD(lk_add_inplace(y, a, -3), LK_ERR_ARG);
+    return 1;
+}
+
+static int chmul_bad_body(lk_chmul *L) {
+    BAD(lk_chmul_init(L, 0, 3, 2, 2), LK_ERR_ARG);
+    lk_chmul_free(L);
+    float *x = frand(24, -1, 1), *s = frand(6, -1, 1), *y = fbuf(24);
+    BAD(lk_chmul_forward(L, y, x, s), ANY_ERR); /* zeroed struct */
+    OK(lk_chmul_init(L, 2, 3, 2, 2));
+    BAD(lk_chmul_forward(L, NULL, x, s), LK_ERR_ARG);
+    BAD(lk_chmul_forward(L, y, x, NULL), LK_ERR_ARG);
+    BAD(lk_chmul_backward(L, y, NULL, NULL, x, s), LK_ERR_ARG); /* dy NULL */
+    lk_chmul_free(L);
+    return 1;
+}
+
+static int test_chmul_bad(void) {
+    NEED(lk_chmul_init, "elementwise.c");
+    lk_chmul L;
+    memset(&L, 0, sizeof L);
+    lk_chmul_free(&L);
+    int ok = chmul_bad_body(&L);
+    lk_chmul_free(&L);
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_chmul_init(&L, 2, 16, 3, 3);
+        lk_chmul_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* ------------------------------------------------------------------ dropout */
+static int test_dropout(void) {
+    NEED(lk_dropout_forward, "dropout.c");
+    NEED(lk_dropout_backward, "dropout.c");
+    const int64_t n = 20001;
+    const float p = 0.3f;
+    float *x = frand(n, -1, 1), *y = fbuf(n), *dy = frand(n, -1, 1), *dx = fbuf(n);
+    uint8_t *mask = talloc(n), *mask2 = talloc(n), *mask3 = talloc(n);
+    double *ry = dbuf(n), *rdx = dbuf(n);
+    OK(lk_dropout_forward(y, mask, x, n, p, 1234));
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        EXPECT(mask[i] <= 1, "mask[%lld] = %d, expected 0 or 1", (long long)i, mask[i]);
+        kept += mask[i];
+        ry[i] = mask[i] ? x[i] / (1.0 - p) : 0.0;
+        rdx[i] = mask[i] ? dy[i] / (1.0 - p) : 0.0;
+    }
+    /* Keep rate 1 - p within 5 standard deviations. */
+    double rate = (double)kept / n, sd = sqrt(p * (1 - p) / n);
+    EXPECT(fabs(rate - (1 - p)) < 5 * sd, "keep rate %.4f, expected %.2f", rate, 1 - p);
+    CLOSE("dropout y", y, ry, (size_t)n);
+    OK(lk_dropout_backward(dx, dy, mask, n, p));
+    CLOSE("dropout dx", dx, rdx, (size_t)n);
+    /* The mask depends only on (seed, i): same with one thread, different seed differs. */
+    int threads = lk_get_num_threads();
+    lk_set_num_threads(1);
+    lk_status st = lk_dropout_forward(y, mask2, x, n, p, 1234);
+    lk_set_num_threads(threads);
+    OK(st);
+    EXPECT(!memcmp(mask, mask2, (size_t)n), "mask changed with the thread count");
+    OK(lk_dropout_forward(y, mask3, x, n, p, 1235));
+    EXPECT(memcmp(mask, mask3, (size_t)n) != 0, "seeds 1234 and 1235 gave the same mask");
+    /* A prefix of the tensor gets the same mask (counter-based). */
+    OK(lk_dropout_forward(y, mask2, x, 777, p, 1234));
+    EXPECT(!memcmp(mask, mask2, 777), "mask depends on the count, not only on (seed, i)");
+    /* p = 0 is the identity. */
+    OK(lk_dropout_forward(y, mask2, x, n, 0.0f, 9));
+    EXPECT(!memcmp(x, y, (size_t)n * sizeof *x), "p=0 should copy x");
+    BAD(lk_dropout_forward(y, mask, x, n, -0.1f, 1), LK_ERR_ARG);
+    BAD(lk_dropout_forward(y, mask, x, n, 1.5f, 1), LK_ERR_ARG);
+    BAD(lk_dropout_forward(y, mask, x, n, NAN, 1), LK_ERR_ARG);
+    BAD(lk_dropout_forward(NULL, mask, x, n, p, 1), LK_ERR_ARG);
+    BAD(lk_dropout_forward(y, NULL, x, n, p, 1), LK_ERR_ARG);
+    BAD(lk_dropout_forward(y, mask, x, -1, p, 1), LK_ERR_ARG);
+    BAD(lk_dropout_backward(dx, dy, NULL, n, p), LK_ERR_ARG);
+    BAD(lk_dropout_backward(dx, dy, mask, n, -1.0f), LK_ERR_ARG);
+    return 1;
+}
+
+static int test_stochdepth(void) {
+    NEED(lk_stochdepth_forward, "dropout.c");
+    NEED(lk_stochdepth_backward, "dropout.c");
+    const int n = 64;
+    const int64_t per = 3 * 5 * 7;
+    const float p = 0.5f;
+    size_t tot = (size_t)n * per;
+    float *x = frand(tot, -1, 1), *y = fbuf(tot), *dy = frand(tot, -1, 1), *dx = fbuf(tot);
+    uint8_t *keep = talloc(n), *keep2 = talloc(n);
+    double *ry = dbuf(tot), *rdx = dbuf(tot);
+    OK(lk_stochdepth_forward(y, keep, x, n, per, p, 42));
+    int kept = 0;
+    for (int b = 0; b < n; b++) {
+        EXPECT(keep[b] <= 1, "keep[%d] = %d", b, keep[b]);
+        kept += keep[b];
+        for (int64_t i = 0; i < per; i++) {
+            size_t k = (size_t)b * per + i;
+            ry[k] = keep[b] ? x[k] / (1.0 - p) : 0.0;
+            rdx[k] = keep[b] ? dy[k] / (1.0 - p) : 0.0;
+        }
+    }
+    EXPECT(kept > 0 && kept < n, "stochastic depth kept %d of %d samples at p=0.5", kept, n);
+    CLOSE("stochdepth y", y, ry, tot);
+    OK(lk_stochdepth_backward(dx, dy, keep, n, per, p));
+    CLOSE("stochdepth dx", dx, rdx, tot);
+    OK(lk_stochdepth_forward(y, keep2, x, n, per, p, 42));
+    EXPECT(!memcmp(keep, keep2, (size_t)n), "same seed gave different keep flags");
+    OK(lk_stochdepth_forward(y, keep2, x, n, per, 0.0f, 42));
+    EXPECT(!memcmp(x, y, tot * sizeof *x), "p=0 should copy x");
+    BAD(lk_stochdepth_forward(y, keep, x, n, per, 1.2f, 42), LK_ERR_ARG);
+    BAD(lk_stochdepth_forward(y, keep, x, -1, per, p, 42), LK_ERR_ARG);
+    BAD(lk_stochdepth_forward(y, NULL, x, n, per, p, 42), LK_ERR_ARG);
+    BAD(lk_stochdepth_backward(NULL, dy, keep, n, per, p), LK_ERR_ARG);
+    return 1;
+}
+
+/* ------------------------------------------------------------------- xent */
+/* torch.nn.functional.cross_entropy(mean, weight, label_smoothing) in double:
+ * [(1-e) sum_i w[y_i] (-logp[i,y_i]) + (e/K) sum_i sum_k w[k] (-logp[i,k])] / sum_i w[y_i]
+ * (the denominator is N without weights). */
+static double ref_xent(const double *z, const int32_t *lab, const float *cw, int n, int k,
+                       double eps, double *prob) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        const double *zi = z + (size_t)i * k;
+        double mx = zi[0], s = 0;
+        for (int j = 1; j < k; j++) mx = fmax(mx, zi[j]);
+        for (int j = 0; j < k; j++) s += exp(zi[j] - mx);
+        double lse = mx + log(s), wy = cw ? cw[lab[i]] : 1.0, smooth = 0;
+        for (int j = 0; j < k; j++) {
+            double lp = zi[j] - lse;
+            if (prob) prob[(size_t)i * k + j] = exp(lp);
+            smooth += (cw ? cw[j] : 1.0) * -lp;
+        }
+        num += (1 - eps) * wy * -(zi[lab[i]] - lse) + eps / k * smooth;
+        den += wy;
+    }
+    return num / den;
+}
+
+static int xent_case(int n, int k, int weighted, float eps) {
+    float *z = frand((size_t)n * k, -3, 3), *cw = weighted ? frand(k, 0.2, 2) : NULL;
+    int32_t *lab = talloc((size_t)n * sizeof *lab);
+    for (int i = 0; i < n; i++) lab[i] = (int32_t)(urand() * k);
+    float loss = -1, *prob = fbuf((size_t)n * k), *dz = fbuf((size_t)n * k);
+    double *zd = to_d(z, (size_t)n * k), *rprob = dbuf((size_t)n * k), *rdz = dbuf((size_t)n * k);
+    double rloss = ref_xent(zd, lab, cw, n, k, eps, rprob);
+    /* Gradient reference by central differences of the double-precision loss
+     * (no hand-derived formula to get wrong); dloss = 0.7 scales it. */
+    const double dloss = 0.7, h = 1e-6;
+    for (size_t i = 0; i < (size_t)n * k; i++) {
+        double z0 = zd[i];
+        zd[i] = z0 + h;
+        double lp = ref_xent(zd, lab, cw, n, k, eps, NULL);
+        zd[i] = z0 - h;
+        double lm = ref_xent(zd, lab, cw, n, k, eps, NULL);
+        zd[i] = z0;
+        rdz[i] = dloss * (lp - lm) / (2 * h);
+    }
+    OK(lk_xent_forward(&loss, prob, z, lab, cw, n, k, eps));
+    CLOSE("xent loss", &loss, &rloss, 1);
+    CLOSE("xent prob", prob, rprob, (size_t)n * k);
+    OK(lk_xent_backward(dz, prob, lab, cw, n, k, eps, (float)dloss));
+    /* FD truncation/rounding error in double is ~1e-9: RTOL still applies. */
+    CLOSE("xent dlogits", dz, rdz, (size_t)n * k);
+    return 1;
+}
+
+static int test_xent(void) {
+    NEED(lk_xent_forward, "loss.c");
+    NEED(lk_xent_backward, "loss.c");
+    if (!xent_case(5, 2, 0, 0.0f) || !xent_case(7, 5, 1, 0.0f) || !xent_case(6, 3, 0, 0.1f) ||
+        !xent_case(9, 4, 1, 0.2f) || !xent_case(1, 2, 1, 0.1f))
+        return 0;
+    float z[6] = {0.1f, 0.2f, 0.3f, -1, 2, 0.5f}, prob[6], loss, dz[6], cw[3] = {1, 1, 1};
+    int32_t lab[2] = {0, 3}, good[2] = {0, 2}, neg[2] = {-1, 0};
+    BAD(lk_xent_forward(&loss, prob, z, lab, NULL, 2, 3, 0), LK_ERR_ARG); /* label >= K */
+    BAD(lk_xent_forward(&loss, prob, z, neg, NULL, 2, 3, 0), LK_ERR_ARG); /* label < 0 */
+    BAD(lk_xent_backward(dz, prob, lab, NULL, 2, 3, 0, 1), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, z, good, NULL, 0, 3, 0), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, z, good, NULL, 2, 0, 0), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, z, good, cw, 2, 3, -0.1f), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, z, good, cw, 2, 3, 1.5f), LK_ERR_ARG);
+    BAD(lk_xent_forward(NULL, prob, z, good, NULL, 2, 3, 0), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, NULL, good, NULL, 2, 3, 0), LK_ERR_ARG);
+    BAD(lk_xent_forward(&loss, prob, z, NULL, NULL, 2, 3, 0), LK_ERR_ARG);
+    z[4] = NAN; /* non-finite logits must not produce a silent NaN loss */
+    lk_clear_error();
+    lk_status s = lk_xent_forward(&loss, prob, z, good, NULL, 2, 3, 0);
+    EXPECT(s != LK_OK || isnan(loss), "NaN logit gave status OK and finite loss %g", (double)loss);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- chanstat */
+static int chanstat_case(int64_t npos, int c) {
+    float *x = frand((size_t)npos * c, -2, 2), *y = fbuf((size_t)npos * 2);
+    float *dy = frand((size_t)npos * 2, -1, 1), *dx = fbuf((size_t)npos * c);
+    int32_t *am = talloc((size_t)npos * sizeof *am);
+    double *ry = dbuf((size_t)npos * 2), *rdx = dbuf((size_t)npos * c);
+    for (int64_t p = 0; p < npos; p++) {
+        const float *xp = x + p * c;
+        double s = 0;
+        int a = 0;
+        for (int ch = 0; ch < c; ch++) {
+            s += xp[ch];
+            if (xp[ch] > xp[a]) a = ch;
+        }
+        ry[p * 2] = s / c;
+        ry[p * 2 + 1] = xp[a];
+        for (int ch = 0; ch < c; ch++)
+            rdx[p * c + ch] = dy[p * 2] / c + (ch == a ? dy[p * 2 + 1] : 0.0);
+    }
+    OK(lk_chanstat_forward(y, am, x, npos, c));
+    CLOSE("chanstat y", y, ry, (size_t)npos * 2);
+    for (int64_t p = 0; p < npos; p++) {
+        EXPECT(am[p] >= 0 && am[p] < c && x[p * c + am[p]] == (float)ry[p * 2 + 1],
+               "argmax[%lld] = %d", (long long)p, am[p]);
+    }
+    for (size_t i = 0; i < (size_t)npos * c; i++) dx[i] = 1e6f;
+    OK(lk_chanstat_backward(dx, dy, am, npos, c));
+    CLOSE("chanstat dx", dx, rdx, (size_t)npos * c);
+    return 1;
+}
+
+static int test_chanstat(void) {
+    NEED(lk_chanstat_forward, "chanstat.c");
+    NEED(lk_chanstat_backward, "chanstat.c");
+    if (!chanstat_case(2 * 3 * 7, 5) || !chanstat_case(1, 1) || !chanstat_case(4 * 4, 96))
+        return 0;
+    float x[8] = {0}, y[4];
+    int32_t am[2];
+    BAD(lk_chanstat_forward(y, am, x, 2, 0), LK_ERR_ARG);
+    BAD(lk_chanstat_forward(y, am, x, -1, 4), LK_ERR_ARG);
+    BAD(lk_chanstat_forward(NULL, am, x, 2, 4), LK_ERR_ARG);
+    BAD(lk_chanstat_forward(y, NULL, x, 2, 4), LK_ERR_ARG);
+    BAD(lk_chanstat_backward(x, y, NULL, 2, 4), LK_ERR_ARG);
+    return 1;
+}
+
+/* ----------------------------------------------------------------- softmax */
+static int softmax_case_body(lk_softmax *L, int rows, int cols) {
+    OK(lk_softmax_init(L, rows, cols, 1));
+    size_t n = (size_t)rows * cols;
+    float *x = frand(n, -4, 4), *y = fbuf(n), *dy = frand(n, -1, 1), *dx = fbuf(n);
+    double *ry = dbuf(n), *rdx = dbuf(n);
+    for (int r = 0; r < rows; r++) {
+        double mx = -INFINITY, s = 0, dot = 0;
+        for (int j = 0; j < cols; j++) mx = fmax(mx, x[(size_t)r * cols + j]);
+        for (int j = 0; j < cols; j++) s += exp(x[(size_t)r * cols + j] - mx);
+        for (int j = 0; j < cols; j++) {
+            ry[(size_t)r * cols + j] = exp(x[(size_t)r * cols + j] - mx) / s;
+            dot += ry[(size_t)r * cols + j] * dy[(size_t)r * cols + j];
+        }
+        for (int j = 0; j < cols; j++)
+            rdx[(size_t)r * cols + j] = ry[(size_t)r * cols + j] * (dy[(size_t)r * cols + j] - dot);
+    }
+    OK(lk_softmax_forward(L, y, x));
+    CLOSE("softmax y", y, ry, n);
+    OK(lk_softmax_backward(L, dx, dy, y));
+    CLOSE("softmax dx", dx, rdx, n);
+    return 1;
+}
+
+static int test_softmax(void) {
+    NEED(lk_softmax_init, "softmax.c");
+    const int cases[][2] = {{3, 17}, {1, 100}, {2, 1}, {5, 7 * 9}};
+    for (int i = 0; i < 4; i++) {
+        lk_softmax L = {0};
+        int ok = softmax_case_body(&L, cases[i][0], cases[i][1]);
+        lk_softmax_free(&L);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static int softmax_bad_body(lk_softmax *L) {
+    BAD(lk_softmax_init(L, 0, 5, 1), LK_ERR_ARG);
+    lk_softmax_free(L);
+    BAD(lk_softmax_init(L, 3, -2, 1), LK_ERR_ARG);
+    lk_softmax_free(L);
+    float *x = frand(15, -1, 1), *y = fbuf(15);
+    BAD(lk_softmax_forward(L, y, x), ANY_ERR); /* zeroed struct */
+    OK(lk_softmax_init(L, 3, 5, 0));
+    BAD(lk_softmax_forward(L, NULL, x), LK_ERR_ARG);
+    BAD(lk_softmax_forward(L, y, NULL), LK_ERR_ARG);
+    OK(lk_softmax_forward(L, y, x));
+    BAD(lk_softmax_backward(L, x, y, y), ANY_ERR); /* forward-only plan */
+    lk_softmax_free(L);
+    OK(lk_softmax_init(L, 3, 5, 1));
+    BAD(lk_softmax_backward(L, x, NULL, y), LK_ERR_ARG);
+    lk_softmax_free(L);
+    return 1;
+}
+
+static int test_softmax_bad(void) {
+    NEED(lk_softmax_init, "softmax.c");
+    lk_softmax L;
+    memset(&L, 0, sizeof L);
+    lk_softmax_free(&L);
+    int ok = softmax_bad_body(&L);
+    lk_softmax_free(&L);
+    for (int i = 0; ok && i < 3; i++) {
+        lk_status s = lk_softmax_init(&L, 4, 100, 1);
+        lk_softmax_free(&L);
+        if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
+    }
+    return ok;
+}
+
+/* -------------------------------------------------------------------- main */
+typedef struct {
+    const char *name;
+    int (*fn)(void);
+} test_case;
+
+/* Value tests first, bad-argument tests last: a layer that crashes on a bad
+ * argument still lets every value test report. */
+static const test_case tests[] = {
+    {"conv2d", test_conv2d},
+    {"batchnorm", test_batchnorm},
+    {"activation", test_activation},
+    {"pooling", test_pooling},
+    {"linear", test_linear},
+    {"chmul", test_chmul},
+    {"softmax", test_softmax},
+    {"chanstat", test_chanstat},
+    {"add", test_add},
+    {"dropout", test_dropout},
+    {"stochdepth", test_stochdepth},
+    {"xent", test_xent},
+    {"conv2d_bad", test_conv2d_bad},
+    {"batchnorm_bad", test_batchnorm_bad},
+    {"activation_bad", test_activation_bad},
+    {"pooling_bad", test_pooling_bad},
+    {"linear_bad", test_linear_bad},
+    {"chmul_bad", test_chmul_bad},
+    {"softmax_bad", test_softmax_bad},
+};
+
+int main(int argc, char **argv) {
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    int passed = 0, failed = 0, missing = 0;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        if (filter && !strstr(tests[i].name, filter)) continue;
+        g_msg[0] = '\0';
+        g_missing = 0;
+        lk_clear_error();
+        int ok = tests[i].fn();
+        tfree_all();
+        if (ok) {
+            passed++;
+            printf("PASS %s\n", tests[i].name);
+        } else {
+            failed++;
+            missing += g_missing;
+            printf("%s %s: %s\n", g_missing ? "MISSING" : "FAIL", tests[i].name, g_msg);
+        }
+        fflush(stdout);
+    }
+    lk_shutdown();
+    if (missing) printf("%d of the failures are layers not built yet\n", missing);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
