@@ -26,8 +26,8 @@ CASES = [
 
 
 def _torch_conv(x, w, b, stride, pad, groups):
-    t, l, bo, r = pad
-    xt = F.pad(x, (l, r, t, bo))
+    top, left, bottom, right = pad
+    xt = F.pad(x, (left, right, top, bottom))
     return F.conv2d(xt, w, b, stride=stride, groups=groups)
 
 

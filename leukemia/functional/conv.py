@@ -25,14 +25,14 @@ def conv_padding(padding: Padding, kernel: tuple[int, int], stride: tuple[int, i
             return ((kernel[0] - 1) // 2, (kernel[1] - 1) // 2) * 2  # type: ignore[return-value]
         if padding == "same":
             pads = []
-            for k, s, n in zip(kernel, stride, size):
+            for k, s, n in zip(kernel, stride, size, strict=True):
                 out = -(-n // s)
                 pads.append(max((out - 1) * s + k - n, 0))
             return pads[0] // 2, pads[1] // 2, pads[0] - pads[0] // 2, pads[1] - pads[1] // 2
         raise ValueError(f"padding must be an int, a tuple, 'symmetric' or 'same', got {padding!r}")
     if isinstance(padding, Sequence) and len(padding) == 4:
-        t, l, b, r = (int(p) for p in padding)
-        return t, l, b, r
+        top, left, bottom, right = (int(p) for p in padding)
+        return top, left, bottom, right
     ph, pw = pair(padding, "padding")  # type: ignore[arg-type]
     return ph, pw, ph, pw
 
