@@ -38,9 +38,14 @@ void lk_cba_bind(lk_cba *u, lk_arena *a, const lk_plan_opts *o) {
     size_t count = (size_t)u->n * u->oh * u->ow * u->oc;
     lk_arena_note(a, count);
     lk_arena_note(a, (size_t)u->n * u->ih * u->iw * u->ic);
-    u->z = lk_arena_take(a, count);
-    u->a = lk_arena_take(a, count);
-    u->out = u->has_act ? lk_arena_take(a, count) : u->a;
+    if (!o->train) {
+        /* Inference keeps nothing for a backward: BN and SiLU run in place. */
+        u->z = u->a = u->out = lk_arena_take(a, count);
+    } else {
+        u->z = lk_arena_take(a, count);
+        u->a = lk_arena_take(a, count);
+        u->out = u->has_act ? lk_arena_take(a, count) : u->a;
+    }
     u->mean = o->train ? lk_arena_take(a, (size_t)u->oc) : NULL;
     u->var = o->train ? lk_arena_take(a, (size_t)u->oc) : NULL;
 }

@@ -252,8 +252,44 @@ static void plan_free(lk_model *m) {
     m->fwd_ready = 0;
 }
 
+/* Inference keeps no activations for a backward, so two regions suffice: block i
+ * binds its buffers into region i % 2 and reads its input from the other one. */
+static void plan_bind_eval(lk_model *m, lk_arena *a) {
+    const lk_plan_opts *o = &m->opts;
+    size_t n = (size_t)o->n, c = (size_t)m->arch.head_out;
+    int nb = m->arch.nblocks;
+    m->x = lk_arena_take(a, n * m->ph * m->pw * 3);
+    m->pooled = lk_arena_take(a, n * c);
+    size_t region = 0;
+    lk_arena t = {0};
+    lk_cba_bind(&m->stem, &t, o);
+    region = t.used;
+    for (int i = 0; i < nb; i++) {
+        t = (lk_arena){0};
+        lk_block_bind(&m->blocks[i], &t, o);
+        if (t.used > region) region = t.used;
+    }
+    t = (lk_arena){0};
+    lk_cba_bind(&m->head, &t, o);
+    if (t.used > region) region = t.used;
+    float *r[2] = {lk_arena_take(a, region), lk_arena_take(a, region)};
+    if (!a->base) return; /* measuring */
+    lk_arena ra = {.base = r[1]};
+    lk_cba_bind(&m->stem, &ra, o);
+    for (int i = 0; i < nb; i++) {
+        ra = (lk_arena){.base = r[i % 2]};
+        lk_block_bind(&m->blocks[i], &ra, o);
+    }
+    ra = (lk_arena){.base = r[nb % 2]};
+    lk_cba_bind(&m->head, &ra, o);
+}
+
 static void plan_bind(lk_model *m, lk_arena *a) {
     const lk_plan_opts *o = &m->opts;
+    if (!o->train) {
+        plan_bind_eval(m, a);
+        return;
+    }
     size_t n = (size_t)o->n, c = (size_t)m->arch.head_out;
     m->x = lk_arena_take(a, n * m->ph * m->pw * 3);
     lk_cba_bind(&m->stem, a, o);

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Build the C core (csrc/core, csrc/layers; never csrc/py) and the layer test
+# Build the C core (csrc/core, layers, blocks, model; never csrc/py) and the layer and
+# model tests
 # with AddressSanitizer + UndefinedBehaviorSanitizer, run it with leak checking,
 # and fail on any sanitizer report or test failure.
 #
 #   csrc/tests/run_sanitized.sh            # from anywhere; PY=... picks the interpreter
-#
-# oneDNN is located exactly as setup.py does: headers from the installed
-# onednn-devel-cpu-gomp distribution, libdnnl.so.3 from onednn-cpu-gomp.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -14,52 +12,74 @@ PY=${PY:-.venv/bin/python}
 CC=${CC:-gcc}
 OUT=${LK_SAN_BUILD:-build/sanitize}
 
-read -r DNNL_INC DNNL_LIB < <("$PY" - <<'PYEOF'
-import importlib.metadata as md
-from pathlib import Path
-
-def locate(dist, suffix):
-    d = md.distribution(dist)
-    for f in d.files or []:
-        if str(f).replace("\\", "/").endswith(suffix):
-            return Path(d.locate_file(f)).resolve()
-    raise SystemExit(f"run_sanitized: '{suffix}' not found in distribution '{dist}'")
-
-h = locate("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.h")
-lib = locate("onednn-cpu-gomp", "libdnnl.so.3")
-print(h.parent.parent.parent, lib.parent)
-PYEOF
-)
+# oneDNN headers and library, located as setup.py does. The headers' wheel is a
+# build requirement only, so a fresh `pip install -e .` venv lacks it: install the
+# version matching the runtime wheel (LK_NO_INSTALL=1 refuses instead).
+paths() { "$PY" csrc/tests/onednn_paths.py 2>"$OUT/onednn_paths.err"; }
+mkdir -p "$OUT"
+if ! DNNL_PATHS=$(paths); then
+    req=$(grep '^onednn-devel-cpu-gomp==' "$OUT/onednn_paths.err" || true)
+    if [ -n "$req" ] && [ "${LK_NO_INSTALL:-0}" != 1 ]; then
+        echo "run_sanitized: oneDNN headers missing; installing $req into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
+        "$PY" -m pip install -q "$req" >&2
+        DNNL_PATHS=$(paths) || { cat "$OUT/onednn_paths.err" >&2; exit 1; }
+    else
+        cat "$OUT/onednn_paths.err" >&2
+        exit 1
+    fi
+fi
+read -r DNNL_INC DNNL_LIB <<<"$DNNL_PATHS"
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-std=c11 -fopenmp -g -O1 -Wall -Wextra -Wno-unused-parameter $SAN"
-INC="-Icsrc/core -Icsrc/layers -I$DNNL_INC"
+INC="-Icsrc/core -Icsrc/layers -Icsrc/blocks -Icsrc/model -I$DNNL_INC"
 
-mkdir -p "$OUT"
-objs=()
-for src in csrc/core/*.c csrc/layers/*.c csrc/tests/test_layers.c; do
+core=()
+for src in csrc/core/*.c csrc/layers/*.c csrc/blocks/*.c csrc/model/*.c; do
     obj="$OUT/$(echo "${src%.c}" | tr / _).o"
     $CC $CFLAGS $INC -c "$src" -o "$obj"
-    objs+=("$obj")
+    core+=("$obj")
 done
-$CC $SAN -fopenmp "${objs[@]}" -L"$DNNL_LIB" -l:libdnnl.so.3 -Wl,-rpath,"$DNNL_LIB" -lm \
-    -o "$OUT/test_layers"
+for t in test_layers test_model; do
+    $CC $CFLAGS $INC -c "csrc/tests/$t.c" -o "$OUT/$t.o"
+    $CC $SAN -fopenmp "$OUT/$t.o" "${core[@]}" -L"$DNNL_LIB" -l:libdnnl.so.3 \
+        -Wl,-rpath,"$DNNL_LIB" -lm -o "$OUT/$t"
+done
 
-log="$OUT/test_layers.log"
-supp="$ROOT/csrc/tests/lsan.supp"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-[ -f "$supp" ] && export LSAN_OPTIONS="suppressions=$supp:print_suppressions=0"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-rc=0
-"$OUT/test_layers" "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
-# The binary's exit status covers ASan/LSan/UBSan (halt_on_error); the grep is a
-# second guard in case a runtime report did not change the status.
-if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|Undefined|Leak)' "$log"; then
-    echo "run_sanitized: sanitizer report in $log" >&2
-    [ "$rc" -eq 0 ] && rc=1
-fi
-if [ "$rc" -ne 0 ]; then
-    echo "run_sanitized: FAILED (exit $rc)" >&2
-fi
+# Run twice: with the ISA oneDNN picks here, and capped at AVX2 (the development
+# machines' ISA), so that both families of JIT kernels are exercised.
+rc=0 passed=0 failed=0
+for run in test_layers:native test_layers:AVX2 test_model:native; do
+    t=${run%%:*} isa=${run#*:}
+    log="$OUT/$t.$isa.log"
+    echo "== $t (oneDNN ISA: $isa)"
+    r=0
+    if [ "$isa" = native ]; then
+        "$OUT/$t" 2>&1 | tee "$log" || r=${PIPESTATUS[0]}
+    else
+        ONEDNN_MAX_CPU_ISA=$isa "$OUT/$t" 2>&1 | tee "$log" || r=${PIPESTATUS[0]}
+    fi
+    # The exit status covers ASan/LSan/UBSan (halt_on_error); the grep is a second
+    # guard in case a runtime report did not change it.
+    if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|Undefined|Leak)' "$log"; then
+        echo "run_sanitized: sanitizer report in $log" >&2
+        [ "$r" -eq 0 ] && r=1
+    fi
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1 || true)
+    if [ -z "$summary" ]; then
+        echo "run_sanitized: $t ended without its summary line (crash?)" >&2
+        [ "$r" -eq 0 ] && r=1
+        failed=$((failed + 1))
+    else
+        passed=$((passed + ${summary%% passed*}))
+        f=${summary#*, }
+        failed=$((failed + ${f%% failed}))
+    fi
+    [ "$r" -ne 0 ] && rc=$r
+done
+[ "$rc" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1
+echo "$passed passed, $failed failed"
 exit "$rc"
