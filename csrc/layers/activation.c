@@ -36,7 +36,7 @@ lk_status lk_act_init(lk_act *L, lk_act_kind kind, int64_t count, int train) {
     L->kind = kind;
     L->count = count;
     L->train = train;
-    act_alg a;
+    act_alg a = {0};
     LK_TRY(act_alg_of(kind, &a));
     LK_REQUIRE(count > 0, "activation: count must be positive, got %lld", (long long)count);
 
@@ -89,7 +89,7 @@ lk_status lk_act_forward(lk_act *L, float *y, const float *x) {
 
 lk_status lk_act_backward(lk_act *L, float *dx, const float *dy, const float *x, const float *y) {
     LK_REQUIRE(L->bwd.p, "activation backward: layer was planned without backward (train=0)");
-    act_alg a;
+    act_alg a = {0};
     LK_TRY(act_alg_of(L->kind, &a));
     const float *data = a.use_dst ? y : x;
     LK_REQUIRE(dx && dy, "activation backward: dx and dy are required");
