@@ -32,6 +32,23 @@ extern "C" {
 
 const char *lk_dnnl_status_str(dnnl_status_t s);
 
+/* The same two checks for init functions that hold descriptors: they need a local
+ * `lk_status st` and a `done:` label that releases everything and returns st. */
+#define LK_TRY_GOTO(expr)                 \
+    do {                                  \
+        st = (expr);                      \
+        if (st != LK_OK) goto done;       \
+    } while (0)
+#define LK_DNNL_GOTO(expr)                                                              \
+    do {                                                                                \
+        dnnl_status_t lk_dnnl_s_ = (expr);                                              \
+        if (lk_dnnl_s_ != dnnl_success) {                                               \
+            st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", \
+                         #expr, lk_dnnl_status_str(lk_dnnl_s_));                        \
+            goto done;                                                                  \
+        }                                                                               \
+    } while (0)
+
 /* Process-wide CPU engine (created on first use, thread-safe). */
 lk_status lk_engine(dnnl_engine_t *out);
 /* This thread's stream on the engine (created on first use). */

@@ -58,52 +58,45 @@ lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg) {
     const unsigned ss = dnnl_use_scale | dnnl_use_shift;
     const unsigned flags = c->mode == LK_BN_TRAIN ? ss : ss | dnnl_use_global_stats;
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
-
-    TRY(bn_act_md(&x_md, c));    /* [N, H, W, C] or [N, C] */
-    TRY(lk_md1(&c_md, c->c));    /* [C]: mean, var, gamma, beta and their gradients */
-    TRY(lk_attr(&attr));
+    LK_TRY_GOTO(bn_act_md(&x_md, c));    /* [N, H, W, C] or [N, C] */
+    LK_TRY_GOTO(lk_md1(&c_md, c->c));    /* [C]: mean, var, gamma, beta and their gradients */
+    LK_TRY_GOTO(lk_attr(&attr));
 
     /* [2, C]: batch mean/var when the caller passes none, or discarded gradients. */
     L->scaleshift_tmp = lk_alloc(2 * (size_t)c->c * sizeof(float));
     if (!L->scaleshift_tmp) { st = LK_FAIL(LK_ERR_NOMEM, "batchnorm: [2, C] scratch"); goto done; }
 
     /* EVAL and FROZEN forwards are the same inference with the running stats. */
-    DN(dnnl_batch_normalization_forward_primitive_desc_create(
+    LK_DNNL_GOTO(dnnl_batch_normalization_forward_primitive_desc_create(
         &pd, eng, c->mode == LK_BN_TRAIN ? dnnl_forward_training : dnnl_forward_inference, x_md,
         x_md, c->eps, flags, attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
-    TRY(lk_mem(&L->m_x, x_md));
-    TRY(lk_mem(&L->m_y, x_md));
-    TRY(lk_mem(&L->m_mean, c_md));
-    TRY(lk_mem(&L->m_var, c_md));
-    TRY(lk_mem(&L->m_scale, c_md));
-    TRY(lk_mem(&L->m_shift, c_md));
+    LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_mean, c_md));
+    LK_TRY_GOTO(lk_mem(&L->m_var, c_md));
+    LK_TRY_GOTO(lk_mem(&L->m_scale, c_md));
+    LK_TRY_GOTO(lk_mem(&L->m_shift, c_md));
 
     if (c->mode != LK_BN_EVAL && c->need_dx) {
         /* The backward wants a training forward as its hint; FROZEN's forward
          * is an inference one, so make a throwaway training descriptor. */
         const_dnnl_primitive_desc_t h = L->fwd.pd;
         if (c->mode == LK_BN_FROZEN) {
-            DN(dnnl_batch_normalization_forward_primitive_desc_create(
+            LK_DNNL_GOTO(dnnl_batch_normalization_forward_primitive_desc_create(
                 &hint, eng, dnnl_forward_training, x_md, x_md, c->eps, flags, attr));
             h = hint;
         }
-        DN(dnnl_batch_normalization_backward_primitive_desc_create(
+        LK_DNNL_GOTO(dnnl_batch_normalization_backward_primitive_desc_create(
             &pd, eng, dnnl_backward, x_md, x_md, x_md, c->eps, flags, h, attr));
-        TRY(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
         pd = NULL;
-        TRY(lk_mem(&L->m_dx, x_md));
-        TRY(lk_mem(&L->m_dy, x_md));
-        TRY(lk_mem(&L->m_dscale, c_md));
-        TRY(lk_mem(&L->m_dshift, c_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dy, x_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dscale, c_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dshift, c_md));
     }
-#undef TRY
-#undef DN
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (hint) dnnl_primitive_desc_destroy(hint);

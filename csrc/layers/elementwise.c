@@ -32,22 +32,15 @@ lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
-
-    TRY(lk_md4(&x_md, n, c, h, w, dnnl_nhwc)); /* x, y [N, H, W, C] */
-    TRY(lk_md4(&s_md, n, c, 1, 1, dnnl_nhwc)); /* s [N, C], broadcast over H, W */
-    TRY(lk_attr(&attr));
-    DN(dnnl_binary_primitive_desc_create(&pd, eng, dnnl_binary_mul, x_md, s_md, x_md, attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_md4(&x_md, n, c, h, w, dnnl_nhwc)); /* x, y [N, H, W, C] */
+    LK_TRY_GOTO(lk_md4(&s_md, n, c, 1, 1, dnnl_nhwc)); /* s [N, C], broadcast over H, W */
+    LK_TRY_GOTO(lk_attr(&attr));
+    LK_DNNL_GOTO(dnnl_binary_primitive_desc_create(&pd, eng, dnnl_binary_mul, x_md, s_md, x_md, attr));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
-    TRY(lk_mem(&L->m_x, x_md));
-    TRY(lk_mem(&L->m_s, s_md));
-    TRY(lk_mem(&L->m_y, x_md));
-#undef TRY
-#undef DN
+    LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_s, s_md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, x_md));
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);

@@ -24,43 +24,36 @@ lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int tra
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
-
-    TRY(lk_md2(&x_md, n, in, dnnl_ab));   /* [N, IN] */
-    TRY(lk_md2(&y_md, n, out, dnnl_ab));  /* [N, OUT] */
-    TRY(lk_md2(&w_md, out, in, dnnl_ab)); /* [OUT, IN] (torch layout) */
-    if (L->bias) TRY(lk_md1(&b_md, out)); /* [OUT] */
-    TRY(lk_attr(&attr));
-    DN(dnnl_inner_product_forward_primitive_desc_create(
+    LK_TRY_GOTO(lk_md2(&x_md, n, in, dnnl_ab));   /* [N, IN] */
+    LK_TRY_GOTO(lk_md2(&y_md, n, out, dnnl_ab));  /* [N, OUT] */
+    LK_TRY_GOTO(lk_md2(&w_md, out, in, dnnl_ab)); /* [OUT, IN] (torch layout) */
+    if (L->bias) LK_TRY_GOTO(lk_md1(&b_md, out)); /* [OUT] */
+    LK_TRY_GOTO(lk_attr(&attr));
+    LK_DNNL_GOTO(dnnl_inner_product_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, x_md, w_md, b_md, y_md,
         attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
-    TRY(lk_mem(&L->m_x, x_md));
-    TRY(lk_mem(&L->m_y, y_md));
-    TRY(lk_mem(&L->m_w, w_md));
-    if (L->bias) TRY(lk_mem(&L->m_b, b_md));
+    LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, y_md));
+    LK_TRY_GOTO(lk_mem(&L->m_w, w_md));
+    if (L->bias) LK_TRY_GOTO(lk_mem(&L->m_b, b_md));
     if (train) {
         if (need_dx) {
-            DN(dnnl_inner_product_backward_data_primitive_desc_create(&pd, eng, x_md, w_md, y_md,
+            LK_DNNL_GOTO(dnnl_inner_product_backward_data_primitive_desc_create(&pd, eng, x_md, w_md, y_md,
                                                                      L->fwd.pd, attr));
-            TRY(lk_prim_init(&L->bwd_d, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, pd));
             pd = NULL;
-            TRY(lk_mem(&L->m_dx, x_md));
+            LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         }
-        DN(dnnl_inner_product_backward_weights_primitive_desc_create(&pd, eng, x_md, w_md, b_md,
+        LK_DNNL_GOTO(dnnl_inner_product_backward_weights_primitive_desc_create(&pd, eng, x_md, w_md, b_md,
                                                                     y_md, L->fwd.pd, attr));
-        TRY(lk_prim_init(&L->bwd_w, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd_w, pd));
         pd = NULL;
-        TRY(lk_mem(&L->m_dy, y_md));
-        TRY(lk_mem(&L->m_dw, w_md));
-        if (L->bias) TRY(lk_mem(&L->m_db, b_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dw, w_md));
+        if (L->bias) LK_TRY_GOTO(lk_mem(&L->m_db, b_md));
     }
-#undef TRY
-#undef DN
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);

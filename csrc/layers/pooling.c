@@ -31,21 +31,16 @@ lk_status lk_gpool_init(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int
         kind == LK_POOL_MAX ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding;
     const dnnl_dims_t strides = {1, 1}, kernel = {h, w}, dil = {0, 0}, pad = {0, 0};
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
-
-    TRY(lk_md4(&x_md, n, c, h, w, dnnl_nhwc)); /* [N, H, W, C] */
-    TRY(lk_md4(&y_md, n, c, 1, 1, dnnl_nhwc)); /* [N, C] */
-    TRY(lk_attr(&attr));
-    DN(dnnl_pooling_forward_primitive_desc_create(
+    LK_TRY_GOTO(lk_md4(&x_md, n, c, h, w, dnnl_nhwc)); /* [N, H, W, C] */
+    LK_TRY_GOTO(lk_md4(&y_md, n, c, 1, 1, dnnl_nhwc)); /* [N, C] */
+    LK_TRY_GOTO(lk_attr(&attr));
+    LK_DNNL_GOTO(dnnl_pooling_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, alg, x_md, y_md,
         strides, kernel, dil, pad, pad, attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
-    TRY(lk_mem(&L->m_x, x_md));
-    TRY(lk_mem(&L->m_y, y_md));
+    LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, y_md));
     if (train) {
         const_dnnl_memory_desc_t ws_md = lk_prim_md(&L->fwd, dnnl_query_workspace_md, 0);
         size_t ws_size = ws_md ? dnnl_memory_desc_get_size(ws_md) : 0;
@@ -54,18 +49,16 @@ lk_status lk_gpool_init(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int
             L->ws = lk_alloc(ws_size);
             if (!L->ws) { st = LK_FAIL(LK_ERR_NOMEM, "global pooling: workspace of %zu bytes", ws_size); goto done; }
             memset(L->ws, 0, ws_size);
-            TRY(lk_mem(&L->m_ws, ws_md));
-            TRY(lk_mem_set(L->m_ws, L->ws));
+            LK_TRY_GOTO(lk_mem(&L->m_ws, ws_md));
+            LK_TRY_GOTO(lk_mem_set(L->m_ws, L->ws));
         }
-        DN(dnnl_pooling_backward_primitive_desc_create(&pd, eng, alg, x_md, y_md, strides, kernel,
+        LK_DNNL_GOTO(dnnl_pooling_backward_primitive_desc_create(&pd, eng, alg, x_md, y_md, strides, kernel,
                                                        dil, pad, pad, L->fwd.pd, attr));
-        TRY(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
         pd = NULL;
-        TRY(lk_mem(&L->m_dx, x_md));
-        TRY(lk_mem(&L->m_dy, y_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
     }
-#undef TRY
-#undef DN
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);

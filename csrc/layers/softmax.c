@@ -20,30 +20,23 @@ lk_status lk_softmax_init(lk_softmax *L, int rows, int cols, int train) {
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
-
-    TRY(lk_md2(&md, rows, cols, dnnl_ab)); /* x, y, dx, dy: [rows, cols] */
-    TRY(lk_attr(&attr));
-    DN(dnnl_softmax_forward_primitive_desc_create(
+    LK_TRY_GOTO(lk_md2(&md, rows, cols, dnnl_ab)); /* x, y, dx, dy: [rows, cols] */
+    LK_TRY_GOTO(lk_attr(&attr));
+    LK_DNNL_GOTO(dnnl_softmax_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, dnnl_softmax_accurate,
         md, md, 1, attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
-    TRY(lk_mem(&L->m_x, md));
-    TRY(lk_mem(&L->m_y, md));
+    LK_TRY_GOTO(lk_mem(&L->m_x, md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, md));
     if (train) {
-        DN(dnnl_softmax_backward_primitive_desc_create(&pd, eng, dnnl_softmax_accurate, md, md,
+        LK_DNNL_GOTO(dnnl_softmax_backward_primitive_desc_create(&pd, eng, dnnl_softmax_accurate, md, md,
                                                        md, 1, L->fwd.pd, attr));
-        TRY(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
         pd = NULL;
-        TRY(lk_mem(&L->m_dx, md));
-        TRY(lk_mem(&L->m_dy, md));
+        LK_TRY_GOTO(lk_mem(&L->m_dx, md));
+        LK_TRY_GOTO(lk_mem(&L->m_dy, md));
     }
-#undef TRY
-#undef DN
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
