@@ -1,0 +1,24 @@
+"""The notebooks run top to bottom (their code cells, in one namespace)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, capsys):
+    nb = json.loads(path.read_text())
+    ns: dict = {"__name__": "__main__"}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), f"{path.name}", "exec"), ns)  # noqa: S102
+    assert "largest gradient norms" in capsys.readouterr().out
