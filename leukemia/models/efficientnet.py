@@ -136,8 +136,12 @@ class EfficientNet:
         return self.train(False)
 
     # ------------------------------------------------------------- compute
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Logits [N, num_classes] for images x [N, 3, H, W] (float32)."""
+    def forward(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Logits [N, num_classes] for images x [N, 3, H, W] (float32).
+
+        In train mode dropout and stochastic depth draw from `seed`; by default each
+        call takes the next seed of the model's own sequence (set at construction).
+        """
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != np.float32:
@@ -148,8 +152,12 @@ class EfficientNet:
             raise ValueError("x contains NaN or Inf")
         x = np.ascontiguousarray(x)
         logits = np.empty((x.shape[0], self.num_classes), np.float32)
-        self._step_seed = (self._step_seed * 6364136223846793005 + 1442695040888963407) % 2**63
-        self._m.forward(logits, x, self.training, self._step_seed)
+        if seed is None:
+            self._step_seed = (self._step_seed * 6364136223846793005 + 1442695040888963407) % 2**63
+            seed = self._step_seed
+        elif not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self._m.forward(logits, x, self.training, int(seed) % 2**64)
         if self.training:
             for bn in self._bn:
                 self._nbt[bn] += 1
