@@ -24,6 +24,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per subject (default: 20)")
     p.add_argument("--size", type=_int_at_least(16), default=450, metavar="S",
                    help="image side in pixels (default: 450, as C-NMC)")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default: 0)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="K",
+                   help="random seed (default: 0)")
     p.add_argument("--workers", type=_int_at_least(1), default=None, metavar="W",
                    help="rendering threads (default: number of CPUs)")
     p.add_argument("--force", action="store_true",
@@ -131,24 +133,31 @@ def _synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not args.force:
-            raise CLIError(f"{out} is not empty; choose another folder or pass --force")
-        for name in _SYNTH_DIRS:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise CLIError(f"{out} is not empty; choose another folder or pass --force")
+    # Render into a hidden sibling and move it into place at the end, so that an
+    # interrupted or failed run leaves OUT as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     bar = None
     if not args.quiet:
         from tqdm import tqdm
         bar = tqdm(total=args.subjects * args.cells_per_subject, unit="img", file=sys.stderr,
                    desc="rendering", leave=False)
     try:
-        res = write_cnmc(out, args.subjects, args.cells_per_subject, args.size, args.seed,
+        res = write_cnmc(tmp, args.subjects, args.cells_per_subject, args.size, args.seed,
                          workers=args.workers,
                          progress=(lambda done, total: bar.update(1)) if bar else None)
+        out.mkdir(exist_ok=True)
+        for name in _SYNTH_DIRS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            if (tmp / name).exists():
+                os.replace(tmp / name, out / name)
     finally:
         if bar is not None:
             bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     n_all = sum(1 for s in res.subjects if s.label == 1)
     rate = res.n_images / max(res.seconds, 1e-9) * 60
     print(f"Wrote {res.n_images} images ({args.size}x{args.size}) of {len(res.subjects)} "
@@ -174,7 +183,8 @@ def _inspect_arguments(p: argparse.ArgumentParser) -> None:
                    help="split policy: patient-wise (default) or image-level (LEAKY)")
     p.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
                    help="fraction of images on the test side (default: 0.2)")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="split seed (default: 0)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="K",
+                   help="split seed (default: 0)")
     p.add_argument("--no-verify", action="store_true",
                    help="do not decode every image (faster; bad files go unnoticed)")
     p.add_argument("--no-image-check", action="store_true",

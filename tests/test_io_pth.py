@@ -388,3 +388,17 @@ def test_save_pth_rejects_unsupported(tmp_path):
     with pytest.raises(ValueError, match="complex"):
         save_pth(tmp_path / "x.pth", {"c": np.zeros(2, np.complex64)})
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_oversized_pickle_entry_is_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    from leukemia.io import pth as pth_mod
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00." + b"\x00" * 4096)
+        zf.writestr("archive/version", "3\n")
+    monkeypatch.setattr(pth_mod, "MAX_PICKLE_BYTES", 1024)
+    with pytest.raises(pth_mod.CheckpointError, match="would inflate"):
+        pth_mod.load_pth(path)

@@ -127,3 +127,61 @@ def test_activation_bad_inputs():
         _ext().act_backward(np.empty_like(x), x, x, None, "sigmoid")
     with pytest.raises(ValueError, match="count must be positive"):
         _ext().act_forward(np.empty(0, np.float32), np.empty(0, np.float32), "relu")
+
+
+# SiLU is a hand-written kernel (exp by range reduction and a polynomial), so its
+# tails and special values are checked against torch directly.
+@pytest.mark.parametrize("isa", [None, "AVX2", "SSE41"])
+def test_silu_extreme_inputs_follow_torch(isa, monkeypatch):
+    # isa caps the kernel like oneDNN's ONEDNN_MAX_CPU_ISA (AVX-512 / AVX2 / plain C).
+    if isa:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    x = np.concatenate([
+        np.linspace(-88.0, 88.0, 20011),
+        np.geomspace(88.0, 1e4, 501), -np.geomspace(88.0, 1e4, 501),
+        [-1e4, 1e4, -104.0, -103.9, -87.5, 0.0, -0.0, 1e-30, -1e-30, 3.4e38, -3.4e38],
+    ]).astype(np.float32)
+    x = np.concatenate([x, x[:13]])  # odd length: the vector tail is exercised too
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = F.silu(xt)
+    r = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+    yt.backward(torch.tensor(r, dtype=torch.float64))
+    y = silu_forward(x)
+    dx = activation_backward("silu", r, x=x)
+    assert np.isfinite(y).all() and np.isfinite(dx).all()
+    # Elementwise relative accuracy, far tighter than the whole-tensor tolerance.
+    ref_y, ref_dx = yt.detach().numpy(), xt.grad.numpy()
+    big = np.abs(ref_y) > 1e-30
+    assert np.max(np.abs(y[big] - ref_y[big]) / np.abs(ref_y[big])) < 1e-6
+    assert np.max(np.abs(dx - ref_dx) / np.maximum(np.abs(ref_dx), np.abs(r))) < 2e-6
+    # Large x: identity and gradient dy; large negative x: -0 (as torch's float32).
+    far = np.abs(x) >= 120
+    np.testing.assert_array_equal(y[far & (x > 0)], x[far & (x > 0)])
+    np.testing.assert_array_equal(dx[far & (x > 0)], r[far & (x > 0)])
+    neg = far & (x < 0)
+    assert (y[neg] == 0).all() and np.signbit(y[neg]).all()
+    assert (dx[neg] == 0).all()
+    # silu(+-0) = +-0 with gradient dy / 2.
+    zero = x == 0
+    np.testing.assert_array_equal(np.signbit(y[zero]), np.signbit(x[zero]))
+    np.testing.assert_array_equal(dx[zero], r[zero] / 2)
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2", "SSE41"])
+def test_silu_special_values_follow_torch(isa, monkeypatch):
+    if isa:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    # torch: silu(nan) = nan, silu(inf) = inf, silu(-inf) = nan; gradient nan at all three.
+    special = np.array([np.nan, np.inf, -np.inf, -np.nan], np.float32)
+    x = np.concatenate([special, np.linspace(-3, 3, 17, dtype=np.float32), special])
+    xt = torch.tensor(x, requires_grad=True)
+    yt = F.silu(xt)
+    yt.backward(torch.ones_like(yt))
+    y = silu_forward(x)
+    dx = activation_backward("silu", np.ones_like(x), x=x)
+    ref_y, ref_dx = yt.detach().numpy(), xt.grad.numpy()
+    for got, ref in ((y, ref_y), (dx, ref_dx)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        fin = ~np.isnan(ref)
+        np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-6)
+    assert y[1] == np.inf and np.isnan(y[2]) and np.isnan(y[0])

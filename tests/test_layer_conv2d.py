@@ -22,6 +22,13 @@ CASES = [
     (2, 8, 1, 1, 4, 1, 1, 1, True, 0),                  # SE fc on 1x1 with bias
     (2, 6, 10, 9, 9, 3, 1, 3, True, (0, 1, 2, 1)),      # grouped, asymmetric padding, bias
     (1, 4, 12, 12, 4, 5, 2, 4, False, "same"),          # TF SAME (asymmetric) depthwise
+    # Depthwise 5x5 weight gradients run lk_dwconv_bwd_weights: channel counts
+    # that exercise its 16-, 8- and scalar-wide paths and more than one
+    # 64-channel work item, batch 1, odd sizes, bias (summed there too).
+    (1, 13, 11, 9, 13, 5, 1, 13, False, "symmetric"),
+    (1, 77, 9, 10, 77, 5, 2, 77, False, "symmetric"),
+    (2, 21, 7, 13, 21, 5, 2, 21, True, (1, 2, 2, 1)),
+    (1, 24, 5, 5, 24, 5, 1, 24, False, "same"),
 ]
 
 
@@ -74,6 +81,15 @@ def test_conv2d_bad_inputs():
         conv2d_forward(x, w, groups=3)
     with pytest.raises(ValueError, match="larger than the padded input"):
         conv2d_forward(x[:, :, :2, :2], w)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        conv2d_forward(x, w, stride=0)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        conv2d_forward(x, w, stride=-1)
+    with pytest.raises(ValueError, match="padding must hold ints"):
+        conv2d_forward(x, w, padding=(1.5, 1, 1, 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"dy has shape \(1, 4, 3, 3\)"):
+        conv2d_backward(np.zeros((1, 4, 3, 3), np.float32), x, w, padding=1)
+    assert conv2d_forward(x, w, padding=1, groups=np.int64(1)).shape == (1, 4, 8, 8)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         conv2d_forward([[1.0]], w)  # type: ignore[arg-type]
     # Direct binding: read-only, non-contiguous, wrong-shape outputs.

@@ -191,3 +191,23 @@ def test_steady_state_has_no_activation_reorders():
     m(x)
     b = core.exec_counts()
     assert (b["reorders"] - b["weight_reorders"]) - (a["reorders"] - a["weight_reorders"]) == 1
+
+
+def test_failed_load_leaves_model_untouched():
+    m = M.efficientnet_b3(num_classes=2, seed=3)
+    before = m.state_dict()
+    for key, bad, err in [
+        ("classifier.1.bias", np.array([np.inf, 0], np.float32), "NaN or Inf"),
+        ("features.0.1.running_var", -np.ones(40, np.float32), "running variance"),
+        ("features.0.1.num_batches_tracked", np.array(-1, np.int64), "non-negative integer"),
+        ("features.0.1.num_batches_tracked", np.array(1.7), "non-negative integer"),
+        ("features.0.0.weight", np.zeros((40, 3, 3, 3), np.int32), "floating-point"),
+    ]:
+        sd = m.state_dict()
+        sd["features.1.0.block.0.0.weight"][:] = 0  # a good tensor earlier in the order
+        sd[key] = bad
+        with pytest.raises((ValueError, TypeError), match=err):
+            m.load_state_dict(sd)
+        after = m.state_dict()
+        for name in before:
+            assert np.array_equal(before[name], after[name]), (key, name)

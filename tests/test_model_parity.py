@@ -3,12 +3,17 @@ the input gradient and the BatchNorm running statistics, for EfficientNet-B3 and
 EfficientNetV2-S, with weights loaded through both the .pth and the safetensors paths.
 
 Tolerances: logits 1e-4 relative to max |logit|; gradients 1e-3 relative to the
-tensor's max |grad|, floored at 1e-3 of the largest gradient in the network (project
-BN biases ahead of another batch-statistics BN have true gradients ~1e-7 that are pure
-rounding noise in both implementations); running stats 1e-4 absolute.
+tensor's own max |grad|; running stats 1e-4 absolute. One exception: the bias of each
+block's projection BN (the last BN of a block, no activation after it) shifts the block
+output by a per-channel constant that the next convolution + batch-statistics BN removes,
+so its true gradient is zero (up to border effects of padded convolutions) and both
+implementations return rounding noise (~1e-7); those tensors are compared against 1e-3
+of the largest gradient in the network instead.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -62,6 +67,16 @@ def _no_regularisation(tv: torch.nn.Module) -> None:
     for mod in tv.modules():
         if isinstance(mod, torchvision.ops.StochasticDepth):
             mod.p = 0.0
+
+
+def _project_bn_biases(names: list[str]) -> set[str]:
+    """`features.S.B.block.I.1.bias` of the last unit of every block with two or more."""
+    last: dict[str, int] = {}
+    for name in names:
+        m = re.match(r"(features\.\d+\.\d+\.block)\.(\d+)\.", name)
+        if m:
+            last[m.group(1)] = max(last.get(m.group(1), 0), int(m.group(2)))
+    return {f"{blk}.{i}.1.bias" for blk, i in last.items() if i >= 1}
 
 
 def _rel(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
@@ -119,9 +134,12 @@ def test_parity_with_torchvision(arch, via, tmp_path):
         top = max(float(np.max(np.abs(g))) for g in ref_grads.values())
         grads = dict(m.named_grads())
         assert set(grads) == set(ref_grads)
+        project_bn_biases = _project_bn_biases(list(grads))
+        assert project_bn_biases <= set(grads)
         for name, g in grads.items():
             assert np.all(np.isfinite(g)), name
-            err = _rel(g, ref_grads[name], floor=1e-3 * top)
+            floor = 1e-3 * top if name in project_bn_biases else 0.0
+            err = _rel(g, ref_grads[name], floor=floor)
             assert err < GRAD_RTOL, f"gradient of {name}: {err:.3g}"
         tv.zero_grad()
         ours = m.state_dict()

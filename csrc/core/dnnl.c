@@ -30,11 +30,24 @@ lk_status lk_engine(dnnl_engine_t *out) {
     return LK_OK;
 }
 
+/* A thread's stream is destroyed when the thread exits (Python may call the core
+ * from many short-lived threads). */
+static pthread_key_t lk_stream_key_;
+static pthread_once_t lk_stream_key_once_ = PTHREAD_ONCE_INIT;
+
+static void lk_stream_destroy(void *s) {
+    if (s) dnnl_stream_destroy((dnnl_stream_t)s);
+}
+
+static void lk_stream_key_create(void) { pthread_key_create(&lk_stream_key_, lk_stream_destroy); }
+
 lk_status lk_stream(dnnl_stream_t *out) {
     if (!lk_stream_) {
         dnnl_engine_t e;
         LK_TRY(lk_engine(&e));
         LK_DNNL(dnnl_stream_create(&lk_stream_, e, dnnl_stream_default_flags));
+        pthread_once(&lk_stream_key_once_, lk_stream_key_create);
+        pthread_setspecific(lk_stream_key_, lk_stream_);
     }
     *out = lk_stream_;
     return LK_OK;
@@ -42,6 +55,7 @@ lk_status lk_stream(dnnl_stream_t *out) {
 
 void lk_shutdown(void) {
     if (lk_stream_) {
+        pthread_setspecific(lk_stream_key_, NULL);
         dnnl_stream_destroy(lk_stream_);
         lk_stream_ = NULL;
     }

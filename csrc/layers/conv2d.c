@@ -8,6 +8,7 @@
  */
 #include <string.h>
 
+#include "lk_dwconv.h"
 #include "lk_layers.h"
 
 static lk_status conv_weights_md(dnnl_memory_desc_t *md, const lk_conv2d_cfg *c,
@@ -35,6 +36,20 @@ static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
                "conv2d: kernel %dx%d larger than padded input %dx%d", c->kh, c->kw,
                c->ih + c->pt + c->pb, c->iw + c->pl + c->pr);
     return LK_OK;
+}
+
+/* Depthwise weight gradient: our NHWC kernel or oneDNN's? oneDNN's jit_dw
+ * takes only 3-wide kernels and mostly wins there (ours 0.4-1.8x its speed
+ * on the B3 3x3 shapes); wider ones fall to its generic grouped JIT, which
+ * ours beats 2-10x on every B3 5x5 shape (bench_layers dwbw_*, batch 16,
+ * 1-2 threads, AVX2 and AVX-512 oneDNN). */
+static int conv_dw_custom(const lk_conv2d_cfg *c) {
+    if (!(c->train && c->groups == c->ic && c->ic == c->oc)) return 0;
+    switch (lk_dwconv_get_policy()) {
+    case LK_DW_BWD_W_ONEDNN: return 0;
+    case LK_DW_BWD_W_CUSTOM: return 1;
+    default: return c->kw > 3 && lk_dwconv_bwd_weights_vectorised(c->kw);
+    }
 }
 
 /* Create every primitive, reorder and memory object; descriptors are freed at `done`. */
@@ -100,22 +115,25 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             TRY(lk_mem(&L->m_w_bwd_d, w_bd_md));
             TRY(lk_mem(&L->m_dx, x_md));
         }
-        DN(dnnl_convolution_backward_weights_primitive_desc_create(
-            &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
-            pad_r, L->fwd.pd, attr));
-        TRY(lk_prim_init(&L->bwd_w, pd));
-        pd = NULL;
-        const_dnnl_memory_desc_t dw_md = lk_prim_md(&L->bwd_w, dnnl_query_diff_weights_md, 0);
-        TRY(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));
-        L->dw_to_user.weights = 1;
-        if (L->need_dw_user) {
-            L->dw_int = lk_alloc(dnnl_memory_desc_get_size(dw_md));
-            if (!L->dw_int) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight-gradient buffer"); goto done; }
-        }
-        TRY(lk_mem(&L->m_dw_int, dw_md));
-        TRY(lk_mem(&L->m_dw_user, w_user));
         TRY(lk_mem(&L->m_dy, y_md));
-        if (c->bias) TRY(lk_mem(&L->m_db, b_md));
+        L->dw_custom = conv_dw_custom(c);
+        if (!L->dw_custom) {
+            DN(dnnl_convolution_backward_weights_primitive_desc_create(
+                &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
+                pad_r, L->fwd.pd, attr));
+            TRY(lk_prim_init(&L->bwd_w, pd));
+            pd = NULL;
+            const_dnnl_memory_desc_t dw_md = lk_prim_md(&L->bwd_w, dnnl_query_diff_weights_md, 0);
+            TRY(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));
+            L->dw_to_user.weights = 1;
+            if (L->need_dw_user) {
+                L->dw_int = lk_alloc(dnnl_memory_desc_get_size(dw_md));
+                if (!L->dw_int) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight-gradient buffer"); goto done; }
+            }
+            TRY(lk_mem(&L->m_dw_int, dw_md));
+            TRY(lk_mem(&L->m_dw_user, w_user));
+            if (c->bias) TRY(lk_mem(&L->m_db, b_md));
+        }
     }
 #undef TRY
 #undef DN
@@ -164,7 +182,8 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
 
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w) {
-    LK_REQUIRE(L->bwd_w.p, "conv2d backward: layer was planned without backward (train=0)");
+    LK_REQUIRE(L->bwd_w.p || L->dw_custom,
+               "conv2d backward: layer was planned without backward (train=0)");
     LK_REQUIRE(dy, "conv2d backward: dy is NULL");
     if (dx) {
         LK_REQUIRE(L->bwd_d.p, "conv2d backward: planned without the input gradient (need_dx=0)");
@@ -189,6 +208,13 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
     if (dw || db) {
         LK_REQUIRE(x && dw, "conv2d backward: x and dw are required for the weight gradient");
         LK_REQUIRE(db || !L->cfg.bias, "conv2d backward: db is required (layer has a bias)");
+        if (L->dw_custom) {
+            const lk_conv2d_cfg *c = &L->cfg;
+            LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh,
+                                         c->kw, c->sh, c->sw, c->pt, c->pl));
+            if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
+            return LK_OK;
+        }
         LK_TRY(lk_mem_set(L->m_x, x));
         LK_TRY(lk_mem_set(L->m_dy, dy));
         LK_TRY(lk_mem_set(L->m_dw_int, L->need_dw_user ? (void *)L->dw_int : (void *)dw));

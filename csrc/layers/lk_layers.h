@@ -44,6 +44,7 @@ typedef struct lk_conv2d {
     dnnl_memory_t m_x, m_y, m_w_user, m_w_fwd, m_b, m_dx, m_dy, m_w_bwd_d, m_dw_int, m_dw_user, m_db;
     const float *w_cached;  /* eval: weights already reordered for this pointer */
     uint64_t w_cached_version;
+    int dw_custom;          /* depthwise weight gradient by lk_dwconv_bwd_weights (no bwd_w) */
 } lk_conv2d;
 
 lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);

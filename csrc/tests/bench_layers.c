@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lk_dwconv.h"
 #include "lk_layers.h"
 
 static int g_reps = 10, g_warmup = 2, g_batch = 16, g_min;
@@ -105,6 +106,48 @@ static void bench_conv(const char *op, int ic, int hw, int oc, int k, int s, int
     report(op, plan, fwd, bwd);
     lk_conv2d_free(&L);
     lk_free(x), lk_free(w), lk_free(y), lk_free(dy), lk_free(dx), lk_free(dw);
+}
+
+/* Depthwise weight gradient alone (need_dx=0), oneDNN's primitive vs
+ * lk_dwconv_bwd_weights on the same data: RESULT lines `<op>_onednn` and
+ * `<op>_ours` (fwd column 0), and a `DWBW` line with the speedup and the
+ * largest relative difference. */
+static void bench_dw_bwd_w(const char *op, int ch, int hw, int k, int s) {
+    if (!wanted(op)) return;
+    int p = (k - 1) / 2;
+    lk_conv2d_cfg c = {.n = g_batch, .ic = ch, .ih = hw, .iw = hw, .oc = ch, .kh = k, .kw = k,
+                       .sh = s, .sw = s, .pt = p, .pl = p, .pb = p, .pr = p, .groups = ch,
+                       .train = 1};
+    lk_conv2d L[2];
+    const lk_dw_bwd_w_policy pol[2] = {LK_DW_BWD_W_ONEDNN, LK_DW_BWD_W_CUSTOM};
+    double plan[2], bwd[2];
+    for (int v = 0; v < 2; v++) {
+        lk_dwconv_set_policy(pol[v]);
+        double t0 = now_ms();
+        CK(lk_conv2d_init(&L[v], &c));
+        plan[v] = now_ms() - t0;
+    }
+    lk_dwconv_set_policy(LK_DW_BWD_W_AUTO);
+    size_t nx = (size_t)g_batch * hw * hw * ch, ny = (size_t)g_batch * L[0].oh * L[0].ow * ch;
+    size_t nw = (size_t)ch * k * k;
+    float *x = rnd(nx, -1, 1), *w = rnd(nw, -0.1f, 0.1f), *dy = rnd(ny, -1, 1);
+    float *dw[2] = {rnd(nw, 0, 0), rnd(nw, 0, 0)};
+    for (int v = 0; v < 2; v++)
+        TIME_REPS(bwd[v], CK(lk_conv2d_backward(&L[v], NULL, dw[v], NULL, dy, x, w)));
+    double worst = 0;
+    for (size_t i = 0; i < nw; i++) {
+        double d = dw[0][i] - dw[1][i], m = dw[0][i] < 0 ? -dw[0][i] : dw[0][i];
+        d = (d < 0 ? -d : d) / (m + 1.0);
+        if (d > worst) worst = d;
+    }
+    char name[128];
+    snprintf(name, sizeof name, "%s_onednn", op);
+    report(name, plan[0], 0, bwd[0]);
+    snprintf(name, sizeof name, "%s_ours", op);
+    report(name, plan[1], 0, bwd[1]);
+    printf("DWBW %s speedup %.2fx max rel diff %.2e\n", op, bwd[0] / bwd[1], worst);
+    for (int v = 0; v < 2; v++) lk_conv2d_free(&L[v]), lk_free(dw[v]);
+    lk_free(x), lk_free(w), lk_free(dy);
 }
 
 /* Training-mode BN and/or SiLU on [N, HW, HW, C]. */
@@ -227,9 +270,25 @@ int main(int argc, char **argv) {
     bench_conv("dw5x5_s2_144_75", 144, 75, 144, 5, 2, 144, 1);
     bench_conv("pw1x1_expand_24-144_75", 24, 75, 144, 1, 1, 1, 1);
     bench_conv("pw1x1_project_816-136_19", 816, 19, 136, 1, 1, 1, 1);
+    /* Depthwise weight gradient at the B3 shapes (expanded channels per stage). */
+    bench_dw_bwd_w("dwbw_k5_s2_192_75", 192, 75, 5, 2);
+    bench_dw_bwd_w("dwbw_k5_s1_288_38", 288, 38, 5, 1);
+    bench_dw_bwd_w("dwbw_k5_s1_576_19", 576, 19, 5, 1);
+    bench_dw_bwd_w("dwbw_k5_s1_816_19", 816, 19, 5, 1);
+    bench_dw_bwd_w("dwbw_k5_s2_816_19", 816, 19, 5, 2);
+    bench_dw_bwd_w("dwbw_k5_s1_1392_10", 1392, 10, 5, 1);
+    bench_dw_bwd_w("dwbw_k3_s1_40_150", 40, 150, 3, 1);
+    bench_dw_bwd_w("dwbw_k3_s1_24_150", 24, 150, 3, 1);
+    bench_dw_bwd_w("dwbw_k3_s2_144_150", 144, 150, 3, 2);
+    bench_dw_bwd_w("dwbw_k3_s1_192_75", 192, 75, 3, 1);
+    bench_dw_bwd_w("dwbw_k3_s2_288_38", 288, 38, 3, 2);
+    bench_dw_bwd_w("dwbw_k3_s1_576_19", 576, 19, 3, 1);
+    bench_dw_bwd_w("dwbw_k3_s1_1392_10", 1392, 10, 3, 1);
+    bench_dw_bwd_w("dwbw_k3_s1_2304_10", 2304, 10, 3, 1);
     bench_bn_silu("bn_train_144_75", 144, 75, 1, 0);
     bench_bn_silu("silu_144_75", 144, 75, 0, 1);
     bench_bn_silu("bn+silu_144_75", 144, 75, 1, 1);
+    bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
     bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);
     bench_linear("linear_1536-2", 1536, 2);

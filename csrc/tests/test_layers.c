@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lk_dwconv.h"
 #include "lk_layers.h"
 
 /* Weak references: a missing layer file leaves these NULL instead of breaking the link. */
@@ -56,6 +57,9 @@
 #pragma weak lk_softmax_forward
 #pragma weak lk_softmax_backward
 #pragma weak lk_softmax_free
+#pragma weak lk_dwconv_bwd_weights
+#pragma weak lk_dwconv_bwd_bias
+#pragma weak lk_dwconv_set_policy
 
 #ifndef RTOL
 #define RTOL 1e-4 /* fp32 result vs double reference, relative (see close_to) */
@@ -333,6 +337,103 @@ static int test_conv2d(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (!conv_case(cases[i])) return 0;
+    return 1;
+}
+
+/* Depthwise weight/bias gradient kernel alone (dwconv_bwd_w.c): odd channel
+ * counts (16-, 8- and scalar-wide paths, more than one 64-channel item),
+ * kernels with and without a vector path (3, 5, 7 vs 1, 4, 9) and wider than
+ * one item's taps (33), strides 1-3, asymmetric padding, batch 1; and the
+ * result must be bit-identical for 1, 2 and 3 threads. */
+static int test_dwconv(void) {
+    NEED(lk_dwconv_bwd_weights, "dwconv_bwd_w.c");
+    NEED(lk_dwconv_bwd_bias, "dwconv_bwd_w.c");
+    /* n, c, ih, iw, kh, kw, sh, sw, pt, pl, pb, pr */
+    static const int cases[][12] = {
+        {2, 13, 9, 11, 5, 5, 1, 1, 2, 2, 2, 2},  {1, 77, 10, 7, 5, 5, 2, 2, 1, 2, 2, 2},
+        {3, 24, 15, 10, 5, 5, 2, 2, 2, 2, 2, 2}, {1, 8, 12, 12, 5, 5, 2, 2, 1, 1, 2, 2},
+        {2, 40, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1},   {1, 144, 6, 5, 3, 3, 2, 2, 0, 0, 1, 1},
+        {1, 5, 4, 3, 5, 5, 1, 1, 2, 2, 2, 2},    {2, 19, 8, 8, 7, 7, 1, 1, 3, 3, 3, 3},
+        {1, 16, 5, 6, 3, 5, 1, 2, 1, 2, 1, 2},   {2, 9, 6, 7, 1, 1, 1, 1, 0, 0, 0, 0},
+        {1, 10, 9, 9, 4, 4, 3, 3, 1, 2, 2, 1},   {1, 17, 11, 10, 9, 9, 1, 1, 4, 4, 4, 4},
+        {1, 3, 2, 40, 1, 33, 1, 1, 0, 16, 0, 16}, {1, 72, 3, 3, 5, 5, 1, 1, 2, 2, 2, 2},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *a = cases[t];
+        int n = a[0], c = a[1], ih = a[2], iw = a[3], kh = a[4], kw = a[5], sh = a[6], sw = a[7];
+        int pt = a[8], pl = a[9], oh = (ih + pt + a[10] - kh) / sh + 1;
+        int ow = (iw + pl + a[11] - kw) / sw + 1;
+        size_t nx = (size_t)n * ih * iw * c, ny = (size_t)n * oh * ow * c, nw = (size_t)c * kh * kw;
+        float *x = frand(nx, -1, 1), *dy = frand(ny, -1, 1), *dw = fbuf(nw), *dw2 = fbuf(nw);
+        float *db = fbuf(c);
+        double *rdw = dbuf(nw), *rdb = dbuf(c);
+        for (int b = 0; b < n; b++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int ch = 0; ch < c; ch++) {
+                        double d = dy[((size_t)(b * oh + oy) * ow + ox) * c + ch];
+                        rdb[ch] += d;
+                        for (int i = 0; i < kh; i++)
+                            for (int j = 0; j < kw; j++) {
+                                int iy = oy * sh - pt + i, ix = ox * sw - pl + j;
+                                if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+                                rdw[((size_t)ch * kh + i) * kw + j] +=
+                                    d * x[((size_t)(b * ih + iy) * iw + ix) * c + ch];
+                            }
+                    }
+        int threads0 = lk_get_num_threads();
+        for (int nt = 1; nt <= 3; nt++) {
+            lk_set_num_threads(nt);
+            for (size_t i = 0; i < nw; i++) dw[i] = 1e6f; /* must be overwritten */
+            for (int i = 0; i < c; i++) db[i] = 1e6f;
+            lk_status st = lk_dwconv_bwd_weights(dw, x, dy, n, c, ih, iw, oh, ow, kh, kw, sh, sw,
+                                                 pt, pl);
+            if (st == LK_OK) st = lk_dwconv_bwd_bias(db, dy, n, c, oh, ow);
+            lk_set_num_threads(threads0);
+            OK(st);
+            EXPECT(nt == 1 || memcmp(dw, dw2, nw * sizeof *dw) == 0,
+                   "dwconv case %zu: dw differs between 1 and %d threads", t, nt);
+            if (nt == 1) memcpy(dw2, dw, nw * sizeof *dw);
+            if (!close_to("dwconv dw", dw, rdw, nw, RTOL, __LINE__) ||
+                !close_to("dwconv db", db, rdb, (size_t)c, RTOL, __LINE__)) {
+                char tmp[768];
+                snprintf(tmp, sizeof tmp, "%.700s", g_msg);
+                snprintf(g_msg, sizeof g_msg, "[case %zu, %d threads] %s", t, nt, tmp);
+                return 0;
+            }
+        }
+    }
+    float v = 0;
+    BAD(lk_dwconv_bwd_weights(NULL, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_bias(&v, NULL, 1, 1, 1, 1), LK_ERR_ARG);
+    return 1;
+}
+
+/* Depthwise conv2d layers with the weight gradient forced to each path (the
+ * default picks by kernel width), with and without bias. */
+static int test_conv2d_dw_paths(void) {
+    NEED(lk_conv2d_init, "conv2d.c");
+    NEED(lk_dwconv_set_policy, "dwconv_bwd_w.c");
+    const lk_conv2d_cfg cases[] = {
+        {.n = 2, .ic = 13, .ih = 9, .iw = 11, .oc = 13, .kh = 5, .kw = 5, .sh = 1, .sw = 1,
+         .pt = 2, .pl = 2, .pb = 2, .pr = 2, .groups = 13},
+        {.n = 1, .ic = 24, .ih = 10, .iw = 7, .oc = 24, .kh = 5, .kw = 5, .sh = 2, .sw = 2,
+         .pt = 1, .pl = 2, .pb = 2, .pr = 2, .groups = 24, .bias = 1},
+        {.n = 2, .ic = 20, .ih = 7, .iw = 6, .oc = 20, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 20, .bias = 1},
+        {.n = 1, .ic = 8, .ih = 8, .iw = 10, .oc = 8, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+         .pt = 0, .pl = 0, .pb = 1, .pr = 1, .groups = 8},
+    };
+    const lk_dw_bwd_w_policy pols[] = {LK_DW_BWD_W_CUSTOM, LK_DW_BWD_W_ONEDNN};
+    for (size_t p = 0; p < 2; p++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            lk_dwconv_set_policy(pols[p]);
+            int ok = conv_case(cases[i]);
+            lk_dwconv_set_policy(LK_DW_BWD_W_AUTO);
+            if (!ok) return 0;
+        }
     return 1;
 }
 
@@ -1233,6 +1334,8 @@ typedef struct {
  * functions check their bad arguments inside their value tests.) */
 static const test_case tests[] = {
     {"conv2d", test_conv2d},
+    {"dwconv", test_dwconv},
+    {"conv2d_dw_paths", test_conv2d_dw_paths},
     {"batchnorm", test_batchnorm},
     {"activation", test_activation},
     {"pooling", test_pooling},

@@ -253,6 +253,10 @@ def check_image(path: Path, modes: Sequence[str] = ("RGB",),
     text ("empty file (0 bytes)", "truncated: ...", "mode L (grayscale), expected RGB");
     ``hash`` is :func:`image_hash` of a usable image when ``want_hash``.
     """
+    if path.is_dir():
+        return "a folder, not an image file", None
+    if not path.exists():
+        return "missing file (broken link?)", None
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)", None
@@ -296,8 +300,10 @@ def _verify(samples: list[Sample], bad: list[BadImage], verify: bool, modes: Seq
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_file()
-                   and p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: _natural(p.name))
+    # Not only regular files: a broken link or a folder named like an image is kept so
+    # that verification reports it instead of it vanishing silently.
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                  key=lambda p: _natural(p.name))
 
 
 def _no_images(root: Path, layout: str) -> DatasetError:
@@ -367,7 +373,14 @@ def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
             except ValueError:
                 raise DatasetError(f"{csv_path}:{lineno}: label {row['labels']!r} is not "
                                    "0 or 1") from None
-            rows[row["new_names"]] = (row["Patient_ID"], label)
+            name = row["new_names"]
+            if name in rows:
+                raise DatasetError(f"{csv_path}:{lineno}: {name!r} is listed twice")
+            parsed = parse_cnmc_name(row["Patient_ID"])
+            if parsed is not None and parsed[1] != label:
+                raise DatasetError(f"{csv_path}:{lineno}: label {label} contradicts the class "
+                                   f"in Patient_ID {row['Patient_ID']!r}")
+            rows[name] = (row["Patient_ID"], label)
     return rows
 
 

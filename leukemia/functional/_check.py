@@ -38,10 +38,15 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def is_int(v: object) -> bool:
+    """True for Python and NumPy integers (not bools)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
     """An int or a pair of ints as a pair of ints."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v), int(v)
-    if isinstance(v, Sequence) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
+    if is_int(v):
+        return int(v), int(v)  # type: ignore[arg-type]
+    if isinstance(v, Sequence) and len(v) == 2 and all(is_int(i) for i in v):
         return int(v[0]), int(v[1])
     raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")

@@ -395,8 +395,18 @@ def load_pth(
     return unwrap_state_dict(obj, source) if unwrap else obj
 
 
+# A state_dict pickle is small (torchvision's B3: ~100 KiB); refuse to inflate a
+# "zip bomb" entry into memory.
+MAX_PICKLE_BYTES = 256 * 2**20
+
+
 def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
     try:
+        size = zf.getinfo(name).file_size
+        if name.endswith(".pkl") and size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{source}: zip entry {name!r} would inflate to {size} bytes, more than a "
+                f"state_dict pickle needs ({MAX_PICKLE_BYTES} bytes allowed)")
         return zf.read(name)
     except KeyError:
         raise CheckpointError(f"{source}: zip entry {name!r} is missing") from None

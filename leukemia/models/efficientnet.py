@@ -230,16 +230,28 @@ class EfficientNet:
                 raise StateDictError("Error(s) in loading state_dict:\n\t" + rest.message(), rest)
         elif strict and not report.ok:
             raise StateDictError("Error(s) in loading state_dict:\n\t" + report.message(), report)
+        # Validate and convert everything first: a bad tensor must not leave the model
+        # half overwritten.
+        staged: dict[str, np.ndarray] = {}
+        counters: dict[str, int] = {}
         for name in report.loaded:
             value = np.asarray(state[name])
             if name.endswith(_NBT):
-                self._nbt[name[: -len(_NBT)]] = int(value)
+                if not np.issubdtype(value.dtype, np.integer) or int(value) < 0:
+                    raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+                counters[name[: -len(_NBT)]] = int(value)
                 continue
             if not np.issubdtype(value.dtype, np.floating):
                 raise TypeError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+            value = value.astype(np.float32)
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{name}: checkpoint tensor contains NaN or Inf")
+            if name.endswith(".running_var") and np.any(value < 0):
+                raise ValueError(f"{name}: running variance must be >= 0")
+            staged[name] = value
+        for name, value in staged.items():
             self._m.tensor(self._index[name])[...] = value
+        self._nbt.update(counters)
         self.last_load_report = report
         return report
 

@@ -1,0 +1,292 @@
+/* Depthwise convolution backward-weights (and bias) for NHWC activations.
+ *
+ * oneDNN v3.2 runs depthwise 5x5 weight gradients through its generic grouped
+ * JIT (jit_dw takes only 3-wide kernels on AVX2), the slowest primitive of a
+ * training step. Here channels are contiguous, so the kernel vectorises over
+ * channels: a work item owns up to 64 channels (four cache lines per pixel) and
+ * a range of kernel rows, and for each (n, oy, kernel row) it sums
+ * dy[n, oy, ox, c] * x[n, iy, ix, c] over ox in registers (one AVX2 accumulator
+ * per tap and 8 channels), then adds that row sum to the item's accumulator.
+ *
+ * Determinism: each dw element belongs to exactly one item and is summed over
+ * (n, oy) and then ox in ascending order; which code path (16, 8 or scalar
+ * channels) serves a channel depends only on C. So results are identical for
+ * every thread count and every split of the kernel rows into items.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#include "lk_dwconv.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define LK_DW_X86 1
+#define LK_DW_TARGET __attribute__((target("avx2,fma")))
+#define LK_DW_INLINE __attribute__((always_inline)) inline
+#endif
+
+enum {
+    DW_VB = 16,       /* channels per vector block: two AVX2 vectors, one cache line */
+    DW_GW = 64,       /* channels per work item */
+    DW_MAX_TAPS = 32, /* kernel taps per work item (accumulator DW_MAX_TAPS x DW_GW) */
+    DW_PAR_MIN = 1 << 15 /* below this many multiply-adds one thread is faster */
+};
+
+typedef struct dw_shape {
+    int n, c, ih, iw, oh, ow, kh, kw, sh, sw, pt, pl;
+    int lo, hi; /* output columns [lo, hi) see the whole kernel row inside the input */
+} dw_shape;
+
+static lk_dw_bwd_w_policy g_policy = LK_DW_BWD_W_AUTO;
+void lk_dwconv_set_policy(lk_dw_bwd_w_policy p) { g_policy = p; }
+lk_dw_bwd_w_policy lk_dwconv_get_policy(void) { return g_policy; }
+
+/* Row sum of `w` (<= DW_VB) channels, portable C. acc [KW][DW_GW] (tap stride
+ * DW_GW), xr [IW, C] and dyr [OW, C] already offset to the first channel. */
+static void dw_row_c(float *restrict acc, const float *restrict xr, const float *restrict dyr,
+                     const dw_shape *s, int w) {
+    float r[DW_MAX_TAPS * DW_VB]; /* [KW][DW_VB] */
+    const int C = s->c, kw = s->kw;
+    memset(r, 0, sizeof(float) * (size_t)kw * DW_VB);
+    for (int ox = 0; ox < s->ow; ox++) {
+        const float *d = dyr + (ptrdiff_t)ox * C;
+        for (int j = 0; j < kw; j++) {
+            int ix = ox * s->sw - s->pl + j;
+            if (ix < 0 || ix >= s->iw) continue;
+            const float *xp = xr + (ptrdiff_t)ix * C;
+            for (int k = 0; k < w; k++) r[j * DW_VB + k] += d[k] * xp[k];
+        }
+    }
+    for (int j = 0; j < kw; j++)
+        for (int k = 0; k < w; k++) acc[j * DW_GW + k] += r[j * DW_VB + k];
+}
+
+#ifdef LK_DW_X86
+/* Row sum of 8*NV channels with KW taps held in 2*KW <= 14 registers. Columns
+ * whose taps all lie inside the input skip the bounds test. */
+static LK_DW_TARGET LK_DW_INLINE void dw_row_avx2(float *restrict acc, const float *restrict xr,
+                                                   const float *restrict dyr, const dw_shape *s,
+                                                   const int KW, const int NV) {
+    const int C = s->c, sw = s->sw, pl = s->pl, iw = s->iw, ow = s->ow;
+    __m256 a[7][2], d[2];
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) a[j][v] = _mm256_setzero_ps();
+    int lo = s->lo < ow ? s->lo : ow, hi = s->hi < ow ? s->hi : ow, ox = 0;
+    if (hi < lo) hi = lo;
+#define DW_EDGE_STEP                                                                   \
+    do {                                                                               \
+        for (int v = 0; v < NV; v++) d[v] = _mm256_loadu_ps(dyr + (ptrdiff_t)ox * C + 8 * v); \
+        for (int j = 0; j < KW; j++) {                                                 \
+            int ix = ox * sw - pl + j;                                                 \
+            if (ix < 0 || ix >= iw) continue;                                          \
+            const float *xp = xr + (ptrdiff_t)ix * C;                                  \
+            for (int v = 0; v < NV; v++)                                               \
+                a[j][v] = _mm256_fmadd_ps(d[v], _mm256_loadu_ps(xp + 8 * v), a[j][v]); \
+        }                                                                              \
+    } while (0)
+    for (; ox < lo; ox++) DW_EDGE_STEP;
+    for (; ox < hi; ox++) {
+        const float *xp = xr + (ptrdiff_t)(ox * sw - pl) * C;
+        for (int v = 0; v < NV; v++) d[v] = _mm256_loadu_ps(dyr + (ptrdiff_t)ox * C + 8 * v);
+        for (int j = 0; j < KW; j++)
+            for (int v = 0; v < NV; v++)
+                a[j][v] = _mm256_fmadd_ps(d[v], _mm256_loadu_ps(xp + (ptrdiff_t)j * C + 8 * v),
+                                          a[j][v]);
+    }
+    for (; ox < ow; ox++) DW_EDGE_STEP;
+#undef DW_EDGE_STEP
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) {
+            float *p = acc + j * DW_GW + 8 * v;
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a[j][v]));
+        }
+}
+
+typedef void (*dw_row_fn)(float *restrict, const float *restrict, const float *restrict,
+                          const dw_shape *);
+#define DW_ROW(K, V)                                                                          \
+    static LK_DW_TARGET void dw_row_k##K##_v##V(float *restrict acc, const float *restrict xr, \
+                                                const float *restrict dyr, const dw_shape *s) { \
+        dw_row_avx2(acc, xr, dyr, s, K, V);                                                   \
+    }
+DW_ROW(3, 1)
+DW_ROW(3, 2)
+DW_ROW(5, 1)
+DW_ROW(5, 2)
+DW_ROW(7, 1)
+DW_ROW(7, 2)
+#undef DW_ROW
+
+static int dw_have_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif /* LK_DW_X86 */
+
+int lk_dwconv_bwd_weights_vectorised(int kw) {
+#ifdef LK_DW_X86
+    return dw_have_avx2() && (kw == 3 || kw == 5 || kw == 7);
+#else
+    (void)kw;
+    return 0;
+#endif
+}
+
+typedef struct dw_rows {
+    void (*r16)(float *restrict, const float *restrict, const float *restrict, const dw_shape *);
+    void (*r8)(float *restrict, const float *restrict, const float *restrict, const dw_shape *);
+} dw_rows;
+
+/* One work item: channels [c0, c1) (c1 - c0 <= DW_GW), kernel rows [i0, i1). */
+static void dw_item(float *restrict dw, const float *restrict x, const float *restrict dy,
+                    const dw_shape *s, const dw_rows *rows, int c0, int c1, int i0, int i1) {
+    float acc[DW_MAX_TAPS * DW_GW]; /* [i1 - i0][KW][DW_GW] */
+    const int C = s->c, kw = s->kw;
+    memset(acc, 0, sizeof(float) * (size_t)(i1 - i0) * kw * DW_GW);
+    for (int b = 0; b < s->n; b++)
+        for (int oy = 0; oy < s->oh; oy++) {
+            const float *dyr = dy + ((ptrdiff_t)b * s->oh + oy) * s->ow * C; /* [OW, C] */
+            for (int i = i0; i < i1; i++) {
+                int iy = oy * s->sh - s->pt + i;
+                if (iy < 0 || iy >= s->ih) continue;
+                const float *xr = x + ((ptrdiff_t)b * s->ih + iy) * s->iw * C; /* [IW, C] */
+                float *ar = acc + (ptrdiff_t)(i - i0) * kw * DW_GW;
+                for (int cc = c0; cc < c1;) {
+                    int w = c1 - cc;
+                    if (w >= 16 && rows->r16) {
+                        rows->r16(ar + (cc - c0), xr + cc, dyr + cc, s);
+                        w = 16;
+                    } else if (w >= 8 && rows->r8) {
+                        rows->r8(ar + (cc - c0), xr + cc, dyr + cc, s);
+                        w = 8;
+                    } else {
+                        if (w > DW_VB) w = DW_VB;
+                        dw_row_c(ar + (cc - c0), xr + cc, dyr + cc, s, w);
+                    }
+                    cc += w;
+                }
+            }
+        }
+    for (int i = i0; i < i1; i++)
+        for (int j = 0; j < kw; j++) {
+            const float *a = acc + ((ptrdiff_t)(i - i0) * kw + j) * DW_GW;
+            for (int ch = c0; ch < c1; ch++)
+                dw[((ptrdiff_t)ch * s->kh + i) * kw + j] = a[ch - c0];
+        }
+}
+
+/* Kernels wider than DW_MAX_TAPS (never in EfficientNet): one tap at a time. */
+static void dw_wide(float *restrict dw, const float *restrict x, const float *restrict dy,
+                    const dw_shape *s) {
+    const int C = s->c;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < C; ch++)
+        for (int i = 0; i < s->kh; i++)
+            for (int j = 0; j < s->kw; j++) {
+                float sum = 0.0f;
+                for (int b = 0; b < s->n; b++)
+                    for (int oy = 0; oy < s->oh; oy++) {
+                        int iy = oy * s->sh - s->pt + i;
+                        if (iy < 0 || iy >= s->ih) continue;
+                        float r = 0.0f;
+                        for (int ox = 0; ox < s->ow; ox++) {
+                            int ix = ox * s->sw - s->pl + j;
+                            if (ix < 0 || ix >= s->iw) continue;
+                            r += dy[(((ptrdiff_t)b * s->oh + oy) * s->ow + ox) * C + ch] *
+                                 x[(((ptrdiff_t)b * s->ih + iy) * s->iw + ix) * C + ch];
+                        }
+                        sum += r;
+                    }
+                dw[((ptrdiff_t)ch * s->kh + i) * s->kw + j] = sum;
+            }
+}
+
+/* Work items are channel groups x groups of kernel rows. Splitting the rows
+ * adds parallelism but re-reads dy once per group; pick the split whose
+ * busiest thread (under schedule(static)) has the fewest kernel rows, with a
+ * small charge per extra group. Any split gives the same result. */
+static int dw_row_split(int nblk, int kh, int max_rows, int nthreads) {
+    int best = (kh + max_rows - 1) / max_rows;
+    double best_cost = -1;
+    for (int ns = best; ns <= kh; ns++) {
+        int nitems = nblk * ns, per = nitems / nthreads, extra = nitems % nthreads, load = 0;
+        for (int t = 0, it = 0; t < nthreads && it < nitems; t++) {
+            int end = it + per + (t < extra), rows = 0;
+            for (; it < end; it++) {
+                int g = it % ns;
+                rows += (g + 1) * kh / ns - g * kh / ns;
+            }
+            if (rows > load) load = rows;
+        }
+        double cost = load * (1.0 + 0.05 * (ns - 1));
+        if (best_cost < 0 || cost < best_cost) best = ns, best_cost = cost;
+    }
+    return best;
+}
+
+lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
+                                int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
+                                int pl) {
+    LK_REQUIRE(dw && x && dy, "dwconv bwd_w: NULL argument");
+    LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0 && oh > 0 && ow > 0,
+               "dwconv bwd_w: sizes must be positive (n=%d c=%d ih=%d iw=%d oh=%d ow=%d)", n, c,
+               ih, iw, oh, ow);
+    LK_REQUIRE(kh > 0 && kw > 0 && sh > 0 && sw > 0 && pt >= 0 && pl >= 0,
+               "dwconv bwd_w: kernel %dx%d, stride %dx%d, padding %d,%d out of range", kh, kw,
+               sh, sw, pt, pl);
+    dw_shape s = {.n = n, .c = c, .ih = ih, .iw = iw, .oh = oh, .ow = ow, .kh = kh, .kw = kw,
+                  .sh = sh, .sw = sw, .pt = pt, .pl = pl};
+    s.lo = (pl + sw - 1) / sw;
+    s.hi = iw - kw + pl >= 0 ? (iw - kw + pl) / sw + 1 : 0;
+    if (kw > DW_MAX_TAPS) {
+        dw_wide(dw, x, dy, &s);
+        return LK_OK;
+    }
+
+    dw_rows rows = {0};
+#ifdef LK_DW_X86
+    if (lk_dwconv_bwd_weights_vectorised(kw)) {
+        if (kw == 3) rows = (dw_rows){dw_row_k3_v2, dw_row_k3_v1};
+        if (kw == 5) rows = (dw_rows){dw_row_k5_v2, dw_row_k5_v1};
+        if (kw == 7) rows = (dw_rows){dw_row_k7_v2, dw_row_k7_v1};
+    }
+#endif
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    const int nblk = (c + DW_GW - 1) / DW_GW;
+    const int nsplit = dw_row_split(nblk, kh, DW_MAX_TAPS / kw, nthreads);
+    const int nitems = nblk * nsplit;
+    const double work = (double)n * oh * ow * c * kh * kw;
+#pragma omp parallel for schedule(static) if (work >= DW_PAR_MIN && nitems > 1)
+    for (int it = 0; it < nitems; it++) {
+        int blk = it / nsplit, g = it % nsplit;
+        int c0 = blk * DW_GW, c1 = c0 + DW_GW < c ? c0 + DW_GW : c;
+        dw_item(dw, x, dy, &s, &rows, c0, c1, g * kh / nsplit, (g + 1) * kh / nsplit);
+    }
+    return LK_OK;
+}
+
+lk_status lk_dwconv_bwd_bias(float *db, const float *dy, int n, int c, int oh, int ow) {
+    LK_REQUIRE(db && dy, "dwconv bwd_b: NULL argument");
+    LK_REQUIRE(n > 0 && c > 0 && oh > 0 && ow > 0, "dwconv bwd_b: sizes must be positive");
+    const int nblk = (c + DW_GW - 1) / DW_GW;
+    const ptrdiff_t rows = (ptrdiff_t)n * oh;
+#pragma omp parallel for schedule(static) if ((double)rows * ow * c >= DW_PAR_MIN && nblk > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * DW_GW, w = c0 + DW_GW < c ? DW_GW : c - c0;
+        float acc[DW_GW] = {0}, r[DW_GW];
+        for (ptrdiff_t y = 0; y < rows; y++) {
+            const float *d = dy + y * ow * c + c0; /* [OW, C] */
+            memset(r, 0, sizeof r);
+            for (int ox = 0; ox < ow; ox++)
+                for (int k = 0; k < w; k++) r[k] += d[(ptrdiff_t)ox * c + k];
+            for (int k = 0; k < w; k++) acc[k] += r[k];
+        }
+        memcpy(db + c0, acc, sizeof(float) * (size_t)w);
+    }
+    return LK_OK;
+}

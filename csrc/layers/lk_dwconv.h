@@ -1,0 +1,47 @@
+/* Hand-written depthwise convolution kernels for NHWC activations, used by
+ * conv2d.c where oneDNN v3.2 falls back to a slow path: its AVX2 depthwise
+ * backward-weights JIT (jit_dw) rejects kernels wider than 3, so 5x5 layers
+ * get the generic grouped-convolution JIT instead.
+ */
+#ifndef LK_DWCONV_H
+#define LK_DWCONV_H
+
+#include "lk_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dw [C, 1, KH, KW] (PyTorch layout, overwritten) =
+ *   sum over n, oy, ox of dy [N, OH, OW, C] * x [N, IH, IW, C] at
+ *   (oy*sh - pt + i, ox*sw - pl + j), zero outside the input.
+ * Each output element is summed in a fixed order that depends only on the
+ * shapes, so the result is the same for every thread count. */
+lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
+                                int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
+                                int pl);
+
+/* Whether kernels `kw` wide run the AVX2/FMA path on this CPU (otherwise a
+ * portable C loop, correct but not faster than oneDNN). */
+int lk_dwconv_bwd_weights_vectorised(int kw);
+
+/* db [C] (overwritten) = sum over n, oy, ox of dy [N, OH, OW, C]; thread-count
+ * independent like the weight gradient. */
+lk_status lk_dwconv_bwd_bias(float *db, const float *dy, int n, int c, int oh, int ow);
+
+/* Which weight-gradient kernel conv2d plans for depthwise layers. AUTO picks
+ * per shape (see conv2d.c); the others force one, for tests and benchmarks.
+ * Read by lk_conv2d_init only, so set it before planning (not thread-safe). */
+typedef enum lk_dw_bwd_w_policy {
+    LK_DW_BWD_W_AUTO = 0,
+    LK_DW_BWD_W_ONEDNN,
+    LK_DW_BWD_W_CUSTOM
+} lk_dw_bwd_w_policy;
+void lk_dwconv_set_policy(lk_dw_bwd_w_policy p);
+lk_dw_bwd_w_policy lk_dwconv_get_policy(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LK_DWCONV_H */

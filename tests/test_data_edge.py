@@ -1,0 +1,47 @@
+"""Edge cases of the C-NMC reader: odd directory entries and an inconsistent labels CSV."""
+
+from __future__ import annotations
+
+import pytest
+
+from leukemia.data import DatasetError, load_dataset, write_cnmc
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    res = write_cnmc(tmp_path / "d", n_subjects=4, cells_per_subject=3, size=32, seed=1,
+                     workers=1)
+    return res.root
+
+
+def test_links_and_folders_named_like_images_are_reported(tree):
+    folder = next((tree / "training_data").glob("fold_*/all"))
+    (folder / "UID_99_1_1_all.bmp").mkdir()
+    (folder / "UID_98_1_1_all.bmp").symlink_to(folder / "does_not_exist.bmp")
+    ds = load_dataset(tree)
+    reasons = {b.path.name: b.reason for b in ds.bad}
+    assert "folder" in reasons["UID_99_1_1_all.bmp"]
+    assert "broken link" in reasons["UID_98_1_1_all.bmp"]
+    assert all(s.path.name not in reasons for s in ds)
+
+
+def _csv(tree):
+    return next(tree.rglob("C-NMC_test_prelim_phase_data_labels.csv"))
+
+
+def test_duplicate_csv_row_is_an_error(tree):
+    csv = _csv(tree)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DatasetError, match="listed twice"):
+        load_dataset(tree)
+
+
+def test_csv_label_contradicting_patient_id_is_an_error(tree):
+    csv = _csv(tree)
+    lines = csv.read_text().splitlines()
+    pid, name, label = lines[1].split(",")
+    lines[1] = ",".join([pid, name, "0" if label.strip() == "1" else "1"])
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="contradicts"):
+        load_dataset(tree)
