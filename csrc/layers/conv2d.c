@@ -68,75 +68,68 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     const dnnl_dims_t strides = {c->sh, c->sw}, dil = {0, 0};
     const dnnl_dims_t pad_l = {c->pt, c->pl}, pad_r = {c->pb, c->pr};
 
-#define TRY(e) do { st = (e); if (st != LK_OK) goto done; } while (0)
-#define DN(e) do { dnnl_status_t s_ = (e); if (s_ != dnnl_success) { \
-        st = lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", #e, \
-                     lk_dnnl_status_str(s_)); goto done; } } while (0)
+    LK_TRY_GOTO(lk_md4(&x_md, c->n, c->ic, c->ih, c->iw, dnnl_nhwc));       /* [N, IH, IW, IC] */
+    LK_TRY_GOTO(lk_md4(&y_md, c->n, c->oc, L->oh, L->ow, dnnl_nhwc));       /* [N, OH, OW, OC] */
+    LK_TRY_GOTO(conv_weights_md(&w_any, c, dnnl_format_tag_any));
+    LK_TRY_GOTO(conv_weights_md(&w_user, c, dnnl_oihw));                     /* [OC, IC/G, KH, KW] */
+    if (c->bias) LK_TRY_GOTO(lk_md1(&b_md, c->oc));                          /* [OC] */
+    LK_TRY_GOTO(lk_attr(&attr));
 
-    TRY(lk_md4(&x_md, c->n, c->ic, c->ih, c->iw, dnnl_nhwc));       /* [N, IH, IW, IC] */
-    TRY(lk_md4(&y_md, c->n, c->oc, L->oh, L->ow, dnnl_nhwc));       /* [N, OH, OW, OC] */
-    TRY(conv_weights_md(&w_any, c, dnnl_format_tag_any));
-    TRY(conv_weights_md(&w_user, c, dnnl_oihw));                     /* [OC, IC/G, KH, KW] */
-    if (c->bias) TRY(lk_md1(&b_md, c->oc));                          /* [OC] */
-    TRY(lk_attr(&attr));
-
-    DN(dnnl_convolution_forward_primitive_desc_create(
+    LK_DNNL_GOTO(dnnl_convolution_forward_primitive_desc_create(
         &pd, eng, c->train ? dnnl_forward_training : dnnl_forward_inference,
         dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l, pad_r, attr));
-    TRY(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
     pd = NULL;
     const_dnnl_memory_desc_t w_fwd_md = lk_prim_md(&L->fwd, dnnl_query_weights_md, 0);
-    TRY(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
+    LK_TRY_GOTO(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
     L->w_to_fwd.weights = 1;
     if (L->need_w_fwd) {
         L->w_fwd = lk_alloc(dnnl_memory_desc_get_size(w_fwd_md));
         if (!L->w_fwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
     }
-    TRY(lk_mem(&L->m_x, x_md));
-    TRY(lk_mem(&L->m_y, y_md));
-    TRY(lk_mem(&L->m_w_user, w_user));
-    TRY(lk_mem(&L->m_w_fwd, w_fwd_md));
-    if (c->bias) TRY(lk_mem(&L->m_b, b_md));
+    LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
+    LK_TRY_GOTO(lk_mem(&L->m_y, y_md));
+    LK_TRY_GOTO(lk_mem(&L->m_w_user, w_user));
+    LK_TRY_GOTO(lk_mem(&L->m_w_fwd, w_fwd_md));
+    if (c->bias) LK_TRY_GOTO(lk_mem(&L->m_b, b_md));
 
     if (c->train) {
         if (c->need_dx) {
-            DN(dnnl_convolution_backward_data_primitive_desc_create(
+            LK_DNNL_GOTO(dnnl_convolution_backward_data_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, y_md, strides, dil, pad_l, pad_r,
                 L->fwd.pd, attr));
-            TRY(lk_prim_init(&L->bwd_d, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, pd));
             pd = NULL;
             const_dnnl_memory_desc_t w_bd_md = lk_prim_md(&L->bwd_d, dnnl_query_weights_md, 0);
-            TRY(lk_reorder_init(&L->w_to_bwd_d, &L->need_w_bwd_d, w_user, w_bd_md));
+            LK_TRY_GOTO(lk_reorder_init(&L->w_to_bwd_d, &L->need_w_bwd_d, w_user, w_bd_md));
             L->w_to_bwd_d.weights = 1;
             if (L->need_w_bwd_d) {
                 L->w_bwd_d = lk_alloc(dnnl_memory_desc_get_size(w_bd_md));
                 if (!L->w_bwd_d) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
             }
-            TRY(lk_mem(&L->m_w_bwd_d, w_bd_md));
-            TRY(lk_mem(&L->m_dx, x_md));
+            LK_TRY_GOTO(lk_mem(&L->m_w_bwd_d, w_bd_md));
+            LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         }
-        TRY(lk_mem(&L->m_dy, y_md));
+        LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
         L->dw_custom = conv_dw_custom(c);
         if (!L->dw_custom) {
-            DN(dnnl_convolution_backward_weights_primitive_desc_create(
+            LK_DNNL_GOTO(dnnl_convolution_backward_weights_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
                 pad_r, L->fwd.pd, attr));
-            TRY(lk_prim_init(&L->bwd_w, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_w, pd));
             pd = NULL;
             const_dnnl_memory_desc_t dw_md = lk_prim_md(&L->bwd_w, dnnl_query_diff_weights_md, 0);
-            TRY(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));
+            LK_TRY_GOTO(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));
             L->dw_to_user.weights = 1;
             if (L->need_dw_user) {
                 L->dw_int = lk_alloc(dnnl_memory_desc_get_size(dw_md));
                 if (!L->dw_int) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight-gradient buffer"); goto done; }
             }
-            TRY(lk_mem(&L->m_dw_int, dw_md));
-            TRY(lk_mem(&L->m_dw_user, w_user));
-            if (c->bias) TRY(lk_mem(&L->m_db, b_md));
+            LK_TRY_GOTO(lk_mem(&L->m_dw_int, dw_md));
+            LK_TRY_GOTO(lk_mem(&L->m_dw_user, w_user));
+            if (c->bias) LK_TRY_GOTO(lk_mem(&L->m_db, b_md));
         }
     }
-#undef TRY
-#undef DN
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
