@@ -40,6 +40,7 @@ OPS: dict[str, tuple[str, dict]] = {
     "bn_train_144_75": ("bn_silu", dict(c=144, hw=75, bn=True, silu=False)),
     "silu_144_75": ("bn_silu", dict(c=144, hw=75, bn=False, silu=True)),
     "bn+silu_144_75": ("bn_silu", dict(c=144, hw=75, bn=True, silu=True)),
+    "silu_1536_10": ("bn_silu", dict(c=1536, hw=10, bn=False, silu=True)),
     "se_chmul_144_75": ("chmul", dict(c=144, hw=75)),
     "gap_1536_10": ("gap", dict(c=1536, hw=10)),
     "linear_1536-2": ("linear", dict(i=1536, o=2)),
