@@ -1,4 +1,5 @@
 /* Conv2d -> BatchNorm -> optional SiLU, forward and backward. */
+#include <math.h>
 #include <string.h>
 
 #include "lk_blocks.h"
@@ -22,6 +23,21 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, int ih, int iw) {
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
                         .pb = pad, .pr = pad, .groups = u->groups, .bias = 0, .train = o->train,
                         .need_dx = u->need_dx};
+    if (!o->train) {
+        /* Inference: one primitive per unit (BN folded, SiLU as a post-op) instead of
+         * three passes over the activation. */
+        cc.bias = 1;
+        cc.post_silu = u->has_act;
+        LK_TRY(lk_conv2d_init(&u->conv, &cc));
+        u->oh = u->conv.oh;
+        u->ow = u->conv.ow;
+        u->eps = o->bn_eps;
+        size_t wn = (size_t)u->oc * (size_t)(u->ic / u->groups) * (size_t)u->k * (size_t)u->k;
+        u->wf = lk_alloc(wn * sizeof(float));
+        u->bf = lk_alloc((size_t)u->oc * sizeof(float));
+        if (!u->wf || !u->bf) return LK_FAIL(LK_ERR_NOMEM, "folded weights of a conv-BN unit");
+        return LK_OK;
+    }
     LK_TRY(lk_conv2d_init(&u->conv, &cc));
     u->oh = u->conv.oh;
     u->ow = u->conv.ow;
@@ -50,7 +66,24 @@ void lk_cba_bind(lk_cba *u, lk_arena *a, const lk_plan_opts *o) {
     u->var = o->train ? lk_arena_take(a, (size_t)u->oc) : NULL;
 }
 
+/* wf = w * s, bf = beta - mean * s with s = gamma / sqrt(var + eps), per output channel. */
+static void cba_fold(lk_cba *u) {
+    size_t per = (size_t)(u->ic / u->groups) * (size_t)u->k * (size_t)u->k;
+#pragma omp parallel for schedule(static) if ((size_t)u->oc * per > 65536)
+    for (int c = 0; c < u->oc; c++) {
+        float s = u->p.gamma[c] / sqrtf(u->p.rvar[c] + u->eps);
+        u->bf[c] = u->p.beta[c] - u->p.rmean[c] * s;
+        const float *w = u->p.w + (size_t)c * per;
+        float *wf = u->wf + (size_t)c * per;
+        for (size_t i = 0; i < per; i++) wf[i] = w[i] * s;
+    }
+}
+
 lk_status lk_cba_forward(lk_cba *u, const float *x) {
+    if (u->wf) {
+        cba_fold(u); /* parameters may have changed since the last call */
+        return lk_conv2d_forward(&u->conv, u->out, x, u->wf, u->bf, 0);
+    }
     LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
     LK_TRY(lk_bn_forward(&u->bn, u->a, u->mean, u->var, u->z, u->p.gamma, u->p.beta, u->p.rmean,
                          u->p.rvar));
@@ -71,6 +104,9 @@ lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
 }
 
 void lk_cba_free(lk_cba *u) {
+    lk_free(u->wf);
+    lk_free(u->bf);
+    u->wf = u->bf = NULL;
     lk_conv2d_free(&u->conv);
     lk_bn_free(&u->bn);
     lk_act_free(&u->act);

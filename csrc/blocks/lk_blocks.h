@@ -56,6 +56,10 @@ typedef struct lk_cba {
     float *a;          /* [N, OH, OW, OC] BN output (SiLU input) */
     float *out;        /* [N, OH, OW, OC] unit output (== a without activation) */
     float *mean, *var; /* [OC] batch statistics (train) */
+    /* Inference: BN folded into the convolution, SiLU fused as its post-op. */
+    float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */
+    float *bf;         /* [OC] beta - running_mean * gamma / sqrt(running_var + eps) */
+    float eps;
 } lk_cba;
 
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, int ih, int iw);

@@ -30,6 +30,8 @@ static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
     LK_REQUIRE(c->groups >= 1 && c->ic % c->groups == 0 && c->oc % c->groups == 0,
                "conv2d: groups=%d must divide in_channels=%d and out_channels=%d", c->groups,
                c->ic, c->oc);
+    LK_REQUIRE(!(c->post_silu && c->train),
+               "conv2d: the fused SiLU post-op is for inference only (train=1 given)");
     *oh = (c->ih + c->pt + c->pb - c->kh) / c->sh + 1;
     *ow = (c->iw + c->pl + c->pr - c->kw) / c->sw + 1;
     LK_REQUIRE(c->ih + c->pt + c->pb >= c->kh && c->iw + c->pl + c->pr >= c->kw,
@@ -74,6 +76,15 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     LK_TRY_GOTO(conv_weights_md(&w_user, c, dnnl_oihw));                     /* [OC, IC/G, KH, KW] */
     if (c->bias) LK_TRY_GOTO(lk_md1(&b_md, c->oc));                          /* [OC] */
     LK_TRY_GOTO(lk_attr(&attr));
+    if (c->post_silu) {
+        /* Inference only (checked in conv_check): training needs the pre-activation. */
+        dnnl_post_ops_t po = NULL;
+        LK_DNNL_GOTO(dnnl_post_ops_create(&po));
+        dnnl_status_t ps = dnnl_post_ops_append_eltwise(po, dnnl_eltwise_swish, 1.0f, 0.0f);
+        if (ps == dnnl_success) ps = dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+        LK_DNNL_GOTO(ps);
+    }
 
     LK_DNNL_GOTO(dnnl_convolution_forward_primitive_desc_create(
         &pd, eng, c->train ? dnnl_forward_training : dnnl_forward_inference,
