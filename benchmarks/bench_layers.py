@@ -273,6 +273,8 @@ def slow_path(name: str, tag: str) -> bool:
     """A reference kernel, an im2col (gemm) convolution, or a depthwise convolution
     run by a generic kernel instead of a depthwise one. gemm is the normal inner
     product implementation, so it is not flagged there."""
+    if "=" not in tag:  # "(no oneDNN primitive: plain C)"
+        return False
     impl = tag.split("=", 1)[1]
     if impl.startswith("ref") or ":ref" in impl:
         return True
