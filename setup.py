@@ -56,6 +56,7 @@ include_dirs = [
 # editable install. No LD_LIBRARY_PATH needed.
 rpaths = ["$ORIGIN/../../..", os.path.join(sys.prefix, "lib"), str(dnnl_lib)]
 
+
 def _cpu_flags() -> set[str]:
     """Flags of the build machine's CPU (the extension is compiled where it runs)."""
     try:

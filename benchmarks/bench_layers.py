@@ -46,23 +46,43 @@ OPS: dict[str, tuple[str, dict]] = {
     "linear_1536-2": ("linear", dict(i=1536, o=2)),
 }
 
-KIND = {"convolution": "conv", "batch_normalization": "bn", "eltwise": "eltwise",
-        "pooling": "pool", "inner_product": "ip", "binary": "binary", "reorder": "reorder",
-        "softmax": "softmax", "reduction": "reduction", "matmul": "matmul"}
-PROP = {"forward_training": "fwd", "forward_inference": "fwd", "backward_data": "bwd_d",
-        "backward_weights": "bwd_w", "backward": "bwd", "undef": ""}
+KIND = {
+    "convolution": "conv",
+    "batch_normalization": "bn",
+    "eltwise": "eltwise",
+    "pooling": "pool",
+    "inner_product": "ip",
+    "binary": "binary",
+    "reorder": "reorder",
+    "softmax": "softmax",
+    "reduction": "reduction",
+    "matmul": "matmul",
+}
+PROP = {
+    "forward_training": "fwd",
+    "forward_inference": "fwd",
+    "backward_data": "bwd_d",
+    "backward_weights": "bwd_w",
+    "backward": "bwd",
+    "undef": "",
+}
 
 
 def build() -> Path:
-    out = subprocess.run([str(ROOT / "benchmarks" / "build_bench.sh")], capture_output=True,
-                         text=True, env={**os.environ, "PY": os.environ.get("PY", sys.executable)})
+    out = subprocess.run(
+        [str(ROOT / "benchmarks" / "build_bench.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PY": os.environ.get("PY", sys.executable)},
+    )
     if out.returncode != 0:
         sys.exit(f"build_bench.sh failed:\n{out.stderr}")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def run_ours(exe: Path, args: argparse.Namespace, env: dict, verbose: bool = False
-             ) -> tuple[dict[str, tuple[float, float, float]], dict[str, list[str]], str]:
+def run_ours(
+    exe: Path, args: argparse.Namespace, env: dict, verbose: bool = False
+) -> tuple[dict[str, tuple[float, float, float]], dict[str, list[str]], str]:
     """Run the C benchmark; returns results, per-op oneDNN implementations, info line."""
     cmd = [str(exe), "--threads", str(args.threads), "--batch", str(args.batch)]
     if verbose:
@@ -136,8 +156,10 @@ def torch_bench(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
             w = 0.1 * torch.randn(p["oc"], p["ic"] // p["g"], p["k"], p["k"])
             w = w.to(memory_format=cl).requires_grad_()
             pad = (p["k"] - 1) // 2
-            res[name] = timed(lambda x=x, w=w, p=p, pad=pad: F.conv2d(
-                x, w, None, p["s"], pad, 1, p["g"]), [x, w] if p["need_dx"] else [w])
+            res[name] = timed(
+                lambda x=x, w=w, p=p, pad=pad: F.conv2d(x, w, None, p["s"], pad, 1, p["g"]),
+                [x, w] if p["need_dx"] else [w],
+            )
         elif kind == "bn_silu":
             c = p["c"]
             x = torch.randn(n, c, p["hw"], p["hw"]).to(memory_format=cl).requires_grad_()
@@ -148,6 +170,7 @@ def torch_bench(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
             def f(x=x, g=g, b=b, rm=rm, rv=rv, p=p):
                 t = F.batch_norm(x, rm, rv, g, b, True, 0.1, 1e-5) if p["bn"] else x
                 return F.silu(t) if p["silu"] else t
+
             res[name] = timed(f, [x, g, b] if p["bn"] else [x])
         elif kind == "chmul":
             x = torch.randn(n, p["c"], p["hw"], p["hw"]).to(memory_format=cl).requires_grad_()
@@ -172,16 +195,30 @@ def run_torch(args: argparse.Namespace) -> tuple[dict[str, tuple[float, float]],
         env["ATEN_CPU_CAPABILITY"] = args.max_isa.lower()
     if args.torch_malloc == "reuse":
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
-    cmd = [sys.executable, __file__, "--torch-worker", "--threads", str(args.threads),
-           "--batch", str(args.batch), "--reps", str(args.reps), "--warmup", str(args.warmup),
-           "--stat", args.stat] + (["--only", args.only] if args.only else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--torch-worker",
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--reps",
+        str(args.reps),
+        "--warmup",
+        str(args.warmup),
+        "--stat",
+        args.stat,
+    ] + (["--only", args.only] if args.only else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"PyTorch benchmark failed:\n{out.stderr}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
     res = {k: (v[0], v[1]) for k, v in data["results"].items()}
-    return res, (f", torch {data['version']} (ATen {data['cap']}, malloc {args.torch_malloc}"
-                 f"{', ' + env['ATEN_CPU_CAPABILITY'] if args.max_isa else ''})")
+    return res, (
+        f", torch {data['version']} (ATen {data['cap']}, malloc {args.torch_malloc}"
+        f"{', ' + env['ATEN_CPU_CAPABILITY'] if args.max_isa else ''})"
+    )
 
 
 def ratio(ours: float, theirs: float) -> float:
@@ -205,15 +242,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up")
-    ap.add_argument("--stat", choices=("min", "median"), default="min",
-                    help="per-op statistic over the reps (min is steadier on a shared machine)")
+    ap.add_argument(
+        "--stat",
+        choices=("min", "median"),
+        default="min",
+        help="per-op statistic over the reps (min is steadier on a shared machine)",
+    )
     ap.add_argument("--only", help="run one op (name from the table)")
     ap.add_argument("--max-isa", help="cap oneDNN and PyTorch at this ISA, e.g. avx2")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--torch-malloc", choices=("reuse", "default"), default="reuse",
-                    help="reuse (default): glibc keeps freed memory (MALLOC_MMAP_MAX_=0), so"
-                    " PyTorch's per-op output allocations do not page-fault fresh memory each"
-                    " call, like a caching allocator; default: plain glibc")
+    ap.add_argument(
+        "--torch-malloc",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="reuse (default): glibc keeps freed memory (MALLOC_MMAP_MAX_=0), so"
+        " PyTorch's per-op output allocations do not page-fault fresh memory each"
+        " call, like a caching allocator; default: plain glibc",
+    )
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -223,8 +268,16 @@ def main() -> None:
 
     if args.torch_worker:  # child process: PyTorch side only, as JSON
         import torch
-        print(json.dumps({"results": torch_bench(args), "version": torch.__version__,
-                          "cap": torch.backends.cpu.get_cpu_capability()}))
+
+        print(
+            json.dumps(
+                {
+                    "results": torch_bench(args),
+                    "version": torch.__version__,
+                    "cap": torch.backends.cpu.get_cpu_capability(),
+                }
+            )
+        )
         return
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -240,11 +293,15 @@ def main() -> None:
     print(f"# {cpu_name()}; {info}{tv}; reps={args.reps} ({args.stat})")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
-        print(f"# warning: 1-minute load average {load:.2f} on {os.cpu_count()} CPUs before the "
-              "table was printed: other processes share the cores and inflate timings "
-              "(fewer --threads suffer less)")
-    hdr = (f"{'op':<26} {'plan ms':>8} {'ours fwd':>9} {'torch fwd':>9} {'ratio':>6} "
-           f"{'ours bwd':>9} {'torch bwd':>9} {'ratio':>6}")
+        print(
+            f"# warning: 1-minute load average {load:.2f} on {os.cpu_count()} CPUs before the "
+            "table was printed: other processes share the cores and inflate timings "
+            "(fewer --threads suffer less)"
+        )
+    hdr = (
+        f"{'op':<26} {'plan ms':>8} {'ours fwd':>9} {'torch fwd':>9} {'ratio':>6} "
+        f"{'ours bwd':>9} {'torch bwd':>9} {'ratio':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name in OPS:
@@ -252,10 +309,14 @@ def main() -> None:
             continue
         plan, f, b = ours[name]
         tf, tb = theirs.get(name, (float("nan"), float("nan")))
-        print(f"{name:<26} {plan:8.2f} {f:9.2f} {tf:9.2f} {ratio(f, tf):6.2f} "
-              f"{b:9.2f} {tb:9.2f} {ratio(b, tb):6.2f}")
-    print("(ratio = ours / torch: below 1 is faster; plan ms = one-off planning that"
-          " leukemia.functional repeats per call)")
+        print(
+            f"{name:<26} {plan:8.2f} {f:9.2f} {tf:9.2f} {ratio(f, tf):6.2f} "
+            f"{b:9.2f} {tb:9.2f} {ratio(b, tb):6.2f}"
+        )
+    print(
+        "(ratio = ours / torch: below 1 is faster; plan ms = one-off planning that"
+        " leukemia.functional repeats per call)"
+    )
     print("\noneDNN implementations (ONEDNN_VERBOSE=1):")
     flagged = []
     for name in OPS:
@@ -265,8 +326,10 @@ def main() -> None:
         bad = [t for t in tags if slow_path(name, t)]
         flagged += [f"{name}: {t}" for t in bad]
         print(f"  {name:<26} {' '.join(tags)}{'   <-- SLOW PATH' if bad else ''}")
-    print("\nslow oneDNN paths (ref anywhere; gemm for conv; non-dw kernel for a depthwise"
-          " conv):", "; ".join(flagged) if flagged else "none")
+    print(
+        "\nslow oneDNN paths (ref anywhere; gemm for conv; non-dw kernel for a depthwise conv):",
+        "; ".join(flagged) if flagged else "none",
+    )
 
 
 def slow_path(name: str, tag: str) -> bool:

@@ -28,17 +28,22 @@ def main() -> None:
         subjects = 8
         write_cnmc(tmp, subjects, -(-args.images // subjects), 450, seed=0)
         samples = load_dataset(tmp, verify=False).samples
-        for name, transform in (("train", train_transform(args.size)),
-                                ("eval", eval_transform(args.size))):
-            with DataLoader(samples, transform, args.batch, shuffle=True,
-                            num_workers=args.workers) as dl:
+        for name, transform in (
+            ("train", train_transform(args.size)),
+            ("eval", eval_transform(args.size)),
+        ):
+            with DataLoader(
+                samples, transform, args.batch, shuffle=True, num_workers=args.workers
+            ) as dl:
                 for _ in dl:  # warm-up epoch (page cache, thread start)
                     pass
                 t0 = time.perf_counter()
                 n = sum(len(y) for _, y in dl)
                 dt = time.perf_counter() - t0
-            print(f"{name:5s} transform: {n} images 450x450 BMP -> {args.size}x{args.size}, "
-                  f"{args.workers} workers, batch {args.batch}: {n / dt:.0f} img/s")
+            print(
+                f"{name:5s} transform: {n} images 450x450 BMP -> {args.size}x{args.size}, "
+                f"{args.workers} workers, batch {args.batch}: {n / dt:.0f} img/s"
+            )
 
 
 if __name__ == "__main__":

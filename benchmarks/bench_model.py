@@ -99,10 +99,15 @@ def cpu_isa_flags() -> str:
 def git_head() -> str:
     """The repository's HEAD commit (short), '+dirty' when the work tree has changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except OSError:
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -139,8 +144,9 @@ def ce_grad(logits: Any, y: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- workers
-def worker_ours(model: str, mode: str, batch: int, size: int, threads: int, warmup: int,
-                reps: int) -> dict[str, Any]:
+def worker_ours(
+    model: str, mode: str, batch: int, size: int, threads: int, warmup: int, reps: int
+) -> dict[str, Any]:
     """Time our C core for one configuration; returns the result dict."""
     import leukemia
     import leukemia.models as M
@@ -173,19 +179,33 @@ def worker_ours(model: str, mode: str, batch: int, size: int, threads: int, warm
     info = m.info
     med = statistics.median(times)
     return {
-        "framework": "ours", "model": model, "mode": mode, "batch": batch, "size": size,
-        "threads": threads, "times_s": times, "fwd_times_s": fwd_times, "median_s": med,
-        "img_s": batch / med, "best_img_s": batch / min(times),
-        "first_call_s": first_fwd + first_bwd, "first_fwd_s": first_fwd,
-        "first_bwd_s": first_bwd, "plan_s": max(0.0, first_fwd + first_bwd - med),
-        "plan_bytes": int(info.get("plan_bytes", 0)), "plans_made": info.get("plans_made"),
-        "base_rss_kib": base_rss, "base_peak_kib": base_peak, "peak_kib": peak_kib(),
+        "framework": "ours",
+        "model": model,
+        "mode": mode,
+        "batch": batch,
+        "size": size,
+        "threads": threads,
+        "times_s": times,
+        "fwd_times_s": fwd_times,
+        "median_s": med,
+        "img_s": batch / med,
+        "best_img_s": batch / min(times),
+        "first_call_s": first_fwd + first_bwd,
+        "first_fwd_s": first_fwd,
+        "first_bwd_s": first_bwd,
+        "plan_s": max(0.0, first_fwd + first_bwd - med),
+        "plan_bytes": int(info.get("plan_bytes", 0)),
+        "plans_made": info.get("plans_made"),
+        "base_rss_kib": base_rss,
+        "base_peak_kib": base_peak,
+        "peak_kib": peak_kib(),
         "build_info": leukemia.build_info(),
     }
 
 
-def worker_torch(model: str, mode: str, batch: int, size: int, threads: int, warmup: int,
-                 reps: int) -> dict[str, Any]:
+def worker_torch(
+    model: str, mode: str, batch: int, size: int, threads: int, warmup: int, reps: int
+) -> dict[str, Any]:
     """Time PyTorch/torchvision for one configuration; returns the result dict."""
     import torch
     import torch.nn.functional as F
@@ -226,12 +246,24 @@ def worker_torch(model: str, mode: str, batch: int, size: int, threads: int, war
         times.append(f + b)
     med = statistics.median(times)
     return {
-        "framework": "torch", "model": model, "mode": mode, "batch": batch, "size": size,
-        "threads": threads, "times_s": times, "fwd_times_s": fwd_times, "median_s": med,
-        "img_s": batch / med, "best_img_s": batch / min(times),
-        "first_call_s": first_fwd + first_bwd, "first_fwd_s": first_fwd,
-        "first_bwd_s": first_bwd, "base_rss_kib": base_rss, "base_peak_kib": base_peak,
-        "peak_kib": peak_kib(), "torch_version": torch.__version__,
+        "framework": "torch",
+        "model": model,
+        "mode": mode,
+        "batch": batch,
+        "size": size,
+        "threads": threads,
+        "times_s": times,
+        "fwd_times_s": fwd_times,
+        "median_s": med,
+        "img_s": batch / med,
+        "best_img_s": batch / min(times),
+        "first_call_s": first_fwd + first_bwd,
+        "first_fwd_s": first_fwd,
+        "first_bwd_s": first_bwd,
+        "base_rss_kib": base_rss,
+        "base_peak_kib": base_peak,
+        "peak_kib": peak_kib(),
+        "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "torch_threads": torch.get_num_threads(),
     }
@@ -265,8 +297,9 @@ def worker_profile(model: str, mode: str, batch: int, size: int, threads: int) -
 
 
 # --------------------------------------------------------------------------- parent
-def run_worker(args: list[str], threads: int, timeout: float,
-               extra_env: dict[str, str] | None = None) -> tuple[dict[str, Any] | None, str]:
+def run_worker(
+    args: list[str], threads: int, timeout: float, extra_env: dict[str, str] | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """Run this script as a worker; returns (parsed JSON or None, full stdout)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("ONEDNN_VERBOSE", None)
@@ -275,18 +308,21 @@ def run_worker(args: list[str], threads: int, timeout: float,
         env.update(extra_env)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                             cwd=str(ROOT))
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(ROOT)
+        )
     except subprocess.TimeoutExpired:
         print(f"  worker timed out after {timeout:.0f}s: {' '.join(args)}", file=sys.stderr)
         return None, ""
     res = None
     for line in out.stdout.splitlines():
         if line.startswith(MARK):
-            res = json.loads(line[len(MARK):])
+            res = json.loads(line[len(MARK) :])
     if out.returncode != 0 or res is None:
-        print(f"  worker failed (rc={out.returncode}): {' '.join(args)}\n{out.stderr[-3000:]}",
-              file=sys.stderr)
+        print(
+            f"  worker failed (rc={out.returncode}): {' '.join(args)}\n{out.stderr[-3000:]}",
+            file=sys.stderr,
+        )
     return res, out.stdout
 
 
@@ -308,9 +344,11 @@ def parse_profile(stdout: str) -> dict[str, Any]:
         i = f.index("exec")
         # exec,cpu,kind,impl,prop,mds,attr,aux,desc,time
         kind, impl, prop = f[i + 2], f[i + 3], f[i + 4]
-        mds = " ".join(t.split(":")[0] + ":" + t.split(":")[3]
-                       for t in f[i + 5].split() if t.count(":") >= 3 and
-                       not t.split(":")[0].endswith("undef"))
+        mds = " ".join(
+            t.split(":")[0] + ":" + t.split(":")[3]
+            for t in f[i + 5].split()
+            if t.count(":") >= 3 and not t.split(":")[0].endswith("undef")
+        )
         desc, ms = f[-2], float(f[-1])
         by_prim[(kind, impl, prop, desc, mds)].append(ms)
         by_kind[(kind, impl, prop)].append(ms)
@@ -321,26 +359,44 @@ def parse_profile(stdout: str) -> dict[str, Any]:
         "total_ms": total,
         "n_exec": sum(len(v) for v in by_prim.values()),
         "n_reorder": sum(len(v) for k, v in by_kind.items() if k[0] == "reorder"),
-        "top": [{"kind": k[0], "impl": k[1], "prop": k[2], "shape": k[3], "formats": k[4],
-                 "calls": len(v), "total_ms": sum(v)} for k, v in top],
-        "by_kind": [{"kind": k[0], "impl": k[1], "prop": k[2], "calls": len(v),
-                     "total_ms": sum(v)} for k, v in kinds],
+        "top": [
+            {
+                "kind": k[0],
+                "impl": k[1],
+                "prop": k[2],
+                "shape": k[3],
+                "formats": k[4],
+                "calls": len(v),
+                "total_ms": sum(v),
+            }
+            for k, v in top
+        ],
+        "by_kind": [
+            {"kind": k[0], "impl": k[1], "prop": k[2], "calls": len(v), "total_ms": sum(v)}
+            for k, v in kinds
+        ],
     }
 
 
 def print_profile(name: str, p: dict[str, Any], wall_s: float | None, n_top: int = 10) -> None:
     """Print the top primitives of one profile."""
     wall = f", step wall {wall_s * 1e3:.0f} ms" if wall_s else ""
-    print(f"\noneDNN profile_exec, {name}: {p['n_exec']} primitive executions "
-          f"({p['n_reorder']} reorders), {p['total_ms']:.0f} ms in oneDNN{wall}")
+    print(
+        f"\noneDNN profile_exec, {name}: {p['n_exec']} primitive executions "
+        f"({p['n_reorder']} reorders), {p['total_ms']:.0f} ms in oneDNN{wall}"
+    )
     print(f"  top {n_top} primitives (kind, impl, prop, shape) by total time:")
     for r in p["top"][:n_top]:
-        print(f"  {r['total_ms']:8.1f} ms  x{r['calls']:<3d} {r['kind']:<19s} {r['impl']:<40s} "
-              f"{r['prop']:<17s} {r['shape']}  [{r['formats']}]")
+        print(
+            f"  {r['total_ms']:8.1f} ms  x{r['calls']:<3d} {r['kind']:<19s} {r['impl']:<40s} "
+            f"{r['prop']:<17s} {r['shape']}  [{r['formats']}]"
+        )
     print("  by (kind, impl, prop):")
     for r in p["by_kind"][:12]:
-        print(f"  {r['total_ms']:8.1f} ms  x{r['calls']:<4d} {r['kind']:<19s} {r['impl']:<40s} "
-              f"{r['prop']}")
+        print(
+            f"  {r['total_ms']:8.1f} ms  x{r['calls']:<4d} {r['kind']:<19s} {r['impl']:<40s} "
+            f"{r['prop']}"
+        )
 
 
 def mib(kib: float | None) -> str:
@@ -358,18 +414,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--modes", default="eval,train", help="comma list of eval, train")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: batch 4, size 160, 1 rep, 1 warm-up")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: batch 4, size 160, 1 rep, 1 warm-up"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per-worker timeout, s")
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile one ours step with ONEDNN_VERBOSE=profile_exec")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one ours step with ONEDNN_VERBOSE=profile_exec",
+    )
     ap.add_argument("--profile-only", action="store_true", help="only the profile")
     ap.add_argument("--profile-batch", type=int, default=2)
     ap.add_argument("--profile-mode", default="train", choices=["eval", "train"])
-    ap.add_argument("--worker", nargs=7, default=None,
-                    metavar=("FW", "MODEL", "MODE", "BATCH", "SIZE", "THREADS", "WARMUP_REPS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker",
+        nargs=7,
+        default=None,
+        metavar=("FW", "MODEL", "MODE", "BATCH", "SIZE", "THREADS", "WARMUP_REPS"),
+        help=argparse.SUPPRESS,
+    )
     a = ap.parse_args(argv)
 
     if a.worker:
@@ -401,12 +465,19 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
-    machine: dict[str, Any] = {"cpu": cpu_model(), "cpu_isa_flags": cpu_isa_flags(),
-                               "git_head": git_head(), "extension": extension_stamp(),
-                               "logical_cpus": os.cpu_count(), "threads": a.threads,
-                               "python": platform.python_version()}
-    print(f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs; "
-          f"{machine['cpu_isa_flags']})")
+    machine: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_isa_flags": cpu_isa_flags(),
+        "git_head": git_head(),
+        "extension": extension_stamp(),
+        "logical_cpus": os.cpu_count(),
+        "threads": a.threads,
+        "python": platform.python_version(),
+    }
+    print(
+        f"CPU: {machine['cpu']} ({machine['logical_cpus']} logical CPUs; "
+        f"{machine['cpu_isa_flags']})"
+    )
     print(f"git HEAD: {machine['git_head']}; extension: {machine['extension']}")
     print(f"threads: {a.threads} (ours: leukemia.set_num_threads; torch.set_num_threads)")
     print(f"load average at start: {os.getloadavg()}")
@@ -419,28 +490,55 @@ def main(argv: list[str] | None = None) -> int:
                 order = ["ours", "torch"] if k % 2 == 0 else ["torch", "ours"]
                 k += 1
                 for fw in order:
-                    print(f"  running {fw:<5s} {model} {mode} batch {a.batch} size "
-                          f"{size_of(model)} ...", flush=True)
+                    print(
+                        f"  running {fw:<5s} {model} {mode} batch {a.batch} size "
+                        f"{size_of(model)} ...",
+                        flush=True,
+                    )
                     load_before = os.getloadavg()[0]
-                    res, _ = run_worker([fw, model, mode, str(a.batch), str(size_of(model)),
-                                         str(a.threads), f"{a.warmup}:{a.reps}"], a.threads,
-                                        a.timeout)
+                    res, _ = run_worker(
+                        [
+                            fw,
+                            model,
+                            mode,
+                            str(a.batch),
+                            str(size_of(model)),
+                            str(a.threads),
+                            f"{a.warmup}:{a.reps}",
+                        ],
+                        a.threads,
+                        a.timeout,
+                    )
                     if res is not None:
                         res["load_avg_before"] = load_before
                         res["load_avg_after"] = os.getloadavg()[0]
                         results.append(res)
                         steps = [round(t, 2) for t in res["times_s"]]
-                        print(f"    {res['img_s']:.2f} img/s  (steps {steps} s, "
-                              f"first call {res['first_call_s']:.2f} s, peak "
-                              f"{mib(res['peak_kib'])} MiB)", flush=True)
+                        print(
+                            f"    {res['img_s']:.2f} img/s  (steps {steps} s, "
+                            f"first call {res['first_call_s']:.2f} s, peak "
+                            f"{mib(res['peak_kib'])} MiB)",
+                            flush=True,
+                        )
 
     if a.profile or a.profile_only:
         for model in models:
             name = f"ours {model} {a.profile_mode} batch {a.profile_batch} size {size_of(model)}"
             print(f"  profiling {name} ...", flush=True)
-            res, out = run_worker(["profile", model, a.profile_mode, str(a.profile_batch),
-                                   str(size_of(model)), str(a.threads), "0:1"], a.threads,
-                                  a.timeout, {"ONEDNN_VERBOSE": "profile_exec"})
+            res, out = run_worker(
+                [
+                    "profile",
+                    model,
+                    a.profile_mode,
+                    str(a.profile_batch),
+                    str(size_of(model)),
+                    str(a.threads),
+                    "0:1",
+                ],
+                a.threads,
+                a.timeout,
+                {"ONEDNN_VERBOSE": "profile_exec"},
+            )
             p = parse_profile(out)
             p["wall_s"] = res["wall_s"] if res else None
             p["config"] = name
@@ -458,75 +556,122 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nleukemia build_info: {info}")
     if tv:
         print(f"torch {tv['torch']}, torchvision {tv['torchvision']}")
-    print(f"wall time of the whole run: {time.perf_counter() - t_start:.0f} s; "
-          f"load average at end: {os.getloadavg()}")
-    print("train = forward + cross-entropy + backward (all parameter gradients), NO optimizer "
-          "step on either side;\neval = forward only (torch under inference_mode). "
-          "PyTorch: torchvision model, float32, channels_last.\nimg/s = batch / median "
-          "timed step. The machine is shared with other jobs: numbers are noisy.")
-    print("peak MiB = ru_maxrss of a fresh process running only that configuration "
-          "(delta = peak minus RSS after imports + model + input).\n")
-    hdr = (f"{'model':<6}{'size':>5}{'batch':>6} {'mode':<6}{'ours img/s':>11}{'torch img/s':>12}"
-           f"{'ratio':>7}{'best: ours':>11}{'torch':>7}{'ratio':>6}{'ours ms/img':>12}"
-           f"{'torch ms/img':>13}{'ours peak(d) MiB':>18}"
-           f"{'torch peak(d) MiB':>19}{'ours plan s':>12}{'arena MiB':>10}")
+    print(
+        f"wall time of the whole run: {time.perf_counter() - t_start:.0f} s; "
+        f"load average at end: {os.getloadavg()}"
+    )
+    print(
+        "train = forward + cross-entropy + backward (all parameter gradients), NO optimizer "
+        "step on either side;\neval = forward only (torch under inference_mode). "
+        "PyTorch: torchvision model, float32, channels_last.\nimg/s = batch / median "
+        "timed step. The machine is shared with other jobs: numbers are noisy."
+    )
+    print(
+        "peak MiB = ru_maxrss of a fresh process running only that configuration "
+        "(delta = peak minus RSS after imports + model + input).\n"
+    )
+    hdr = (
+        f"{'model':<6}{'size':>5}{'batch':>6} {'mode':<6}{'ours img/s':>11}{'torch img/s':>12}"
+        f"{'ratio':>7}{'best: ours':>11}{'torch':>7}{'ratio':>6}{'ours ms/img':>12}"
+        f"{'torch ms/img':>13}{'ours peak(d) MiB':>18}"
+        f"{'torch peak(d) MiB':>19}{'ours plan s':>12}{'arena MiB':>10}"
+    )
     print(hdr)
     print("-" * len(hdr))
     rows: list[dict[str, Any]] = []
     for model in models:
         for mode in modes:
-            o = next((r for r in results if r["framework"] == "ours" and r["model"] == model
-                      and r["mode"] == mode), None)
-            t = next((r for r in results if r["framework"] == "torch" and r["model"] == model
-                      and r["mode"] == mode), None)
+            o = next(
+                (
+                    r
+                    for r in results
+                    if r["framework"] == "ours" and r["model"] == model and r["mode"] == mode
+                ),
+                None,
+            )
+            t = next(
+                (
+                    r
+                    for r in results
+                    if r["framework"] == "torch" and r["model"] == model and r["mode"] == mode
+                ),
+                None,
+            )
             if o is None and t is None:
                 continue
             ratio = o["img_s"] / t["img_s"] if o and t else None
-            row = {"model": model, "size": size_of(model), "batch": a.batch, "mode": mode,
-                   "ours_img_s": o and o["img_s"], "torch_img_s": t and t["img_s"],
-                   "ratio": ratio,
-                   "ours_best_img_s": o and o["best_img_s"],
-                   "torch_best_img_s": t and t["best_img_s"],
-                   "best_ratio": o["best_img_s"] / t["best_img_s"] if o and t else None,
-                   "ours_ms_per_img": o and 1e3 / o["img_s"],
-                   "torch_ms_per_img": t and 1e3 / t["img_s"],
-                   "ours_peak_mib": o and o["peak_kib"] / 1024,
-                   "ours_peak_delta_mib": o and (o["peak_kib"] - o["base_rss_kib"]) / 1024,
-                   "torch_peak_mib": t and t["peak_kib"] / 1024,
-                   "torch_peak_delta_mib": t and (t["peak_kib"] - t["base_rss_kib"]) / 1024,
-                   "ours_plan_s": o and o["plan_s"],
-                   "ours_plan_bytes": o and o["plan_bytes"]}
+            row = {
+                "model": model,
+                "size": size_of(model),
+                "batch": a.batch,
+                "mode": mode,
+                "ours_img_s": o and o["img_s"],
+                "torch_img_s": t and t["img_s"],
+                "ratio": ratio,
+                "ours_best_img_s": o and o["best_img_s"],
+                "torch_best_img_s": t and t["best_img_s"],
+                "best_ratio": o["best_img_s"] / t["best_img_s"] if o and t else None,
+                "ours_ms_per_img": o and 1e3 / o["img_s"],
+                "torch_ms_per_img": t and 1e3 / t["img_s"],
+                "ours_peak_mib": o and o["peak_kib"] / 1024,
+                "ours_peak_delta_mib": o and (o["peak_kib"] - o["base_rss_kib"]) / 1024,
+                "torch_peak_mib": t and t["peak_kib"] / 1024,
+                "torch_peak_delta_mib": t and (t["peak_kib"] - t["base_rss_kib"]) / 1024,
+                "ours_plan_s": o and o["plan_s"],
+                "ours_plan_bytes": o and o["plan_bytes"],
+            }
             rows.append(row)
 
             def f(v: float | None, fmt: str) -> str:
                 return "-" if v is None else format(v, fmt)
 
-            opk = (f"{row['ours_peak_mib']:.0f} ({row['ours_peak_delta_mib']:.0f})"
-                   if o else "-")
-            tpk = (f"{row['torch_peak_mib']:.0f} ({row['torch_peak_delta_mib']:.0f})"
-                   if t else "-")
-            print(f"{model:<6}{size_of(model):>5}{a.batch:>6} {mode:<6}"
-                  f"{f(row['ours_img_s'], '.2f'):>11}{f(row['torch_img_s'], '.2f'):>12}"
-                  f"{f(ratio, '.2f'):>7}{f(row['ours_best_img_s'], '.2f'):>11}"
-                  f"{f(row['torch_best_img_s'], '.2f'):>7}{f(row['best_ratio'], '.2f'):>6}"
-                  f"{f(row['ours_ms_per_img'], '.1f'):>12}"
-                  f"{f(row['torch_ms_per_img'], '.1f'):>13}{opk:>18}{tpk:>19}"
-                  f"{f(row['ours_plan_s'], '.2f'):>12}"
-                  f"{f(o and o['plan_bytes'] / 2**20, '.0f'):>10}")
-    print("img/s and ms/img from the median step; 'best' from the fastest step (least "
-          "disturbed by other jobs).")
-    print("ratio = ours / torch img/s (> 1: ours faster). ours plan s = first call (planning) "
-          "minus a steady step. arena = plan_bytes (activation arena).")
+            opk = f"{row['ours_peak_mib']:.0f} ({row['ours_peak_delta_mib']:.0f})" if o else "-"
+            tpk = f"{row['torch_peak_mib']:.0f} ({row['torch_peak_delta_mib']:.0f})" if t else "-"
+            print(
+                f"{model:<6}{size_of(model):>5}{a.batch:>6} {mode:<6}"
+                f"{f(row['ours_img_s'], '.2f'):>11}{f(row['torch_img_s'], '.2f'):>12}"
+                f"{f(ratio, '.2f'):>7}{f(row['ours_best_img_s'], '.2f'):>11}"
+                f"{f(row['torch_best_img_s'], '.2f'):>7}{f(row['best_ratio'], '.2f'):>6}"
+                f"{f(row['ours_ms_per_img'], '.1f'):>12}"
+                f"{f(row['torch_ms_per_img'], '.1f'):>13}{opk:>18}{tpk:>19}"
+                f"{f(row['ours_plan_s'], '.2f'):>12}"
+                f"{f(o and o['plan_bytes'] / 2**20, '.0f'):>10}"
+            )
+    print(
+        "img/s and ms/img from the median step; 'best' from the fastest step (least "
+        "disturbed by other jobs)."
+    )
+    print(
+        "ratio = ours / torch img/s (> 1: ours faster). ours plan s = first call (planning) "
+        "minus a steady step. arena = plan_bytes (activation arena)."
+    )
 
     for p in profiles.values():
         print_profile(p["config"], p, p.get("wall_s"))
 
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"machine": machine, "args": {
-            "models": models, "modes": modes, "batch": a.batch, "size": a.size,
-            "reps": a.reps, "warmup": a.warmup, "threads": a.threads, "quick": a.quick},
-            "rows": rows, "raw": results, "profiles": profiles}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "args": {
+                        "models": models,
+                        "modes": modes,
+                        "batch": a.batch,
+                        "size": a.size,
+                        "reps": a.reps,
+                        "warmup": a.warmup,
+                        "threads": a.threads,
+                        "quick": a.quick,
+                    },
+                    "rows": rows,
+                    "raw": results,
+                    "profiles": profiles,
+                },
+                indent=1,
+            )
+        )
         print(f"\nJSON written to {a.json}")
     return 0
 

@@ -67,13 +67,18 @@ def register(cmd: Command) -> Command:
     return cmd
 
 
-def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-            description: str = "") -> Callable[[Callable[[argparse.Namespace], int]],
-                                               Callable[[argparse.Namespace], int]]:
+def command(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    description: str = "",
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """Decorator form of :func:`register` for a ``run(args) -> int`` function."""
+
     def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         register(Command(name, help, add_arguments, run, description))
         return run
+
     return wrap
 
 
@@ -86,6 +91,7 @@ def _int_at_least(low: int) -> Callable[[str], int]:
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {low}"
     return parse
 
@@ -102,31 +108,60 @@ def _fraction(text: str) -> float:
 
 # --------------------------------------------------------------------------- synth
 
+
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="output folder (becomes the C-NMC_Leukemia root)")
-    p.add_argument("--subjects", type=_int_at_least(2), default=12, metavar="N",
-                   help="number of subjects, about 2/3 ALL (default: 12)")
-    p.add_argument("--cells-per-subject", type=_int_at_least(1), default=20, metavar="M",
-                   help="images per subject (default: 20)")
-    p.add_argument("--size", type=_int_at_least(16), default=450, metavar="S",
-                   help="image side in pixels (default: 450, as C-NMC)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="K",
-                   help="random seed (default: 0)")
-    p.add_argument("--workers", type=_int_at_least(1), default=None, metavar="W",
-                   help="rendering threads (default: number of CPUs)")
-    p.add_argument("--force", action="store_true",
-                   help="replace training_data/, validation_data/, testing_data/ if OUT has them")
+    p.add_argument(
+        "--subjects",
+        type=_int_at_least(2),
+        default=12,
+        metavar="N",
+        help="number of subjects, about 2/3 ALL (default: 12)",
+    )
+    p.add_argument(
+        "--cells-per-subject",
+        type=_int_at_least(1),
+        default=20,
+        metavar="M",
+        help="images per subject (default: 20)",
+    )
+    p.add_argument(
+        "--size",
+        type=_int_at_least(16),
+        default=450,
+        metavar="S",
+        help="image side in pixels (default: 450, as C-NMC)",
+    )
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, metavar="K", help="random seed (default: 0)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        metavar="W",
+        help="rendering threads (default: number of CPUs)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace training_data/, validation_data/, testing_data/ if OUT has them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 _SYNTH_DIRS = ("training_data", "validation_data", "testing_data")
 
 
-@command("synth", "write a synthetic data set in the C-NMC 2019 layout", _synth_arguments,
-         "Render synthetic single-cell images (ALL blasts and normal lymphocytes, per-subject "
-         "stain, size, blur and noise) into OUT in the C-NMC 2019 layout: training_data/"
-         "fold_{0,1,2}/{all,hem}/, the renamed preliminary test set with its labels CSV, "
-         "and the unlabelled final test set. Subjects never span two folds.")
+@command(
+    "synth",
+    "write a synthetic data set in the C-NMC 2019 layout",
+    _synth_arguments,
+    "Render synthetic single-cell images (ALL blasts and normal lymphocytes, per-subject "
+    "stain, size, blur and noise) into OUT in the C-NMC 2019 layout: training_data/"
+    "fold_{0,1,2}/{all,hem}/, the renamed preliminary test set with its labels CSV, "
+    "and the unlabelled final test set. Subjects never span two folds.",
+)
 def _synth(args: argparse.Namespace) -> int:
     from .data.synthetic import write_cnmc
 
@@ -142,12 +177,24 @@ def _synth(args: argparse.Namespace) -> int:
     bar = None
     if not args.quiet:
         from tqdm import tqdm
-        bar = tqdm(total=args.subjects * args.cells_per_subject, unit="img", file=sys.stderr,
-                   desc="rendering", leave=False)
+
+        bar = tqdm(
+            total=args.subjects * args.cells_per_subject,
+            unit="img",
+            file=sys.stderr,
+            desc="rendering",
+            leave=False,
+        )
     try:
-        res = write_cnmc(tmp, args.subjects, args.cells_per_subject, args.size, args.seed,
-                         workers=args.workers,
-                         progress=(lambda done, total: bar.update(1)) if bar else None)
+        res = write_cnmc(
+            tmp,
+            args.subjects,
+            args.cells_per_subject,
+            args.size,
+            args.seed,
+            workers=args.workers,
+            progress=(lambda done, total: bar.update(1)) if bar else None,
+        )
         out.mkdir(exist_ok=True)
         for name in _SYNTH_DIRS:
             if (out / name).is_dir():
@@ -160,44 +207,73 @@ def _synth(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     n_all = sum(1 for s in res.subjects if s.label == 1)
     rate = res.n_images / max(res.seconds, 1e-9) * 60
-    print(f"Wrote {res.n_images} images ({args.size}x{args.size}) of {len(res.subjects)} "
-          f"subjects ({n_all} ALL, {len(res.subjects) - n_all} normal) to {out} in "
-          f"{res.seconds:.1f} s ({rate:.0f} images/min)")
+    print(
+        f"Wrote {res.n_images} images ({args.size}x{args.size}) of {len(res.subjects)} "
+        f"subjects ({n_all} ALL, {len(res.subjects) - n_all} normal) to {out} in "
+        f"{res.seconds:.1f} s ({rate:.0f} images/min)"
+    )
     for part in ("fold_0", "fold_1", "fold_2", "prelim", "final"):
         subj = sorted(s for s, f in res.folds.items() if f == part)
-        print(f"  {part:7s} {res.counts.get(part, 0):6d} images  subjects: "
-              f"{', '.join(subj) if subj else '-'}")
+        print(
+            f"  {part:7s} {res.counts.get(part, 0):6d} images  subjects: "
+            f"{', '.join(subj) if subj else '-'}"
+        )
     print(f"Next: leukemia inspect {out} --split")
     return 0
 
 
 # --------------------------------------------------------------------------- inspect
 
+
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="data folder")
-    p.add_argument("--layout", choices=("auto", "cnmc", "all-idb2", "folders"), default="auto",
-                   help="data layout (default: auto-detect)")
-    p.add_argument("--split", action="store_true",
-                   help="show a split and run the leakage check on it")
-    p.add_argument("--policy", choices=("patient", "image"), default="patient",
-                   help="split policy: patient-wise (default) or image-level (LEAKY)")
-    p.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
-                   help="fraction of images on the test side (default: 0.2)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="K",
-                   help="split seed (default: 0)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not decode every image (faster; bad files go unnoticed)")
-    p.add_argument("--no-image-check", action="store_true",
-                   help="leakage check on subject ids only, not near-duplicate images")
+    p.add_argument(
+        "--layout",
+        choices=("auto", "cnmc", "all-idb2", "folders"),
+        default="auto",
+        help="data layout (default: auto-detect)",
+    )
+    p.add_argument(
+        "--split", action="store_true", help="show a split and run the leakage check on it"
+    )
+    p.add_argument(
+        "--policy",
+        choices=("patient", "image"),
+        default="patient",
+        help="split policy: patient-wise (default) or image-level (LEAKY)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="F",
+        help="fraction of images on the test side (default: 0.2)",
+    )
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, metavar="K", help="split seed (default: 0)"
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not decode every image (faster; bad files go unnoticed)",
+    )
+    p.add_argument(
+        "--no-image-check",
+        action="store_true",
+        help="leakage check on subject ids only, not near-duplicate images",
+    )
     p.add_argument("--no-subjects", action="store_true", help="omit the per-subject table")
 
 
-@command("inspect", "detect a data set's layout, count it, list bad files, check splits",
-         _inspect_arguments,
-         "Detect the layout of DIR (C-NMC 2019, ALL-IDB2 or class folders), print images per "
-         "fold, class and subject, and list unreadable files with the reason. With --split, "
-         "show a patient-wise split (or --policy image, labelled leaky) and check it for "
-         "shared subjects and near-duplicate images; for C-NMC also check the official folds.")
+@command(
+    "inspect",
+    "detect a data set's layout, count it, list bad files, check splits",
+    _inspect_arguments,
+    "Detect the layout of DIR (C-NMC 2019, ALL-IDB2 or class folders), print images per "
+    "fold, class and subject, and list unreadable files with the reason. With --split, "
+    "show a patient-wise split (or --policy image, labelled leaky) and check it for "
+    "shared subjects and near-duplicate images; for C-NMC also check the official folds.",
+)
 def _inspect(args: argparse.Namespace) -> int:
     from .data.datasets import load_dataset, summary_table
     from .data.splits import SplitError, check_leakage, cnmc_folds, make_split
@@ -205,8 +281,9 @@ def _inspect(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.exists():
         raise CLIError(f"{root} does not exist")
-    ds = load_dataset(root, None if args.layout == "auto" else args.layout,
-                      verify=not args.no_verify)
+    ds = load_dataset(
+        root, None if args.layout == "auto" else args.layout, verify=not args.no_verify
+    )
     print(f"Data set: {ds.root}  (layout: {ds.layout}, {len(ds)} images)")
     print()
     print(summary_table(ds.samples, ds.class_names, per_subject=not args.no_subjects))
@@ -219,8 +296,10 @@ def _inspect(args: argparse.Namespace) -> int:
     policy = args.policy
     labelled = ds.labelled()
     if policy == "patient" and any(s.subject is None for s in labelled):
-        print("Note: this layout carries no subject ids, so a patient-wise split is impossible;"
-              " falling back to an image-level split, which is LEAKY.")
+        print(
+            "Note: this layout carries no subject ids, so a patient-wise split is impossible;"
+            " falling back to an image-level split, which is LEAKY."
+        )
         policy = "image"
     split = make_split(labelled, policy, args.test_fraction, args.seed)
     print(split.summary())
@@ -245,6 +324,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered :class:`Command`."""
     from . import __version__
@@ -252,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukemia",
         description="Fine-tune EfficientNets to tell leukaemic blasts (ALL) from normal "
-                    "cells (HEM) in blood-smear cell images.")
+        "cells (HEM) in blood-smear cell images.",
+    )
     parser.add_argument("--version", action="version", version=f"leukemia {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 # Tolerances used across the layer tests (stated once, here).
-FWD_RTOL = 1e-5      # forward vs PyTorch, relative to max |reference|
-GRAD_RTOL = 1e-4     # gradients vs PyTorch, relative to max |reference|
-FD_RTOL = 2e-3       # directional finite difference vs analytic gradient
+FWD_RTOL = 1e-5  # forward vs PyTorch, relative to max |reference|
+GRAD_RTOL = 1e-4  # gradients vs PyTorch, relative to max |reference|
+FD_RTOL = 2e-3  # directional finite difference vs analytic gradient
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -31,8 +31,14 @@ def assert_close(a: np.ndarray, b: np.ndarray, rtol: float, what: str) -> None:
     assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:.1g}"
 
 
-def directional_fd(f: Callable[[np.ndarray], float], x: np.ndarray, grad: np.ndarray,
-                   rng: np.random.Generator, n_dirs: int = 3, h: float = 1e-2) -> float:
+def directional_fd(
+    f: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    grad: np.ndarray,
+    rng: np.random.Generator,
+    n_dirs: int = 3,
+    h: float = 1e-2,
+) -> float:
     """Worst relative mismatch between FD and analytic directional derivatives of f at x.
 
     f maps a float32 array to a float64 scalar (e.g. sum(y * r) in float64).

@@ -16,15 +16,27 @@ from leukemia import cli  # noqa: E402
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "leukemia", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "leukemia", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "synth"
-    proc = run("synth", str(out), "--subjects", "10", "--cells-per-subject", "5", "--size", "48",
-               "--seed", "2", "--quiet")
+    proc = run(
+        "synth",
+        str(out),
+        "--subjects",
+        "10",
+        "--cells-per-subject",
+        "5",
+        "--size",
+        "48",
+        "--seed",
+        "2",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Wrote 50 images (48x48) of 10 subjects (7 ALL, 3 normal)" in proc.stdout
     return out
@@ -47,9 +59,11 @@ def test_synth_then_inspect_split(synth_dir: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_inspect_lists_unreadable_files_in_process(synth_dir: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_lists_unreadable_files_in_process(
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
+
     root = tmp_path / "c"
     shutil.copytree(synth_dir, root)
     save_zero(root / "training_data" / "fold_1" / "all" / "UID_77_1_1_all.bmp")
@@ -61,16 +75,19 @@ def test_inspect_lists_unreadable_files_in_process(synth_dir: Path, tmp_path: Pa
     assert "UID_H77_1_1_hem.bmp: mode L (grayscale), expected RGB" in out
 
 
-def test_inspect_image_split_is_flagged_leaky(synth_dir: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["inspect", str(synth_dir), "--split", "--policy", "image",
-                     "--no-subjects"]) == 0
+def test_inspect_image_split_is_flagged_leaky(
+    synth_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        cli.main(["inspect", str(synth_dir), "--split", "--policy", "image", "--no-subjects"]) == 0
+    )
     out = capsys.readouterr().out
     assert "LEAKY" in out and "LEAKAGE FOUND" in out and "subject(s) in both" in out
 
 
 def test_inspect_folders_without_subjects_falls_back_to_leaky(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for i in range(5):
         save_rgb(tmp_path / "all" / f"a{i}.png", seed=i)
         save_rgb(tmp_path / "hem" / f"h{i}.png", seed=20 + i)
@@ -80,11 +97,21 @@ def test_inspect_folders_without_subjects_falls_back_to_leaky(
     assert "LEAKY" in out
 
 
-def test_synth_in_process_and_refuses_non_empty(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_synth_in_process_and_refuses_non_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "s"
-    args = ["synth", str(out), "--subjects", "3", "--cells-per-subject", "2", "--size", "32",
-            "--quiet"]
+    args = [
+        "synth",
+        str(out),
+        "--subjects",
+        "3",
+        "--cells-per-subject",
+        "2",
+        "--size",
+        "32",
+        "--quiet",
+    ]
     assert cli.main(args) == 0
     assert "Wrote 6 images" in capsys.readouterr().out
     assert cli.main(args) == 1
@@ -92,17 +119,20 @@ def test_synth_in_process_and_refuses_non_empty(tmp_path: Path,
     assert cli.main([*args, "--force"]) == 0
 
 
-@pytest.mark.parametrize("argv", [
-    ["synth"],
-    ["synth", "x", "--subjects", "one"],
-    ["synth", "x", "--subjects", "1"],
-    ["synth", "x", "--size", "-5"],
-    ["inspect"],
-    ["inspect", "x", "--test-fraction", "2"],
-    ["inspect", "x", "--layout", "png"],
-    ["frobnicate"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth"],
+        ["synth", "x", "--subjects", "one"],
+        ["synth", "x", "--subjects", "1"],
+        ["synth", "x", "--size", "-5"],
+        ["inspect"],
+        ["inspect", "x", "--test-fraction", "2"],
+        ["inspect", "x", "--layout", "png"],
+        ["frobnicate"],
+        [],
+    ],
+)
 def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     proc = run(*argv)
     assert proc.returncode == 2

@@ -9,8 +9,7 @@ from leukemia.data import DatasetError, load_dataset, write_cnmc
 
 @pytest.fixture()
 def tree(tmp_path):
-    res = write_cnmc(tmp_path / "d", n_subjects=4, cells_per_subject=3, size=32, seed=1,
-                     workers=1)
+    res = write_cnmc(tmp_path / "d", n_subjects=4, cells_per_subject=3, size=32, seed=1, workers=1)
     return res.root
 
 

@@ -19,8 +19,7 @@ from leukemia.data import DataLoader, LoaderError, Sample, eval_transform, train
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     root = tmp_path_factory.mktemp("imgs")
-    return [Sample(save_rgb(root / f"{i}.bmp", 40, seed=i), i % 2, f"s{i % 5}")
-            for i in range(23)]
+    return [Sample(save_rgb(root / f"{i}.bmp", 40, seed=i), i % 2, f"s{i % 5}") for i in range(23)]
 
 
 def _collect(loader: DataLoader) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -43,9 +42,11 @@ def test_batches_are_nchw_float32_contiguous(samples: list[Sample]) -> None:
 
 def test_same_seed_same_batches_whatever_the_workers(samples: list[Sample]) -> None:
     def run(workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        with DataLoader(samples, train_transform(32), 6, shuffle=True, seed=3,
-                        num_workers=workers) as dl:
+        with DataLoader(
+            samples, train_transform(32), 6, shuffle=True, seed=3, num_workers=workers
+        ) as dl:
             return _collect(dl) + _collect(dl)  # two epochs
+
     a, b, c = run(0), run(2), run(3)
     for (xa, ya), (xb, yb), (xc, _) in zip(a, b, c, strict=True):
         np.testing.assert_array_equal(xa, xb)
@@ -63,7 +64,7 @@ def test_same_seed_same_batches_whatever_the_workers(samples: list[Sample]) -> N
 def test_unlabelled_samples_get_minus_one(samples: list[Sample]) -> None:
     unl = [Sample(s.path, None) for s in samples[:3]]
     with DataLoader(unl, eval_transform(16), 4) as dl:
-        (_, y), = list(dl)
+        ((_, y),) = list(dl)
     np.testing.assert_array_equal(y, [-1, -1, -1])
 
 

@@ -80,8 +80,9 @@ def test_cnmc_parent_folder_is_detected(cnmc_clean: tuple[Path, object]) -> None
     assert len(load_dataset(root.parent)) == len(load_dataset(root))
 
 
-def test_cnmc_bad_files_are_reported_not_dropped(cnmc_clean: tuple[Path, object],
-                                                 tmp_path: Path) -> None:
+def test_cnmc_bad_files_are_reported_not_dropped(
+    cnmc_clean: tuple[Path, object], tmp_path: Path
+) -> None:
     root = _copy(cnmc_clean[0], tmp_path / "c")
     f0 = root / "training_data" / "fold_0"
     bad = {
@@ -160,8 +161,12 @@ def test_all_idb2(tmp_path: Path) -> None:
     assert ds.layout == "all-idb2"
     assert [s.label for s in ds] == [1, 0, 1, 0, 1, 0]
     assert all(s.subject is None and s.fold is None for s in ds)
-    assert sorted(b.path.name for b in ds.bad) == ["Im007_1.tif", "Im008_0.tif",
-                                                   "Im009_1.tif", "Im010_0.tif"]
+    assert sorted(b.path.name for b in ds.bad) == [
+        "Im007_1.tif",
+        "Im008_0.tif",
+        "Im009_1.tif",
+        "Im010_0.tif",
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match="no images"):

@@ -59,14 +59,17 @@ def test_patient_split_is_seeded() -> None:
     samples = _samples()
     a, b = patient_split(samples, 0.2, 7), patient_split(samples, 0.2, 7)
     assert [s.path for s in a.test] == [s.path for s in b.test]
-    tests = {frozenset(s.subject for s in patient_split(samples, 0.2, k).test)
-             for k in range(10)}
+    tests = {frozenset(s.subject for s in patient_split(samples, 0.2, k).test) for k in range(10)}
     assert len(tests) > 3
 
 
 def test_patient_split_small_and_errors() -> None:
-    tiny = [Sample(Path("a"), 1, "1"), Sample(Path("b"), 1, "2"), Sample(Path("c"), 0, "H1"),
-            Sample(Path("d"), 0, "H2")]
+    tiny = [
+        Sample(Path("a"), 1, "1"),
+        Sample(Path("b"), 1, "2"),
+        Sample(Path("c"), 0, "H1"),
+        Sample(Path("d"), 0, "H2"),
+    ]
     sp = patient_split(tiny, 0.3, 0)
     assert {s.label for s in sp.test} == {0, 1} and {s.label for s in sp.train} == {0, 1}
     with pytest.raises(SplitError, match="no subject id"):
@@ -128,10 +131,10 @@ def test_image_split_is_labelled_leaky_and_leaks() -> None:
 
 
 def test_check_leakage_finds_near_duplicate_images(tmp_path: Path) -> None:
-    train = [Sample(save_rgb(tmp_path / f"tr{i}.bmp", 96, seed=i), 1, f"s{i}")
-             for i in range(8)]
-    test = [Sample(save_rgb(tmp_path / f"te{i}.bmp", 96, seed=100 + i), 1, f"t{i}")
-            for i in range(4)]
+    train = [Sample(save_rgb(tmp_path / f"tr{i}.bmp", 96, seed=i), 1, f"s{i}") for i in range(8)]
+    test = [
+        Sample(save_rgb(tmp_path / f"te{i}.bmp", 96, seed=100 + i), 1, f"t{i}") for i in range(4)
+    ]
     clean = check_leakage(train, test)
     assert clean.ok and clean.images_checked and "OK" in str(clean)
     # A re-encoded, resized and brightened copy of a training image.

@@ -77,6 +77,7 @@ def test_round_trip_synthetic(stages):
 def tv_shapes():
     import torch
     import torchvision
+
     out = {}
     for name in ("efficientnet_b3", "efficientnet_v2_s"):
         with torch.device("meta"):
@@ -138,6 +139,7 @@ def test_timm_names_v2s(tv_shapes):
 )
 def test_against_real_timm(tv_shapes, tv_name, timm_names):
     import timm
+
     ours = torchvision_to_timm(tv_shapes[tv_name])
     compared = []
     for timm_name in timm_names:

@@ -114,6 +114,7 @@ def test_bf16_is_widened_exactly(tmp_path):
 
 def test_bf16_matches_torch(tmp_path):
     import torch
+
     t = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     raw = t.view(torch.int16).numpy().astype("<i2").tobytes()
     header = {"t": {"dtype": "BF16", "shape": [4, 3], "data_offsets": [0, len(raw)]}}
@@ -124,6 +125,7 @@ def test_bf16_matches_torch(tmp_path):
 def test_cross_check_with_torch(tmp_path):
     """Our writer's bytes, read back by torch.frombuffer, equal the tensors."""
     import torch
+
     tensors = {
         "w": torch.randn(8, 3, 3, 3),
         "i": torch.arange(-5, 5),
@@ -142,6 +144,7 @@ def test_cross_check_with_torch(tmp_path):
 
 def test_cross_check_with_reference_package(tmp_path):
     import safetensors.numpy as st
+
     a = {"x": np.arange(10, dtype=np.float32), "y": np.ones((2, 2), np.int64)}
     p1, p2 = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
     save_safetensors(p1, a)

@@ -21,14 +21,18 @@ from leukemia.functional import (
 )
 
 TORCH = {"silu": F.silu, "sigmoid": torch.sigmoid, "relu": F.relu, "relu6": F.relu6}
-FORWARD = {"silu": silu_forward, "sigmoid": sigmoid_forward, "relu": relu_forward,
-           "relu6": relu6_forward}
+FORWARD = {
+    "silu": silu_forward,
+    "sigmoid": sigmoid_forward,
+    "relu": relu_forward,
+    "relu6": relu6_forward,
+}
 KINKS = {"relu": (0.0,), "relu6": (0.0, 6.0)}
 SHAPES = [
-    (1, 8, 7, 5),      # batch 1, odd non-square
-    (3, 24, 9, 11),    # batch > 1
-    (2, 40, 15, 15),   # B3 stem width at small scale
-    (4, 10),           # [N, C] vectors (SE / attention MLPs)
+    (1, 8, 7, 5),  # batch 1, odd non-square
+    (3, 24, 9, 11),  # batch > 1
+    (2, 40, 15, 15),  # B3 stem width at small scale
+    (4, 10),  # [N, C] vectors (SE / attention MLPs)
     (1, 1, 1, 1),
 ]
 
@@ -86,10 +90,10 @@ def test_activation_in_place(kind):
     dy = rng.standard_normal(x.shape).astype(np.float32)
     dx = activation_backward(kind, dy, x=x, y=y)
     buf = x.copy()
-    _ext().act_forward(buf, buf, kind)                 # y == x
+    _ext().act_forward(buf, buf, kind)  # y == x
     np.testing.assert_array_equal(buf, y)
     g = dy.copy()
-    _ext().act_backward(g, g, x, y, kind)              # dx == dy
+    _ext().act_backward(g, g, x, y, kind)  # dx == dy
     np.testing.assert_array_equal(g, dx)
 
 
@@ -136,11 +140,14 @@ def test_silu_extreme_inputs_follow_torch(isa, monkeypatch):
     # isa caps the kernel like oneDNN's ONEDNN_MAX_CPU_ISA (AVX-512 / AVX2 / plain C).
     if isa:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
-    x = np.concatenate([
-        np.linspace(-88.0, 88.0, 20011),
-        np.geomspace(88.0, 1e4, 501), -np.geomspace(88.0, 1e4, 501),
-        [-1e4, 1e4, -104.0, -103.9, -87.5, 0.0, -0.0, 1e-30, -1e-30, 3.4e38, -3.4e38],
-    ]).astype(np.float32)
+    x = np.concatenate(
+        [
+            np.linspace(-88.0, 88.0, 20011),
+            np.geomspace(88.0, 1e4, 501),
+            -np.geomspace(88.0, 1e4, 501),
+            [-1e4, 1e4, -104.0, -103.9, -87.5, 0.0, -0.0, 1e-30, -1e-30, 3.4e38, -3.4e38],
+        ]
+    ).astype(np.float32)
     x = np.concatenate([x, x[:13]])  # odd length: the vector tail is exercised too
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     yt = F.silu(xt)

@@ -73,8 +73,12 @@ def test_chanstat_ties():
     xt, yt = _torch_chanstat(x)
     yt.backward(torch.tensor(dy, dtype=torch.float64))
     assert_close(y, yt.detach().numpy(), FWD_RTOL, "chanstat forward with ties")
-    assert_close(channel_stats_backward(dy, argmax, 8), xt.grad.numpy(), GRAD_RTOL,
-                 "chanstat dx with ties (torch.max semantics)")
+    assert_close(
+        channel_stats_backward(dy, argmax, 8),
+        xt.grad.numpy(),
+        GRAD_RTOL,
+        "chanstat dx with ties (torch.max semantics)",
+    )
     # NaN propagates to the max and becomes the argmax, like torch.max.
     xn = np.array([1.0, np.nan, 5.0, np.nan], np.float32).reshape(1, 4, 1, 1)
     yn, an = channel_stats_forward(xn)
@@ -85,6 +89,7 @@ def test_chanstat_ties():
 
 def test_chanstat_threads_and_large_c():
     import leukemia
+
     before = leukemia.get_num_threads()
     try:
         x = np.random.default_rng(3).standard_normal((2, 1536, 10, 10)).astype(np.float32)
@@ -124,12 +129,15 @@ def test_chanstat_bad_inputs():
     with pytest.raises(ValueError, match=r"y has shape \(2, 4, 5, 3\)"):
         _ext().channel_stats_forward(xh.copy(), np.zeros((2, 4, 5), np.int32), xh)
     with pytest.raises(TypeError, match="argmax must have dtype int32"):
-        _ext().channel_stats_forward(np.zeros((2, 4, 5, 2), np.float32),
-                                     np.zeros((2, 4, 5), np.float32), xh)
+        _ext().channel_stats_forward(
+            np.zeros((2, 4, 5, 2), np.float32), np.zeros((2, 4, 5), np.float32), xh
+        )
     with pytest.raises(ValueError, match="C-contiguous"):
-        _ext().channel_stats_backward(np.zeros((2, 4, 5, 6), np.float32)[..., ::2],
-                                      np.zeros((2, 4, 5, 2), np.float32),
-                                      np.zeros((2, 4, 5), np.int32))
+        _ext().channel_stats_backward(
+            np.zeros((2, 4, 5, 6), np.float32)[..., ::2],
+            np.zeros((2, 4, 5, 2), np.float32),
+            np.zeros((2, 4, 5), np.int32),
+        )
 
 
 @pytest.mark.parametrize("case", SOFTMAX_CASES, ids=[str(c) for c in SOFTMAX_CASES])
@@ -155,8 +163,12 @@ def test_softmax_stable_for_large_inputs():
     x = np.array([[1000.0, 999.0, -1000.0], [88.0, 89.0, 90.0]], np.float32)
     y = spatial_softmax_forward(x)
     assert np.all(np.isfinite(y))
-    assert_close(y, torch.softmax(torch.tensor(x, dtype=torch.float64), 1).numpy(), FWD_RTOL,
-                 "softmax at large inputs")
+    assert_close(
+        y,
+        torch.softmax(torch.tensor(x, dtype=torch.float64), 1).numpy(),
+        FWD_RTOL,
+        "softmax at large inputs",
+    )
 
 
 def test_softmax_bad_inputs():

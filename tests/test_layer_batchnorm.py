@@ -17,12 +17,12 @@ STATS_RTOL = 1e-6  # running statistics vs PyTorch's float32 update
 # x shape (NCHW or NC), eps, momentum. C = 5 runs oneDNN's reference nspc kernel,
 # C = 24/40 its AVX2 JIT, C = 32/144 the AVX-512 JIT where the CPU has it.
 CASES = [
-    ((1, 8, 5, 7), 1e-5, 0.1),     # batch 1, odd non-square
-    ((2, 5, 7, 3), 1e-5, 0.1),     # reference kernel, odd non-square
-    ((3, 40, 9, 6), 1e-3, 0.1),    # V2-S eps
-    ((2, 32, 4, 5), 1e-5, 0.25),   # other momentum
-    ((4, 24), 1e-5, 0.1),          # BatchNorm1d
-    ((2, 144), 1e-3, 0.1),         # BatchNorm1d, smallest batch allowed in training
+    ((1, 8, 5, 7), 1e-5, 0.1),  # batch 1, odd non-square
+    ((2, 5, 7, 3), 1e-5, 0.1),  # reference kernel, odd non-square
+    ((3, 40, 9, 6), 1e-3, 0.1),  # V2-S eps
+    ((2, 32, 4, 5), 1e-5, 0.25),  # other momentum
+    ((4, 24), 1e-5, 0.1),  # BatchNorm1d
+    ((2, 144), 1e-3, 0.1),  # BatchNorm1d, smallest batch allowed in training
 ]
 IDS = [str(i) for i in range(len(CASES))]
 
@@ -53,8 +53,9 @@ def test_bn_train_matches_torch_and_fd(case):
     for step in range(3):
         xs = x if step == 0 else (x * (1 + step) - step).astype(np.float32)
         batch_norm_forward(xs, gamma, beta, rm, rv, "train", momentum, eps)
-        F.batch_norm(torch.tensor(xs), rmt, rvt, torch.tensor(gamma), torch.tensor(beta),
-                     True, momentum, eps)
+        F.batch_norm(
+            torch.tensor(xs), rmt, rvt, torch.tensor(gamma), torch.tensor(beta), True, momentum, eps
+        )
         if step == 0 or step == 2:
             assert_close(rm, rmt.numpy(), STATS_RTOL, f"running_mean after {step + 1} steps")
             assert_close(rv, rvt.numpy(), STATS_RTOL, f"running_var after {step + 1} steps")
@@ -85,8 +86,9 @@ def test_bn_train_matches_torch_and_fd(case):
     assert_close(dg2, gt.grad.numpy(), GRAD_RTOL, "bn train dgamma (no dx)")
     assert_close(db2, bt.grad.numpy(), GRAD_RTOL, "bn train dbeta (no dx)")
     # dx alone: the discarded parameter gradients go to the layer's scratch.
-    dx3, dg3, db3 = batch_norm_backward(r, x, mean, var, gamma, "train", eps,
-                                        need_dgamma=False, need_dbeta=False)
+    dx3, dg3, db3 = batch_norm_backward(
+        r, x, mean, var, gamma, "train", eps, need_dgamma=False, need_dbeta=False
+    )
     assert dg3 is None and db3 is None
     assert_close(dx3, dx, 0.0, "bn train dx without parameter gradients")
 
@@ -111,8 +113,9 @@ def test_bn_eval_and_frozen_match_torch_and_fd(case):
     rm, rv = rmean.copy(), rvar.copy()
 
     y, mean, var = batch_norm_forward(x, gamma, beta, rm, rv, "eval", momentum, eps)
-    yt = F.batch_norm(_t64(x), _t64(rmean), _t64(rvar), _t64(gamma), _t64(beta), False,
-                      momentum, eps)
+    yt = F.batch_norm(
+        _t64(x), _t64(rmean), _t64(rvar), _t64(gamma), _t64(beta), False, momentum, eps
+    )
     assert_close(y, yt.numpy(), FWD_RTOL, "bn eval forward")
     np.testing.assert_array_equal(rm, rmean)  # eval leaves the running stats alone
     np.testing.assert_array_equal(rv, rvar)
@@ -123,8 +126,13 @@ def test_bn_eval_and_frozen_match_torch_and_fd(case):
     np.testing.assert_array_equal(yf, y)
     np.testing.assert_array_equal(rm, rmean)
     np.testing.assert_array_equal(rv, rvar)
-    bn = (torch.nn.BatchNorm2d if x.ndim == 4 else torch.nn.BatchNorm1d)(
-        shape[1], eps=eps, momentum=momentum).double().eval()
+    bn = (
+        (torch.nn.BatchNorm2d if x.ndim == 4 else torch.nn.BatchNorm1d)(
+            shape[1], eps=eps, momentum=momentum
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         bn.weight.copy_(torch.tensor(gamma))
         bn.bias.copy_(torch.tensor(beta))
@@ -231,8 +239,9 @@ def test_bn_bad_inputs():
     with pytest.raises(ValueError, match="y must be C-contiguous"):
         ext.bn_forward(ync, None, None, xh, g, b, rm, rv, 1e-5, 0.1, 1)
     with pytest.raises(ValueError, match=r"y has shape \(2, 3, 3, 5\)"):
-        ext.bn_forward(np.empty((2, 3, 3, 5), np.float32), None, None, xh, g, b, rm, rv,
-                       1e-5, 0.1, 1)
+        ext.bn_forward(
+            np.empty((2, 3, 3, 5), np.float32), None, None, xh, g, b, rm, rv, 1e-5, 0.1, 1
+        )
     mro = np.empty(4, np.float32)
     mro.setflags(write=False)
     with pytest.raises(ValueError, match="output array mean is read-only"):

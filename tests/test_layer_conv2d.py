@@ -15,13 +15,13 @@ from leukemia.functional import conv2d_backward, conv2d_forward, conv_padding
 
 # (n, cin, h, w, cout, k, stride, groups, bias, padding)
 CASES = [
-    (1, 3, 17, 13, 8, 3, 2, 1, False, "symmetric"),      # stem-like, odd non-square, batch 1
-    (2, 16, 9, 11, 24, 1, 1, 1, False, 0),              # 1x1 pointwise
+    (1, 3, 17, 13, 8, 3, 2, 1, False, "symmetric"),  # stem-like, odd non-square, batch 1
+    (2, 16, 9, 11, 24, 1, 1, 1, False, 0),  # 1x1 pointwise
     (3, 12, 15, 10, 12, 5, 2, 12, False, "symmetric"),  # depthwise 5x5 stride 2
-    (2, 8, 7, 7, 8, 3, 1, 8, False, "symmetric"),       # depthwise 3x3
-    (2, 8, 1, 1, 4, 1, 1, 1, True, 0),                  # SE fc on 1x1 with bias
-    (2, 6, 10, 9, 9, 3, 1, 3, True, (0, 1, 2, 1)),      # grouped, asymmetric padding, bias
-    (1, 4, 12, 12, 4, 5, 2, 4, False, "same"),          # TF SAME (asymmetric) depthwise
+    (2, 8, 7, 7, 8, 3, 1, 8, False, "symmetric"),  # depthwise 3x3
+    (2, 8, 1, 1, 4, 1, 1, 1, True, 0),  # SE fc on 1x1 with bias
+    (2, 6, 10, 9, 9, 3, 1, 3, True, (0, 1, 2, 1)),  # grouped, asymmetric padding, bias
+    (1, 4, 12, 12, 4, 5, 2, 4, False, "same"),  # TF SAME (asymmetric) depthwise
     # Depthwise 5x5 weight gradients run lk_dwconv_bwd_weights: channel counts
     # that exercise its 16-, 8- and scalar-wide paths and more than one
     # 64-channel work item, batch 1, odd sizes, bias (summed there too).
@@ -102,11 +102,22 @@ def test_conv2d_bad_inputs():
     with pytest.raises(ValueError, match="C-contiguous"):
         _ext().conv2d_forward(y2, xh, w, None, (1, 1), (1, 1, 1, 1), 1)
     with pytest.raises(ValueError, match=r"y has shape \(1, 8, 8, 5\)"):
-        _ext().conv2d_forward(np.zeros((1, 8, 8, 5), np.float32), xh, w, None, (1, 1),
-                              (1, 1, 1, 1), 1)
+        _ext().conv2d_forward(
+            np.zeros((1, 8, 8, 5), np.float32), xh, w, None, (1, 1), (1, 1, 1, 1), 1
+        )
     with pytest.raises(ValueError, match="stride"):
-        _ext().conv2d_forward(np.zeros((1, 8, 8, 4), np.float32), xh, w, None, (0, 1),
-                              (1, 1, 1, 1), 1)
+        _ext().conv2d_forward(
+            np.zeros((1, 8, 8, 4), np.float32), xh, w, None, (0, 1), (1, 1, 1, 1), 1
+        )
     with pytest.raises(ValueError, match="dw has shape"):
-        _ext().conv2d_backward(None, np.zeros((4, 4, 3, 1), np.float32), None,
-                               np.zeros((1, 8, 8, 4), np.float32), xh, w, (1, 1), (1, 1, 1, 1), 1)
+        _ext().conv2d_backward(
+            None,
+            np.zeros((4, 4, 3, 1), np.float32),
+            None,
+            np.zeros((1, 8, 8, 4), np.float32),
+            xh,
+            w,
+            (1, 1),
+            (1, 1, 1, 1),
+            1,
+        )

@@ -107,8 +107,9 @@ def test_dropout_edge_p():
     y, mask = dropout_forward(np.zeros((0, 3), np.float32), 0.5, seed=1)
     assert y.shape == (0, 3) and mask.shape == (0, 3)
     y, mask = dropout_forward(x, 0.5, seed=3)
-    np.testing.assert_array_equal(dropout_backward(x, mask.astype(bool), 0.5),
-                                  dropout_backward(x, mask, 0.5))
+    np.testing.assert_array_equal(
+        dropout_backward(x, mask.astype(bool), 0.5), dropout_backward(x, mask, 0.5)
+    )
 
 
 def test_dropout_bad_inputs():
@@ -179,8 +180,9 @@ def test_stochdepth_gradient_matches_torch_and_fd(shape):
     # Each sample is either all kept (scaled) or all zero: "row" mode.
     flat = y.reshape(shape[0], -1)
     for i in range(shape[0]):
-        assert (not keep[i] and np.all(flat[i] == 0)) or (keep[i] and np.all(
-            flat[i] == x.reshape(shape[0], -1)[i] * _scale(p)))
+        assert (not keep[i] and np.all(flat[i] == 0)) or (
+            keep[i] and np.all(flat[i] == x.reshape(shape[0], -1)[i] * _scale(p))
+        )
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     noise = torch.tensor(keep, dtype=torch.float64).view(-1, *([1] * (len(shape) - 1)))
     yt = xt * noise / (1 - p)  # torchvision.ops.stochastic_depth with this noise
@@ -229,5 +231,6 @@ def test_stochdepth_bad_inputs():
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
         _ext().stochastic_depth_backward(np.zeros_like(x), x, np.zeros(3, np.uint8), -0.5)
     with pytest.raises(ValueError, match="dx has shape"):
-        _ext().stochastic_depth_backward(np.zeros((3, 8), np.float32), x, np.zeros(3, np.uint8),
-                                         0.5)
+        _ext().stochastic_depth_backward(
+            np.zeros((3, 8), np.float32), x, np.zeros(3, np.uint8), 0.5
+        )

@@ -13,11 +13,11 @@ from leukemia import _ext, get_num_threads, set_num_threads
 from leukemia.functional import add_forward, channel_mul_backward, channel_mul_forward
 
 SHAPES = [
-    (1, 8, 7, 5),       # batch 1, odd non-square
-    (3, 24, 9, 11),     # batch > 1
-    (2, 40, 15, 15),    # B3 SE gate at small scale
-    (1, 16, 40, 37),    # batch 1, many positions: ds split over position chunks
-    (2, 136, 5, 3),     # channel blocks of 64 with a partial last block
+    (1, 8, 7, 5),  # batch 1, odd non-square
+    (3, 24, 9, 11),  # batch > 1
+    (2, 40, 15, 15),  # B3 SE gate at small scale
+    (1, 16, 40, 37),  # batch 1, many positions: ds split over position chunks
+    (2, 136, 5, 3),  # channel blocks of 64 with a partial last block
     (4, 10, 1, 1),
 ]
 
@@ -90,10 +90,10 @@ def test_add_matches_numpy(shape):
     b = rng.standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(add_forward(a, b), a + b)
     y = a.copy()
-    _ext().add_forward(y, y, b)   # y aliases a
+    _ext().add_forward(y, y, b)  # y aliases a
     np.testing.assert_array_equal(y, a + b)
     y = b.copy()
-    _ext().add_inplace(y, a)      # gradient accumulation
+    _ext().add_inplace(y, a)  # gradient accumulation
     np.testing.assert_array_equal(y, a + b)
 
 

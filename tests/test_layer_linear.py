@@ -15,10 +15,10 @@ from leukemia.functional import linear_backward, linear_forward
 
 # (n, in, out, bias)
 CASES = [
-    (1, 7, 5, False),       # batch 1, odd sizes
+    (1, 7, 5, False),  # batch 1, odd sizes
     (4, 24, 10, True),
-    (16, 1536, 2, True),    # B3 classifier head (2 classes)
-    (3, 384, 512, True),    # attention head Linear 512 at V2-S-like width
+    (16, 1536, 2, True),  # B3 classifier head (2 classes)
+    (3, 384, 512, True),  # attention head Linear 512 at V2-S-like width
     (5, 1, 1, True),
 ]
 
@@ -100,7 +100,8 @@ def test_linear_bad_inputs():
     with pytest.raises(ValueError, match=r"y has shape \(3, 2\)"):
         _ext().linear_forward(np.empty((3, 2), np.float32), x, w, None)
     with pytest.raises(ValueError, match="dw has shape"):
-        _ext().linear_backward(None, np.empty((8, 3), np.float32), None,
-                               np.zeros((2, 3), np.float32), x, w)
+        _ext().linear_backward(
+            None, np.empty((8, 3), np.float32), None, np.zeros((2, 3), np.float32), x, w
+        )
     with pytest.raises(ValueError, match="sizes must be positive"):
         _ext().linear_forward(np.empty((0, 3), np.float32), np.zeros((0, 8), np.float32), w, None)

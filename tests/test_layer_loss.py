@@ -18,8 +18,9 @@ OPTIONS = [(False, 0.0), (False, 0.1), (True, 0.0), (True, 0.15)]  # (class weig
 def _torch_loss(logits, labels, weight, eps):
     xt = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
     wt = torch.tensor(weight, dtype=torch.float64) if weight is not None else None
-    lt = F.cross_entropy(xt, torch.tensor(labels, dtype=torch.int64), weight=wt,
-                         label_smoothing=eps)
+    lt = F.cross_entropy(
+        xt, torch.tensor(labels, dtype=torch.int64), weight=wt, label_smoothing=eps
+    )
     return xt, lt
 
 
@@ -55,8 +56,12 @@ def test_xent_stable_for_large_logits():
     assert np.isfinite(loss) and np.all(np.isfinite(prob))
     assert abs(loss - lt.item()) <= FWD_RTOL * abs(lt.item())
     lt.backward()
-    assert_close(cross_entropy_backward(prob, labels, label_smoothing=0.05), xt.grad.numpy(),
-                 GRAD_RTOL, "dlogits at large logits")
+    assert_close(
+        cross_entropy_backward(prob, labels, label_smoothing=0.05),
+        xt.grad.numpy(),
+        GRAD_RTOL,
+        "dlogits at large logits",
+    )
 
 
 def test_xent_zero_weight_class_and_full_smoothing():
@@ -69,8 +74,12 @@ def test_xent_zero_weight_class_and_full_smoothing():
         xt, lt = _torch_loss(logits, labels, weight, eps)
         assert abs(loss - lt.item()) <= FWD_RTOL * abs(lt.item())
         lt.backward()
-        assert_close(cross_entropy_backward(prob, labels, weight, eps), xt.grad.numpy(),
-                     GRAD_RTOL, f"dlogits eps={eps}")
+        assert_close(
+            cross_entropy_backward(prob, labels, weight, eps),
+            xt.grad.numpy(),
+            GRAD_RTOL,
+            f"dlogits eps={eps}",
+        )
 
 
 def test_xent_bad_inputs():
@@ -125,5 +134,6 @@ def test_xent_bad_inputs():
     with pytest.raises(ValueError, match="prob has shape"):
         _ext().cross_entropy_forward(np.zeros((3, 5), np.float32), logits, labels, None, 0.0)
     with pytest.raises(ValueError, match="C-contiguous"):
-        _ext().cross_entropy_backward(np.zeros((3, 8), np.float32)[:, ::2], prob, labels, None,
-                                      0.0, 1.0)
+        _ext().cross_entropy_backward(
+            np.zeros((3, 8), np.float32)[:, ::2], prob, labels, None, 0.0, 1.0
+        )

@@ -19,12 +19,12 @@ from leukemia.functional import (
 )
 
 SHAPES = [
-    (1, 8, 7, 5),      # batch 1, odd non-square
-    (3, 16, 9, 11),    # batch > 1
-    (2, 40, 15, 15),   # B3 SE squeeze at small scale
-    (2, 24, 1, 1),     # already 1x1
-    (2, 136, 3, 20),   # wide, non-multiple-of-16 channels
-    (1, 12, 20, 20),   # > 256 positions: oneDNN's max workspace switches u8 -> s32
+    (1, 8, 7, 5),  # batch 1, odd non-square
+    (3, 16, 9, 11),  # batch > 1
+    (2, 40, 15, 15),  # B3 SE squeeze at small scale
+    (2, 24, 1, 1),  # already 1x1
+    (2, 136, 3, 20),  # wide, non-multiple-of-16 channels
+    (1, 12, 20, 20),  # > 256 positions: oneDNN's max workspace switches u8 -> s32
 ]
 FWD = {"avg": global_avg_pool_forward, "max": global_max_pool_forward}
 BWD = {"avg": global_avg_pool_backward, "max": global_max_pool_backward}
@@ -101,8 +101,10 @@ def test_global_pool_bad_inputs():
     with pytest.raises(ValueError, match=r"y has shape \(3, 2\)"):
         _ext().gpool_forward(np.empty((3, 2), np.float32), xh, "max")
     with pytest.raises(ValueError, match=r"dx has shape"):
-        _ext().gpool_backward(np.empty((2, 3, 4, 4), np.float32), np.zeros((2, 3), np.float32),
-                              xh, "max")
+        _ext().gpool_backward(
+            np.empty((2, 3, 4, 4), np.float32), np.zeros((2, 3), np.float32), xh, "max"
+        )
     with pytest.raises(ValueError, match="sizes must be positive"):
-        _ext().gpool_forward(np.empty((2, 3), np.float32), np.zeros((2, 0, 4, 3), np.float32),
-                             "avg")
+        _ext().gpool_forward(
+            np.empty((2, 3), np.float32), np.zeros((2, 0, 4, 3), np.float32), "avg"
+        )

@@ -53,7 +53,7 @@ import sys, numpy as np
 sys.modules['torch'] = None  # any import of torch now fails
 import leukemia.models as M
 m = M.efficientnet_b3(num_classes=1000, weights={str(path)!r}, strict=True).eval()
-d = np.load({str(tmp_path / 'io.npz')!r})
+d = np.load({str(tmp_path / "io.npz")!r})
 y = m(d['x'])
 err = np.abs(y - d['ref']).max() / np.abs(d['ref']).max()
 assert err < 1e-4, err
@@ -71,8 +71,10 @@ def test_strictness_and_classifier_skip(tmp_path, b3_tv):
         M.efficientnet_b3(num_classes=2, weights=path, strict=True)
     m = M.efficientnet_b3(num_classes=2, weights=path)  # default: skip the classifier
     report = m.last_load_report
-    assert [name for name, _, _ in report.mismatched] == ["classifier.1.weight",
-                                                          "classifier.1.bias"]
+    assert [name for name, _, _ in report.mismatched] == [
+        "classifier.1.weight",
+        "classifier.1.bias",
+    ]
     feat = dict(m.named_parameters())["features.1.0.block.0.0.weight"]
     assert np.array_equal(feat, b3_tv.state_dict()["features.1.0.block.0.0.weight"].numpy())
     # A missing key is an error even in the default mode.

@@ -83,8 +83,9 @@ def _rel(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), floor, 1e-30))
 
 
-@pytest.mark.parametrize("arch,via", [("efficientnet_b3", "pth"),
-                                      ("efficientnet_v2_s", "safetensors")])
+@pytest.mark.parametrize(
+    "arch,via", [("efficientnet_b3", "pth"), ("efficientnet_v2_s", "safetensors")]
+)
 def test_parity_with_torchvision(arch, via, tmp_path):
     k = 3
     tv = _torch_model(arch, k, seed=1)
@@ -145,8 +146,9 @@ def test_parity_with_torchvision(arch, via, tmp_path):
         ours = m.state_dict()
         for name, t in tv.state_dict().items():
             if "running" in name:
-                np.testing.assert_allclose(ours[name], t.numpy(), rtol=0, atol=STAT_ATOL,
-                                           err_msg=name)
+                np.testing.assert_allclose(
+                    ours[name], t.numpy(), rtol=0, atol=STAT_ATOL, err_msg=name
+                )
             if name.endswith("num_batches_tracked"):
                 assert int(ours[name]) == int(t), name
     assert m.info["plans_made"] >= 4  # eval + train at each of the two sizes

@@ -25,12 +25,23 @@ def _features(size: int, n_subjects: int, cells: int, seed: int):  # noqa: ANN20
             nuc = g < (lo + hi) / 2
             mean_rgb.append(im.reshape(-1, 3).mean(0))
             fg_rgb.append(im[fg].mean(0))
-            morph.append([np.log(fg.sum()), nuc.mean(), g[nuc].std() / g[nuc].mean(),
-                          g[nuc].mean() / g[~nuc].mean()])
+            morph.append(
+                [
+                    np.log(fg.sum()),
+                    nuc.mean(),
+                    g[nuc].std() / g[nuc].mean(),
+                    g[nuc].mean() / g[~nuc].mean(),
+                ]
+            )
             labels.append(st.label)
             subjects.append(si)
-    return (np.array(mean_rgb), np.array(fg_rgb), np.array(morph), np.array(labels),
-            np.array(subjects))
+    return (
+        np.array(mean_rgb),
+        np.array(fg_rgb),
+        np.array(morph),
+        np.array(labels),
+        np.array(subjects),
+    )
 
 
 def _nearest_centroid_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> float:
@@ -78,10 +89,12 @@ def test_render_cell_basic_properties() -> None:
         assert (img.max(2) > 0).mean() > 0.1
     a = render_cell(st[1], np.random.default_rng(7), 64)
     np.testing.assert_array_equal(a, render_cell(st[1], np.random.default_rng(7), 64))
-    blast = np.mean([(render_cell(st[0], np.random.default_rng(i), 64).max(2) > 0).sum()
-                     for i in range(20)])
-    normal = np.mean([(render_cell(st[-1], np.random.default_rng(i), 64).max(2) > 0).sum()
-                      for i in range(20)])
+    blast = np.mean(
+        [(render_cell(st[0], np.random.default_rng(i), 64).max(2) > 0).sum() for i in range(20)]
+    )
+    normal = np.mean(
+        [(render_cell(st[-1], np.random.default_rng(i), 64).max(2) > 0).sum() for i in range(20)]
+    )
     assert blast > normal  # blasts are larger on average
     assert [s.subject for s in st] == ["1", "2", "3", "H1"]
 
@@ -99,8 +112,7 @@ def test_write_cnmc_layout_and_determinism(tmp_path: Path) -> None:
     with open(root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["Patient_ID", "new_names", "labels"]
-    assert sorted(int(r["new_names"].split(".")[0]) for r in rows) == \
-        list(range(1, len(rows) + 1))
+    assert sorted(int(r["new_names"].split(".")[0]) for r in rows) == list(range(1, len(rows) + 1))
     assert {p.name for p in prelim.iterdir()} == {r["new_names"] for r in rows}
     for r in rows:
         parsed = parse_cnmc_name(r["Patient_ID"])

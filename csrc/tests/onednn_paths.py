@@ -23,8 +23,10 @@ def locate(dist: str, suffix: str) -> Path:
 try:
     lib = locate("onednn-cpu-gomp", "libdnnl.so.3")
 except md.PackageNotFoundError:
-    sys.exit("onednn_paths: onednn-cpu-gomp is not installed in this environment "
-             "(install leukemia first: pip install -e '.[test]')")
+    sys.exit(
+        "onednn_paths: onednn-cpu-gomp is not installed in this environment "
+        "(install leukemia first: pip install -e '.[test]')"
+    )
 try:
     inc = locate("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.h").parent.parent.parent
 except md.PackageNotFoundError:

@@ -90,8 +90,16 @@ LAYOUTS: dict[str, str] = {
 """Layout name -> one-line description of what the reader expects."""
 
 _CLASS_ALIASES = {
-    "all": ALL, "blast": ALL, "blasts": ALL, "leukemia": ALL, "leukaemia": ALL, "1": ALL,
-    "hem": HEM, "normal": HEM, "healthy": HEM, "0": HEM,
+    "all": ALL,
+    "blast": ALL,
+    "blasts": ALL,
+    "leukemia": ALL,
+    "leukaemia": ALL,
+    "1": ALL,
+    "hem": HEM,
+    "normal": HEM,
+    "healthy": HEM,
+    "0": HEM,
 }
 
 
@@ -209,6 +217,7 @@ def parse_cnmc_name(name: str) -> tuple[str, int] | None:
 
 # --------------------------------------------------------------------------- images
 
+
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image to a ``uint8`` array of shape (H, W, 3), RGB.
 
@@ -222,9 +231,17 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-_MODE_NAMES = {"L": "grayscale", "1": "1-bit", "P": "palette", "RGBA": "RGB with alpha",
-               "I": "32-bit integer", "I;16": "16-bit grayscale", "F": "float", "CMYK": "CMYK",
-               "LA": "grayscale with alpha"}
+_MODE_NAMES = {
+    "L": "grayscale",
+    "1": "1-bit",
+    "P": "palette",
+    "RGBA": "RGB with alpha",
+    "I": "32-bit integer",
+    "I;16": "16-bit grayscale",
+    "F": "float",
+    "CMYK": "CMYK",
+    "LA": "grayscale with alpha",
+}
 
 
 def image_hash(im: Image.Image | np.ndarray, hash_size: int = 16) -> np.ndarray:
@@ -238,15 +255,17 @@ def image_hash(im: Image.Image | np.ndarray, hash_size: int = 16) -> np.ndarray:
     """
     if isinstance(im, np.ndarray):
         im = Image.fromarray(im)
-    grey = np.asarray(im.convert("L").resize((hash_size, hash_size), Image.BOX),
-                      dtype=np.float32).ravel()
+    grey = np.asarray(
+        im.convert("L").resize((hash_size, hash_size), Image.BOX), dtype=np.float32
+    ).ravel()
     grey = grey - grey.mean()
     norm = float(np.linalg.norm(grey))
     return grey / norm if norm > 0 else grey
 
 
-def check_image(path: Path, modes: Sequence[str] = ("RGB",),
-                want_hash: bool = False) -> tuple[str | None, np.ndarray | None]:
+def check_image(
+    path: Path, modes: Sequence[str] = ("RGB",), want_hash: bool = False
+) -> tuple[str | None, np.ndarray | None]:
     """Decode ``path`` fully and say what, if anything, is wrong with it.
 
     Returns ``(reason, hash)``: ``reason`` is None for a usable image, otherwise a short
@@ -277,8 +296,13 @@ def check_image(path: Path, modes: Sequence[str] = ("RGB",),
         return f"cannot decode: {text}", None
 
 
-def _verify(samples: list[Sample], bad: list[BadImage], verify: bool, modes: Sequence[str],
-            workers: int | None) -> tuple[list[Sample], dict[Path, np.ndarray]]:
+def _verify(
+    samples: list[Sample],
+    bad: list[BadImage],
+    verify: bool,
+    modes: Sequence[str],
+    workers: int | None,
+) -> tuple[list[Sample], dict[Path, np.ndarray]]:
     """Decode every sample; move failures to ``bad``; return good samples and hashes."""
     if not verify:
         return samples, {}
@@ -302,8 +326,10 @@ def _images_in(folder: Path) -> list[Path]:
         return []
     # Not only regular files: a broken link or a folder named like an image is kept so
     # that verification reports it instead of it vanishing silently.
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
-                  key=lambda p: _natural(p.name))
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda p: _natural(p.name),
+    )
 
 
 def _no_images(root: Path, layout: str) -> DatasetError:
@@ -312,11 +338,15 @@ def _no_images(root: Path, layout: str) -> DatasetError:
 
 # --------------------------------------------------------------------------- layouts
 
+
 def _cnmc_root(root: Path) -> Path | None:
     """The folder holding ``training_data`` (root itself or a ``C-NMC_Leukemia`` child)."""
     for cand in (root, root / "C-NMC_Leukemia"):
-        if (cand / "training_data").is_dir() or (cand / "validation_data").is_dir() \
-                or any((cand / f).is_dir() for f in CNMC_FOLDS):
+        if (
+            (cand / "training_data").is_dir()
+            or (cand / "validation_data").is_dir()
+            or any((cand / f).is_dir() for f in CNMC_FOLDS)
+        ):
             return cand
     return None
 
@@ -346,12 +376,12 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
         return "cnmc"
     if _idb2_files(root):
         return "all-idb2"
-    if any(_images_in(d) or any(_images_in(s) for s in _class_dirs(d))
-           for d in _class_dirs(root)):
+    if any(_images_in(d) or any(_images_in(s) for s in _class_dirs(d)) for d in _class_dirs(root)):
         return "folders"
     expected = "; ".join(LAYOUTS.values())
-    raise DatasetError(f"no images found in {root} in any known layout (expected one of: "
-                       f"{expected})")
+    raise DatasetError(
+        f"no images found in {root} in any known layout (expected one of: {expected})"
+    )
 
 
 def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
@@ -362,8 +392,10 @@ def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
         need = {"Patient_ID", "new_names", "labels"}
         cols = {c.strip() for c in (reader.fieldnames or [])}
         if not need <= cols:
-            raise DatasetError(f"{csv_path}: expected columns Patient_ID,new_names,labels, "
-                               f"found {','.join(sorted(cols)) or 'none'}")
+            raise DatasetError(
+                f"{csv_path}: expected columns Patient_ID,new_names,labels, "
+                f"found {','.join(sorted(cols)) or 'none'}"
+            )
         for lineno, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
             try:
@@ -371,21 +403,29 @@ def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
                 if label not in (ALL, HEM):
                     raise ValueError
             except ValueError:
-                raise DatasetError(f"{csv_path}:{lineno}: label {row['labels']!r} is not "
-                                   "0 or 1") from None
+                raise DatasetError(
+                    f"{csv_path}:{lineno}: label {row['labels']!r} is not 0 or 1"
+                ) from None
             name = row["new_names"]
             if name in rows:
                 raise DatasetError(f"{csv_path}:{lineno}: {name!r} is listed twice")
             parsed = parse_cnmc_name(row["Patient_ID"])
             if parsed is not None and parsed[1] != label:
-                raise DatasetError(f"{csv_path}:{lineno}: label {label} contradicts the class "
-                                   f"in Patient_ID {row['Patient_ID']!r}")
+                raise DatasetError(
+                    f"{csv_path}:{lineno}: label {label} contradicts the class "
+                    f"in Patient_ID {row['Patient_ID']!r}"
+                )
             rows[name] = (row["Patient_ID"], label)
     return rows
 
 
-def read_cnmc(root: str | os.PathLike[str], *, verify: bool = True,
-              modes: Sequence[str] = ("RGB",), workers: int | None = None) -> Dataset:
+def read_cnmc(
+    root: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    modes: Sequence[str] = ("RGB",),
+    workers: int | None = None,
+) -> Dataset:
     """Read C-NMC 2019 as distributed (training folds, preliminary and final test sets).
 
     Args:
@@ -409,19 +449,33 @@ def read_cnmc(root: str | os.PathLike[str], *, verify: bool = True,
             for p in _images_in(train / fold / cls):
                 parsed = parse_cnmc_name(p.name)
                 if parsed is None:
-                    bad.append(BadImage(p, "name does not match "
-                                           "UID_<subject>_<image>_<cell>_<all|hem>.bmp"))
+                    bad.append(
+                        BadImage(
+                            p, "name does not match UID_<subject>_<image>_<cell>_<all|hem>.bmp"
+                        )
+                    )
                 elif parsed[1] != label:
-                    bad.append(BadImage(p, f"name says {CLASS_NAMES[parsed[1]]} but the file "
-                                           f"is in the {cls}/ folder"))
+                    bad.append(
+                        BadImage(
+                            p,
+                            f"name says {CLASS_NAMES[parsed[1]]} but the file "
+                            f"is in the {cls}/ folder",
+                        )
+                    )
                 else:
                     samples.append(Sample(p, label, parsed[0], fold))
     # Preliminary test set: renamed images + labels CSV.
     val = base / "validation_data"
     prelim_dir = val / _PRELIM_DIR
     if prelim_dir.is_dir():
-        csv_path = next((c for c in (val / _PRELIM_CSV, prelim_dir / _PRELIM_CSV,
-                                     base / _PRELIM_CSV) if c.is_file()), None)
+        csv_path = next(
+            (
+                c
+                for c in (val / _PRELIM_CSV, prelim_dir / _PRELIM_CSV, base / _PRELIM_CSV)
+                if c.is_file()
+            ),
+            None,
+        )
         images = _images_in(prelim_dir)
         if csv_path is None:
             bad += [BadImage(p, f"no labels: {_PRELIM_CSV} not found") for p in images]
@@ -439,8 +493,11 @@ def read_cnmc(root: str | os.PathLike[str], *, verify: bool = True,
                 subject = parsed[0] if parsed else (patient or None)
                 samples.append(Sample(p, label, subject, PRELIM))
             for name in sorted(set(rows) - seen, key=_natural):
-                bad.append(BadImage(prelim_dir / name,
-                                    f"listed in {csv_path.name} but the file is missing"))
+                bad.append(
+                    BadImage(
+                        prelim_dir / name, f"listed in {csv_path.name} but the file is missing"
+                    )
+                )
     # Final test set: no labels.
     final_dir = base / "testing_data" / _FINAL_DIR
     for p in _images_in(final_dir):
@@ -452,8 +509,13 @@ def read_cnmc(root: str | os.PathLike[str], *, verify: bool = True,
     return Dataset(root, "cnmc", samples, bad, CLASS_NAMES, hashes)
 
 
-def read_all_idb2(root: str | os.PathLike[str], *, verify: bool = True,
-                  modes: Sequence[str] = ("RGB",), workers: int | None = None) -> Dataset:
+def read_all_idb2(
+    root: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    modes: Sequence[str] = ("RGB",),
+    workers: int | None = None,
+) -> Dataset:
     """Read ALL-IDB2 (``ImXXX_Y.tif``, Y = 1 blast / 0 normal; no subject ids).
 
     Raises :class:`DatasetError` if no ``ImXXX_Y`` images are found.
@@ -474,9 +536,14 @@ def read_all_idb2(root: str | os.PathLike[str], *, verify: bool = True,
     return Dataset(root, "all-idb2", samples, bad, CLASS_NAMES, hashes)
 
 
-def read_folders(root: str | os.PathLike[str], *, verify: bool = True,
-                 modes: Sequence[str] = ("RGB",), workers: int | None = None,
-                 class_names: Sequence[str] | None = None) -> Dataset:
+def read_folders(
+    root: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    modes: Sequence[str] = ("RGB",),
+    workers: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Dataset:
     """Read a class-per-folder tree: ``<class>/*.png`` or ``<class>/<subject>/*.png``.
 
     Folder names ``all``/``blast``/``1`` map to label 1 and ``hem``/``normal``/``0`` to 0;
@@ -486,8 +553,9 @@ def read_folders(root: str | os.PathLike[str], *, verify: bool = True,
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    dirs = [d for d in _class_dirs(root)
-            if _images_in(d) or any(_images_in(s) for s in _class_dirs(d))]
+    dirs = [
+        d for d in _class_dirs(root) if _images_in(d) or any(_images_in(s) for s in _class_dirs(d))
+    ]
     if not dirs:
         raise _no_images(root, "folders")
     names = [d.name for d in dirs]
@@ -497,8 +565,9 @@ def read_folders(root: str | os.PathLike[str], *, verify: bool = True,
             raise DatasetError(f"{root}: folders {sorted(missing)} not in class_names")
         mapping = {n: list(class_names).index(n) for n in names}
         out_names = tuple(class_names)
-    elif all(n.lower() in _CLASS_ALIASES for n in names) and \
-            len({_CLASS_ALIASES[n.lower()] for n in names}) == len(names):
+    elif all(n.lower() in _CLASS_ALIASES for n in names) and len(
+        {_CLASS_ALIASES[n.lower()] for n in names}
+    ) == len(names):
         mapping = {n: _CLASS_ALIASES[n.lower()] for n in names}
         out_names = CLASS_NAMES
     else:
@@ -520,9 +589,14 @@ def read_folders(root: str | os.PathLike[str], *, verify: bool = True,
 _READERS = {"cnmc": read_cnmc, "all-idb2": read_all_idb2, "folders": read_folders}
 
 
-def load_dataset(root: str | os.PathLike[str], layout: str | None = None, *,
-                 verify: bool = True, modes: Sequence[str] = ("RGB",),
-                 workers: int | None = None) -> Dataset:
+def load_dataset(
+    root: str | os.PathLike[str],
+    layout: str | None = None,
+    *,
+    verify: bool = True,
+    modes: Sequence[str] = ("RGB",),
+    workers: int | None = None,
+) -> Dataset:
     """Read ``root`` with the reader for ``layout`` (auto-detected when None).
 
     Raises :class:`DatasetError` when the folder is missing, matches no layout, or holds
@@ -536,32 +610,38 @@ def load_dataset(root: str | os.PathLike[str], layout: str | None = None, *,
     ds = _READERS[layout](root, verify=verify, modes=modes, workers=workers)
     if not ds.samples:
         first = "; ".join(f"{b.path.name}: {b.reason}" for b in ds.bad[:3])
-        raise DatasetError(f"no usable images in {root} (layout {layout}); "
-                           f"{len(ds.bad)} rejected, e.g. {first}")
+        raise DatasetError(
+            f"no usable images in {root} (layout {layout}); {len(ds.bad)} rejected, e.g. {first}"
+        )
     return ds
 
 
 # --------------------------------------------------------------------------- summary
 
+
 def _format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
         return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
+
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
-def summary_table(samples: Sequence[Sample], class_names: Sequence[str] = CLASS_NAMES,
-                  per_subject: bool = True) -> str:
+def summary_table(
+    samples: Sequence[Sample], class_names: Sequence[str] = CLASS_NAMES, per_subject: bool = True
+) -> str:
     """Counts per fold and class, then per subject, as fixed-width text tables."""
     classes = list(class_names)
     fold_names = sorted({s.fold or "-" for s in samples}, key=_fold_key)
     has_unlabelled = any(s.label is None for s in samples)
-    header = ["fold", *classes] + (["unlabelled"] if has_unlabelled else []) + \
-        ["total", "subjects"]
+    header = ["fold", *classes] + (["unlabelled"] if has_unlabelled else []) + ["total", "subjects"]
+
     def counts(group: list[Sample]) -> list[object]:
         c = Counter(s.label for s in group)
         row: list[object] = [c.get(i, 0) for i in range(len(classes))]
@@ -569,6 +649,7 @@ def summary_table(samples: Sequence[Sample], class_names: Sequence[str] = CLASS_
             row.append(c.get(None, 0))
         row += [len(group), len({s.subject for s in group if s.subject is not None})]
         return row
+
     rows = [[f, *counts([s for s in samples if (s.fold or "-") == f])] for f in fold_names]
     rows.append(["total", *counts(list(samples))])
     parts = ["Images per fold and class:", _format_table(header, rows)]
@@ -583,8 +664,11 @@ def summary_table(samples: Sequence[Sample], class_names: Sequence[str] = CLASS_
             cls = "/".join("?" if x is None else classes[x] for x in labels)
             folds = ",".join(sorted({s.fold or "-" for s in group}, key=_fold_key))
             srows.append([subj, cls, folds, len(group)])
-        parts += ["", f"Images per subject ({len(by_subject)} subjects):",
-                  _format_table(["subject", "class", "folds", "images"], srows)]
+        parts += [
+            "",
+            f"Images per subject ({len(by_subject)} subjects):",
+            _format_table(["subject", "class", "folds", "images"], srows),
+        ]
     return "\n".join(parts)
 
 

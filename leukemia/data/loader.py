@@ -51,10 +51,19 @@ class DataLoader:
     new iteration, or set it with :meth:`set_epoch`.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: TransformFn, batch_size: int = 32,
-                 *, shuffle: bool = False, seed: int = 0, num_workers: int = 2,
-                 drop_last: bool = False, prefetch: int = 4,
-                 loader: Callable[[object], np.ndarray] = load_image) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: TransformFn,
+        batch_size: int = 32,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_workers: int = 2,
+        drop_last: bool = False,
+        prefetch: int = 4,
+        loader: Callable[[object], np.ndarray] = load_image,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -98,15 +107,18 @@ class DataLoader:
                 raise LoaderError("loader closed")
             s = self.samples[i]
             try:
-                x = self.transform(self.loader(s.path), np.random.default_rng([self.seed,
-                                                                               epoch, int(i)]))
+                x = self.transform(
+                    self.loader(s.path), np.random.default_rng([self.seed, epoch, int(i)])
+                )
             except Exception as exc:
                 raise LoaderError(f"{s.path}: {type(exc).__name__}: {exc}") from exc
             if images is None:
                 images = np.empty((len(indices), *x.shape), np.float32)
             elif x.shape != images.shape[1:]:
-                raise LoaderError(f"{s.path}: transform gave shape {x.shape}, expected "
-                                  f"{images.shape[1:]} (add a Resize/CenterCrop)")
+                raise LoaderError(
+                    f"{s.path}: transform gave shape {x.shape}, expected "
+                    f"{images.shape[1:]} (add a Resize/CenterCrop)"
+                )
             images[k] = x
             labels[k] = -1 if s.label is None else s.label
         assert images is not None
@@ -118,7 +130,7 @@ class DataLoader:
         epoch = self.epoch = self._next_epoch
         self._next_epoch = epoch + 1
         order = self.order(epoch)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.num_workers == 0:
@@ -127,12 +139,14 @@ class DataLoader:
             return
         yield from self._threaded(batches, epoch)
 
-    def _threaded(self, batches: list[np.ndarray],
-                  epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _threaded(
+        self, batches: list[np.ndarray], epoch: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.num_workers,
-                                                thread_name_prefix="leukemia-loader")
+                self._pool = ThreadPoolExecutor(
+                    self.num_workers, thread_name_prefix="leukemia-loader"
+                )
             pool = self._pool
         pending: deque[Future] = deque()
         it = iter(batches)

@@ -60,13 +60,17 @@ class Split:
         """Counts per side: images per class and subjects."""
         lines = [f"Split: {self.description or self.kind}"]
         if self.leaky:
-            lines.append("WARNING: image-level split - the same patients appear in train and "
-                         "test, so scores are inflated (leaky). Use a patient-wise split.")
+            lines.append(
+                "WARNING: image-level split - the same patients appear in train and "
+                "test, so scores are inflated (leaky). Use a patient-wise split."
+            )
         for name, part in (("train", self.train), ("test", self.test)):
             c = Counter(s.label for s in part)
             subj = len({s.subject for s in part if s.subject is not None})
-            lines.append(f"  {name:5s}: {len(part):6d} images  (all {c.get(1, 0)}, "
-                         f"hem {c.get(0, 0)})  {subj} subjects")
+            lines.append(
+                f"  {name:5s}: {len(part):6d} images  (all {c.get(1, 0)}, "
+                f"hem {c.get(0, 0)})  {subj} subjects"
+            )
         return "\n".join(lines)
 
 
@@ -80,9 +84,11 @@ def _labelled(samples: Sequence[Sample]) -> list[Sample]:
 def _subject_groups(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
     missing = sum(1 for s in samples if s.subject is None)
     if missing:
-        raise SplitError(f"{missing} of {len(samples)} samples have no subject id, so a "
-                         "patient-wise split is impossible; use image_split (leaky) or a "
-                         "layout with subject ids")
+        raise SplitError(
+            f"{missing} of {len(samples)} samples have no subject id, so a "
+            "patient-wise split is impossible; use image_split (leaky) or a "
+            "layout with subject ids"
+        )
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         groups[s.subject].append(s)  # type: ignore[index]
@@ -94,8 +100,9 @@ def _subject_label(group: Sequence[Sample]) -> int:
     return Counter(s.label for s in group).most_common(1)[0][0]  # type: ignore[return-value]
 
 
-def patient_split(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0,
-                  stratify: bool = True) -> Split:
+def patient_split(
+    samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0, stratify: bool = True
+) -> Split:
     """Split by subject so that no patient is on both sides (the default split).
 
     Subjects are shuffled with ``seed`` and, separately per class when ``stratify``,
@@ -135,9 +142,14 @@ def patient_split(samples: Sequence[Sample], test_fraction: float = 0.2, seed: i
         test_subjects.add(order[int(rng.integers(len(order)))])
     train = [s for subj in sorted(groups) if subj not in test_subjects for s in groups[subj]]
     test = [s for subj in sorted(groups) if subj in test_subjects for s in groups[subj]]
-    return Split(train, test, "patient-wise", False,
-                 f"patient-wise, seed {seed}, test {test_fraction:.0%}"
-                 f"{', stratified by class' if stratify else ''}")
+    return Split(
+        train,
+        test,
+        "patient-wise",
+        False,
+        f"patient-wise, seed {seed}, test {test_fraction:.0%}"
+        f"{', stratified by class' if stratify else ''}",
+    )
 
 
 def patient_kfold(samples: Sequence[Sample], k: int = 5, seed: int = 0) -> list[Split]:
@@ -169,8 +181,11 @@ def patient_kfold(samples: Sequence[Sample], k: int = 5, seed: int = 0) -> list[
     for f in range(k):
         test = [s for subj in sorted(groups) if fold_of[subj] == f for s in groups[subj]]
         train = [s for subj in sorted(groups) if fold_of[subj] != f for s in groups[subj]]
-        splits.append(Split(train, test, "patient-wise", False,
-                            f"patient-wise {k}-fold, fold {f}, seed {seed}"))
+        splits.append(
+            Split(
+                train, test, "patient-wise", False, f"patient-wise {k}-fold, fold {f}, seed {seed}"
+            )
+        )
     return splits
 
 
@@ -179,14 +194,23 @@ def cnmc_folds(samples: Sequence[Sample]) -> list[Split]:
 
     Only samples whose ``fold`` is ``fold_0``, ``fold_1`` or ``fold_2`` are used.
     """
-    by_fold = {f: [s for s in samples if s.fold == f and s.label is not None]
-               for f in CNMC_FOLDS}
+    by_fold = {f: [s for s in samples if s.fold == f and s.label is not None] for f in CNMC_FOLDS}
     present = [f for f in CNMC_FOLDS if by_fold[f]]
     if len(present) < 2:
-        raise SplitError(f"C-NMC fold cross-validation needs at least two non-empty training "
-                         f"folds, found {present or 'none'}")
-    return [Split([s for g in present if g != f for s in by_fold[g]], by_fold[f],
-                  "cnmc-fold", False, f"C-NMC official folds, test = {f}") for f in present]
+        raise SplitError(
+            f"C-NMC fold cross-validation needs at least two non-empty training "
+            f"folds, found {present or 'none'}"
+        )
+    return [
+        Split(
+            [s for g in present if g != f for s in by_fold[g]],
+            by_fold[f],
+            "cnmc-fold",
+            False,
+            f"C-NMC official folds, test = {f}",
+        )
+        for f in present
+    ]
 
 
 def image_split(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -207,13 +231,19 @@ def image_split(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int
         test_idx.update(idx[j] for j in perm[:n])
     train = [s for i, s in enumerate(items) if i not in test_idx]
     test = [s for i, s in enumerate(items) if i in test_idx]
-    return Split(train, test, "image-level", True,
-                 f"image-level (LEAKY: subjects shared between train and test), seed {seed}, "
-                 f"test {test_fraction:.0%}")
+    return Split(
+        train,
+        test,
+        "image-level",
+        True,
+        f"image-level (LEAKY: subjects shared between train and test), seed {seed}, "
+        f"test {test_fraction:.0%}",
+    )
 
 
-def make_split(samples: Sequence[Sample], policy: str = "patient", test_fraction: float = 0.2,
-               seed: int = 0) -> Split:
+def make_split(
+    samples: Sequence[Sample], policy: str = "patient", test_fraction: float = 0.2, seed: int = 0
+) -> Split:
     """``policy="patient"`` (default) -> :func:`patient_split`; ``"image"`` -> leaky split."""
     if policy == "patient":
         return patient_split(samples, test_fraction, seed)
@@ -223,6 +253,7 @@ def make_split(samples: Sequence[Sample], policy: str = "patient", test_fraction
 
 
 # --------------------------------------------------------------------------- leakage
+
 
 @dataclass
 class LeakageReport:
@@ -248,15 +279,19 @@ class LeakageReport:
 
     def __str__(self) -> str:
         if self.ok:
-            extra = (f", no near-duplicate images (hash distance <= {self.max_distance:g})"
-                     if self.images_checked else " (images not compared)")
+            extra = (
+                f", no near-duplicate images (hash distance <= {self.max_distance:g})"
+                if self.images_checked
+                else " (images not compared)"
+            )
             return f"Leakage check: OK - no subject shared between train and test{extra}"
         lines = ["Leakage check: LEAKAGE FOUND"]
         if self.shared_subjects:
             shown = ", ".join(self.shared_subjects[:20])
             more = "" if len(self.shared_subjects) <= 20 else ", ..."
-            lines.append(f"  {len(self.shared_subjects)} subject(s) in both train and test: "
-                         f"{shown}{more}")
+            lines.append(
+                f"  {len(self.shared_subjects)} subject(s) in both train and test: {shown}{more}"
+            )
         if self.near_duplicates:
             lines.append(f"  {len(self.near_duplicates)} near-duplicate image pair(s):")
             for a, b, d in self.near_duplicates[:20]:
@@ -273,13 +308,19 @@ def _hashes_for(samples: Sequence[Sample], known: Mapping[Path, np.ndarray]) -> 
             with Image.open(s.path) as im:
                 h = image_hash(im)
         return h
+
     with ThreadPoolExecutor(max_workers=4) as pool:
         return np.stack(list(pool.map(one, samples))) if samples else np.zeros((0, 256), np.float32)
 
 
-def check_leakage(train: Sequence[Sample], test: Sequence[Sample], *, images: bool = True,
-                  max_distance: float = 0.002,
-                  hashes: Mapping[Path, np.ndarray] | None = None) -> LeakageReport:
+def check_leakage(
+    train: Sequence[Sample],
+    test: Sequence[Sample],
+    *,
+    images: bool = True,
+    max_distance: float = 0.002,
+    hashes: Mapping[Path, np.ndarray] | None = None,
+) -> LeakageReport:
     """Report subjects and near-duplicate images shared by ``train`` and ``test``.
 
     Args:
@@ -298,9 +339,10 @@ def check_leakage(train: Sequence[Sample], test: Sequence[Sample], *, images: bo
         hb = _hashes_for(test, hashes or {})
         chunk = max(1, 4_000_000 // max(1, len(ha)))
         for start in range(0, len(hb), chunk):
-            block = hb[start:start + chunk]
+            block = hb[start : start + chunk]
             dist = 1.0 - block @ ha.T
             for j, i in zip(*np.nonzero(dist <= max_distance), strict=True):
-                report.near_duplicates.append((train[i].path, test[start + j].path,
-                                               float(dist[j, i])))
+                report.near_duplicates.append(
+                    (train[i].path, test[start + j].path, float(dist[j, i]))
+                )
     return report

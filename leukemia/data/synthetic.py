@@ -46,8 +46,8 @@ from .datasets import ALL, CLASS_NAMES, HEM
 __all__ = ["SubjectStyle", "SynthResult", "make_subjects", "render_cell", "write_cnmc"]
 
 _RENDER_RES = 160
-_HEMA_OD = np.array([0.75, 1.45, 0.47], np.float32)   # purple nuclear stain, OD per unit
-_CYTO_OD = np.array([0.95, 0.70, 0.22], np.float32)   # light-blue cytoplasm stain
+_HEMA_OD = np.array([0.75, 1.45, 0.47], np.float32)  # purple nuclear stain, OD per unit
+_CYTO_OD = np.array([0.95, 0.70, 0.22], np.float32)  # light-blue cytoplasm stain
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,9 @@ class SubjectStyle:
     noise: float
 
 
-def make_subjects(n_subjects: int, seed: int = 0,
-                  all_fraction: float = 2 / 3) -> list[SubjectStyle]:
+def make_subjects(
+    n_subjects: int, seed: int = 0, all_fraction: float = 2 / 3
+) -> list[SubjectStyle]:
     """Draw ``n_subjects`` subject styles, about ``all_fraction`` of them ALL.
 
     ALL subjects are named ``"1"``, ``"2"``, ...; normal ones ``"H1"``, ``"H2"``, ...
@@ -92,15 +93,18 @@ def make_subjects(n_subjects: int, seed: int = 0,
         rng = np.random.default_rng([seed, 1, i])
         hema = _HEMA_OD * np.exp(rng.normal(0.0, 0.12, 3))
         cyto = _CYTO_OD * np.exp(rng.normal(0.0, 0.12, 3))
-        out.append(SubjectStyle(
-            subject=name, label=label,
-            size_scale=float(np.exp(rng.normal(0.0, 0.08))),
-            hema_od=tuple(float(v) for v in hema),  # type: ignore[arg-type]
-            cyto_od=tuple(float(v) for v in cyto),  # type: ignore[arg-type]
-            intensity=float(np.exp(rng.normal(0.0, 0.14))),
-            blur=float(rng.uniform(0.5, 2.5)),
-            noise=float(rng.uniform(1.5, 6.0)),
-        ))
+        out.append(
+            SubjectStyle(
+                subject=name,
+                label=label,
+                size_scale=float(np.exp(rng.normal(0.0, 0.08))),
+                hema_od=tuple(float(v) for v in hema),  # type: ignore[arg-type]
+                cyto_od=tuple(float(v) for v in cyto),  # type: ignore[arg-type]
+                intensity=float(np.exp(rng.normal(0.0, 0.14))),
+                blur=float(rng.uniform(0.5, 2.5)),
+                noise=float(rng.uniform(1.5, 6.0)),
+            )
+        )
     return out
 
 
@@ -122,8 +126,9 @@ def _soft(edge: np.ndarray, rho: np.ndarray, px: float) -> np.ndarray:
     return np.clip((edge - rho) / px + 0.5, 0.0, 1.0)
 
 
-def _outline(rng: np.random.Generator, theta: np.ndarray, radius: float,
-             ellipticity: float, wobble: float) -> np.ndarray:
+def _outline(
+    rng: np.random.Generator, theta: np.ndarray, radius: float, ellipticity: float, wobble: float
+) -> np.ndarray:
     """Radius of a slightly elliptical, wobbly outline at each angle."""
     r = 1.0 + ellipticity * np.cos(2.0 * (theta - rng.uniform(0, math.pi)))
     for k in (3, 4, 5):
@@ -176,8 +181,9 @@ def render_cell(style: SubjectStyle, rng: np.random.Generator, size: int = 450) 
         for _ in range(int(rng.integers(1, 4))):
             a, d = rng.uniform(0, 2 * math.pi), nr * rng.uniform(0.0, 0.5)
             r0 = nr * rng.uniform(0.08, 0.14)
-            spot = _soft(np.float32(r0), np.hypot(x - nx - d * math.cos(a),
-                                                  y - ny - d * math.sin(a)), px)
+            spot = _soft(
+                np.float32(r0), np.hypot(x - nx - d * math.cos(a), y - ny - d * math.sin(a)), px
+            )
             dens = dens - 0.32 * spot
         cyto_dens = rng.uniform(0.38, 0.55)
     else:
@@ -200,8 +206,9 @@ def render_cell(style: SubjectStyle, rng: np.random.Generator, size: int = 450) 
         im = im.filter(ImageFilter.GaussianBlur(sigma))
     if n != size:
         im = im.resize((size, size), Image.BICUBIC)
-        mask_im = Image.fromarray((cell * 255).astype(np.uint8)).resize((size, size),
-                                                                         Image.BILINEAR)
+        mask_im = Image.fromarray((cell * 255).astype(np.uint8)).resize(
+            (size, size), Image.BILINEAR
+        )
         mask = np.asarray(mask_im) >= 128
     else:
         mask = cell >= 0.5
@@ -239,8 +246,10 @@ def _assign_folds(subjects: list[SubjectStyle], seed: int) -> dict[str, str]:
     for c in by_class:
         by_class[c] = [by_class[c][i] for i in rng.permutation(len(by_class[c]))]
     folds: dict[str, str] = {}
-    wanted = {"prelim": max(1, round(0.15 * n)) if n >= 4 else 0,
-              "final": max(1, round(0.10 * n)) if n >= 6 else 0}
+    wanted = {
+        "prelim": max(1, round(0.15 * n)) if n >= 4 else 0,
+        "final": max(1, round(0.10 * n)) if n >= 6 else 0,
+    }
     turn = 0
     for part in ("prelim", "final"):
         taken = 0
@@ -262,9 +271,16 @@ def _assign_folds(subjects: list[SubjectStyle], seed: int) -> dict[str, str]:
     return folds
 
 
-def write_cnmc(out: str | os.PathLike[str], n_subjects: int = 12, cells_per_subject: int = 20,
-               size: int = 450, seed: int = 0, *, workers: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> SynthResult:
+def write_cnmc(
+    out: str | os.PathLike[str],
+    n_subjects: int = 12,
+    cells_per_subject: int = 20,
+    size: int = 450,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthResult:
     """Render a synthetic data set into ``out`` in the C-NMC 2019 layout.
 
     Args:
@@ -291,8 +307,10 @@ def write_cnmc(out: str | os.PathLike[str], n_subjects: int = 12, cells_per_subj
     train = root / "training_data"
     prelim_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     final_dir = root / "testing_data" / "C-NMC_test_final_phase_data"
-    for d in [train / f / c for f in ("fold_0", "fold_1", "fold_2") for c in ("all", "hem")] + \
-            [prelim_dir, final_dir]:
+    for d in [train / f / c for f in ("fold_0", "fold_1", "fold_2") for c in ("all", "hem")] + [
+        prelim_dir,
+        final_dir,
+    ]:
         d.mkdir(parents=True, exist_ok=True)
     subjects = make_subjects(n_subjects, seed)
     folds = _assign_folds(subjects, seed)
@@ -306,10 +324,10 @@ def write_cnmc(out: str | os.PathLike[str], n_subjects: int = 12, cells_per_subj
     rng = np.random.default_rng([seed, 3])
     dest: list[Path] = []
     csv_rows: list[tuple[str, str, int]] = []
-    renamed = {"prelim": [j for j in range(len(jobs))
-                          if folds[subjects[jobs[j][0]].subject] == "prelim"],
-               "final": [j for j in range(len(jobs))
-                         if folds[subjects[jobs[j][0]].subject] == "final"]}
+    renamed = {
+        "prelim": [j for j in range(len(jobs)) if folds[subjects[jobs[j][0]].subject] == "prelim"],
+        "final": [j for j in range(len(jobs)) if folds[subjects[jobs[j][0]].subject] == "final"],
+    }
     new_name: dict[int, str] = {}
     for idx in renamed.values():
         for k, j in enumerate(rng.permutation(len(idx)), start=1):
@@ -325,8 +343,12 @@ def write_cnmc(out: str | os.PathLike[str], n_subjects: int = 12, cells_per_subj
         else:
             dest.append(train / fold / CLASS_NAMES[st.label] / name)
     csv_rows.sort(key=lambda r: int(r[1].split(".")[0]))
-    with open(root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv", "w",
-              newline="", encoding="utf-8") as fh:
+    with open(
+        root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv",
+        "w",
+        newline="",
+        encoding="utf-8",
+    ) as fh:
         w = csv.writer(fh)
         w.writerow(["Patient_ID", "new_names", "labels"])
         w.writerows(csv_rows)

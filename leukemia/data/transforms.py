@@ -42,8 +42,12 @@ __all__ = [
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-             "lanczos": Image.LANCZOS}
+_RESAMPLE = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
 
 
 class Transform:
@@ -116,7 +120,7 @@ class CenterCrop(Transform):
             image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
             h, w = image.shape[:2]
         top, left = (h - th) // 2, (w - tw) // 2
-        return image[top:top + th, left:left + tw]
+        return image[top : top + th, left : left + tw]
 
 
 class RandomResizedCrop(Transform):
@@ -125,9 +129,13 @@ class RandomResizedCrop(Transform):
     Falls back to a centre crop of the whole image when no valid box is found in ten tries.
     """
 
-    def __init__(self, size: int | Sequence[int], scale: tuple[float, float] = (0.7, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 interpolation: str = "bilinear") -> None:
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: tuple[float, float] = (0.7, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        interpolation: str = "bilinear",
+    ) -> None:
         self.size = size
         self.scale = scale
         self.ratio = ratio
@@ -192,15 +200,16 @@ class RandomRotation(Transform):
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         angle = float(rng.uniform(-self.degrees, self.degrees))
         im = Image.fromarray(np.ascontiguousarray(image))
-        return np.asarray(im.rotate(angle, _RESAMPLE[self.interpolation], expand=False,
-                                    fillcolor=(0, 0, 0)))
+        return np.asarray(
+            im.rotate(angle, _RESAMPLE[self.interpolation], expand=False, fillcolor=(0, 0, 0))
+        )
 
 
 # Ruifrok & Johnston (2001) stain vectors: rows = haematoxylin, eosin, DAB optical density
 # per unit stain in R, G, B.  The third vector is the usual DAB one.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                          [0.07, 0.99, 0.11],
-                          [0.27, 0.57, 0.78]], dtype=np.float64)
+_RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
 _RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
@@ -271,15 +280,17 @@ _OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.
 class ColorJitter(Transform):
     """Random brightness, contrast and saturation factors in ``1 ± value`` (black stays black)."""
 
-    def __init__(self, brightness: float = 0.1, contrast: float = 0.1,
-                 saturation: float = 0.1) -> None:
+    def __init__(
+        self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1
+    ) -> None:
         self.brightness = brightness
         self.contrast = contrast
         self.saturation = saturation
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        b, c, s = (rng.uniform(1 - v, 1 + v) for v in
-                   (self.brightness, self.contrast, self.saturation))
+        b, c, s = (
+            rng.uniform(1 - v, 1 + v) for v in (self.brightness, self.contrast, self.saturation)
+        )
         # Saturation, contrast (about the cell's mean grey) and brightness are all affine
         # in RGB, so they collapse into one 3x3 matrix and an offset.
         w = np.array([0.299, 0.587, 0.114])
@@ -298,8 +309,9 @@ class ColorJitter(Transform):
 class Normalize(Transform):
     """uint8 (H, W, 3) -> float32 (3, H, W): ``(x / 255 - mean) / std``, C-contiguous."""
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self._scale = (1.0 / (255.0 * np.asarray(self.std))).astype(np.float32)
@@ -314,16 +326,23 @@ class Normalize(Transform):
         return out
 
 
-def eval_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> Compose:
+def eval_transform(
+    size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Compose:
     """Deterministic evaluation pipeline: resize shorter side, centre crop, normalise."""
     return Compose([Resize(size), CenterCrop(size), Normalize(mean, std)])
 
 
-def train_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD, *, scale: tuple[float, float] = (0.8, 1.0),
-                    rotation: float = 180.0, stain: float = 0.05,
-                    color: float = 0.1) -> Compose:
+def train_transform(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    scale: tuple[float, float] = (0.8, 1.0),
+    rotation: float = 180.0,
+    stain: float = 0.05,
+    color: float = 0.1,
+) -> Compose:
     """Training pipeline for cells: random resized crop, flips, 90-degree and free rotation,
     HED stain jitter, colour jitter, normalisation.  Set an amount to 0 to drop a step."""
     steps: list[Transform] = [RandomResizedCrop(size, scale=scale), RandomFlip(), RandomRot90()]

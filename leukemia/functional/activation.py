@@ -25,8 +25,9 @@ def activation_forward(kind: str, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def activation_backward(kind: str, dy: np.ndarray, x: np.ndarray | None = None,
-                        y: np.ndarray | None = None) -> np.ndarray:
+def activation_backward(
+    kind: str, dy: np.ndarray, x: np.ndarray | None = None, y: np.ndarray | None = None
+) -> np.ndarray:
     """dx = dy * act'(.). SiLU, ReLU and ReLU6 need the input x; sigmoid needs the output y.
 
     At the kinks the gradient follows PyTorch: relu'(0) = 0, relu6' is 0 at 0 and 6.

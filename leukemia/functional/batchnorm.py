@@ -76,11 +76,16 @@ def _from_c(x: np.ndarray) -> np.ndarray:
     return nhwc_to_nchw(x) if x.ndim == 4 else x
 
 
-def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                       running_mean: np.ndarray | None = None,
-                       running_var: np.ndarray | None = None, mode: str | bool = "train",
-                       momentum: float = 0.1, eps: float = 1e-5
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_norm_forward(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    mode: str | bool = "train",
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch norm like torch.nn.functional.batch_norm; returns (y, mean, var).
 
     x [N, C, H, W] or [N, C]; gamma, beta, running_mean, running_var [C] float32.
@@ -95,8 +100,11 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     gamma = _check_vec(gamma, "gamma", c)
     beta = _check_vec(beta, "beta", c)
     eps = _check_eps(eps)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
-            or not 0.0 <= momentum <= 1.0:
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0.0 <= momentum <= 1.0
+    ):
         raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
@@ -111,21 +119,32 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     if m == 0:
         spatial = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
         if x.shape[0] * spatial < 2:
-            raise ValueError("Expected more than 1 value per channel when training, "
-                             f"got input of shape {x.shape}")
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input of shape {x.shape}"
+            )
     xc = _to_c(x)
     y = np.empty_like(xc)
     mean = np.empty(c, np.float32)
     var = np.empty(c, np.float32)
-    _ext().bn_forward(y, mean, var, xc, gamma, beta, running_mean, running_var, eps,
-                      float(momentum), m)
+    _ext().bn_forward(
+        y, mean, var, xc, gamma, beta, running_mean, running_var, eps, float(momentum), m
+    )
     return _from_c(y), mean, var
 
 
-def batch_norm_backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                        gamma: np.ndarray, mode: str | bool = "train", eps: float = 1e-5,
-                        need_dx: bool = True, need_dgamma: bool = True, need_dbeta: bool = True
-                        ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    gamma: np.ndarray,
+    mode: str | bool = "train",
+    eps: float = 1e-5,
+    need_dx: bool = True,
+    need_dgamma: bool = True,
+    need_dbeta: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients (dx, dgamma, dbeta) of batch_norm_forward given dy (shaped like x).
 
     mean/var are the ones batch_norm_forward returned: the batch statistics for
@@ -134,8 +153,9 @@ def batch_norm_backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, var: np
     """
     m = _mode(mode)
     if m == 1:
-        raise ValueError("eval mode has no backward; use mode='frozen' for gradients with "
-                         "running statistics")
+        raise ValueError(
+            "eval mode has no backward; use mode='frozen' for gradients with running statistics"
+        )
     x = _check_x(x, "x")
     dy = _check_x(dy, "dy")
     if dy.shape != x.shape:

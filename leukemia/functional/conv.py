@@ -12,8 +12,9 @@ from ._check import as_f32, is_int, nchw_to_nhwc, nhwc_to_nchw, pair
 Padding = int | Sequence[int] | str
 
 
-def conv_padding(padding: Padding, kernel: tuple[int, int], stride: tuple[int, int],
-                 size: tuple[int, int]) -> tuple[int, int, int, int]:
+def conv_padding(
+    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Padding as (top, left, bottom, right).
 
     Accepts an int, (ph, pw), (top, left, bottom, right), "symmetric" ((k-1)//2, as
@@ -39,8 +40,9 @@ def conv_padding(padding: Padding, kernel: tuple[int, int], stride: tuple[int, i
     return ph, pw, ph, pw
 
 
-def _plan(x: np.ndarray, w: np.ndarray, stride: int | Sequence[int], padding: Padding,
-          groups: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+def _plan(
+    x: np.ndarray, w: np.ndarray, stride: int | Sequence[int], padding: Padding, groups: int
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     if not is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     s = pair(stride, "stride")
@@ -52,9 +54,14 @@ def _plan(x: np.ndarray, w: np.ndarray, stride: int | Sequence[int], padding: Pa
     return s, p
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
-                   stride: int | Sequence[int] = 1, padding: Padding = 0,
-                   groups: int = 1) -> np.ndarray:
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = 0,
+    groups: int = 1,
+) -> np.ndarray:
     """2-D convolution like torch.nn.functional.conv2d.
 
     x [N, C, H, W], w [OC, C/groups, KH, KW], b [OC] or None -> y [N, OC, OH, OW].
@@ -74,10 +81,16 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     return nhwc_to_nchw(y)
 
 
-def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, bias: bool = False,
-                    stride: int | Sequence[int] = 1, padding: Padding = 0, groups: int = 1,
-                    need_dx: bool = True
-                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def conv2d_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: bool = False,
+    stride: int | Sequence[int] = 1,
+    padding: Padding = 0,
+    groups: int = 1,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients (dx, dw, db) of conv2d_forward given dy [N, OC, OH, OW]."""
     dy = as_f32(dy, "dy", 4)
     x = as_f32(x, "x", 4)
@@ -86,8 +99,9 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, bias: bool = F
     oh = (x.shape[2] + p[0] + p[2] - w.shape[2]) // s[0] + 1
     ow = (x.shape[3] + p[1] + p[3] - w.shape[3]) // s[1] + 1
     if dy.shape != (x.shape[0], w.shape[0], oh, ow):
-        raise ValueError(f"dy has shape {dy.shape} but {(x.shape[0], w.shape[0], oh, ow)} "
-                         "was expected")
+        raise ValueError(
+            f"dy has shape {dy.shape} but {(x.shape[0], w.shape[0], oh, ow)} was expected"
+        )
     dx = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), np.float32) if need_dx else None
     dw = np.empty_like(w)
     db = np.empty(w.shape[0], np.float32) if bias else None

@@ -25,8 +25,9 @@ def channel_mul_forward(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return nhwc_to_nchw(y)
 
 
-def channel_mul_backward(dy: np.ndarray, x: np.ndarray,
-                         s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def channel_mul_backward(
+    dy: np.ndarray, x: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(dx = dy * s, ds [N, C] = sum over H, W of dy * x) from dy [N, C, H, W]."""
     x, s = _chmul_args(x, s)
     dy = as_f32(dy, "dy", 4)

@@ -25,9 +25,9 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) ->
     return y
 
 
-def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, bias: bool = False,
-                    need_dx: bool = True
-                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def linear_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, bias: bool = False, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients (dx [N, IN] or None, dw [OUT, IN], db [OUT] or None) from dy [N, OUT]."""
     dy = as_f32(dy, "dy", 2)
     x = as_f32(x, "x", 2)

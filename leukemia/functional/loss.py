@@ -32,8 +32,9 @@ def _number(v: object, name: str) -> None:
         raise TypeError(f"{name} must be a float, got {type(v).__name__}")
 
 
-def _options(class_weight: np.ndarray | None, label_smoothing: float,
-             k: int) -> tuple[np.ndarray | None, float]:
+def _options(
+    class_weight: np.ndarray | None, label_smoothing: float, k: int
+) -> tuple[np.ndarray | None, float]:
     if class_weight is not None:
         class_weight = as_f32(class_weight, "class_weight", 1)
         if class_weight.shape != (k,):
@@ -45,9 +46,12 @@ def _options(class_weight: np.ndarray | None, label_smoothing: float,
     return class_weight, float(label_smoothing)
 
 
-def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray,
-                          class_weight: np.ndarray | None = None,
-                          label_smoothing: float = 0.0) -> tuple[float, np.ndarray]:
+def cross_entropy_forward(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    class_weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy of logits [N, K] -> (loss, prob [N, K] = softmax(logits))."""
     logits = as_f32(logits, "logits", 2)
     n, k = logits.shape
@@ -61,9 +65,13 @@ def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray,
     return float(loss), prob
 
 
-def cross_entropy_backward(prob: np.ndarray, labels: np.ndarray,
-                           class_weight: np.ndarray | None = None,
-                           label_smoothing: float = 0.0, dloss: float = 1.0) -> np.ndarray:
+def cross_entropy_backward(
+    prob: np.ndarray,
+    labels: np.ndarray,
+    class_weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    dloss: float = 1.0,
+) -> np.ndarray:
     """dlogits [N, K] = dloss * d(loss)/d(logits), from the prob of cross_entropy_forward."""
     prob = as_f32(prob, "prob", 2)
     n, k = prob.shape

@@ -406,7 +406,8 @@ def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
         if name.endswith(".pkl") and size > MAX_PICKLE_BYTES:
             raise CheckpointError(
                 f"{source}: zip entry {name!r} would inflate to {size} bytes, more than a "
-                f"state_dict pickle needs ({MAX_PICKLE_BYTES} bytes allowed)")
+                f"state_dict pickle needs ({MAX_PICKLE_BYTES} bytes allowed)"
+            )
         return zf.read(name)
     except KeyError:
         raise CheckpointError(f"{source}: zip entry {name!r} is missing") from None

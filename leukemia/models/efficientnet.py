@@ -39,9 +39,16 @@ class EfficientNet:
     Images are float32 arrays [N, 3, H, W], normalised with ImageNet mean/std.
     """
 
-    def __init__(self, arch: str, num_classes: int = 1000, weights: str | os.PathLike | None = None,
-                 strict: bool | None = None, seed: int = 0, dropout: float | None = None,
-                 stochastic_depth_prob: float | None = None) -> None:
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int = 1000,
+        weights: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        seed: int = 0,
+        dropout: float | None = None,
+        stochastic_depth_prob: float | None = None,
+    ) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -51,8 +58,11 @@ class EfficientNet:
         self._m = _ext().Model(arch, num_classes)
         self._tensors = self._m.tensors()
         self._index = {name: i for i, (name, _, _) in enumerate(self._tensors)}
-        self._bn = [name[: -len(".running_mean")] for name, _, _ in self._tensors
-                    if name.endswith(".running_mean")]
+        self._bn = [
+            name[: -len(".running_mean")]
+            for name, _, _ in self._tensors
+            if name.endswith(".running_mean")
+        ]
         self._nbt = {bn: 0 for bn in self._bn}
         self.training = False
         self._rng = np.random.default_rng(seed)
@@ -63,8 +73,10 @@ class EfficientNet:
             info = self.info
             self.set_regularization(
                 info["dropout"] if dropout is None else dropout,
-                info["stochastic_depth_prob"] if stochastic_depth_prob is None
-                else stochastic_depth_prob)
+                info["stochastic_depth_prob"]
+                if stochastic_depth_prob is None
+                else stochastic_depth_prob,
+            )
         if weights is not None:
             self.load(weights, strict=strict)
 
@@ -212,8 +224,9 @@ class EfficientNet:
                 out[bn + _NBT] = np.array(self._nbt[bn], dtype=np.int64)
         return out
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool | None = True
-                        ) -> LoadReport:
+    def load_state_dict(
+        self, state: Mapping[str, np.ndarray], strict: bool | None = True
+    ) -> LoadReport:
         """Copy tensors in (like torch's load_state_dict).
 
         strict=True raises StateDictError listing every missing, unexpected and
@@ -224,8 +237,12 @@ class EfficientNet:
         report = match_state_dict(expected, state, strict=False)
         if strict is None:
             clf = [m for m in report.mismatched if m[0].startswith("classifier.")]
-            rest = LoadReport(report.loaded, report.missing, report.unexpected,
-                              [m for m in report.mismatched if m not in clf])
+            rest = LoadReport(
+                report.loaded,
+                report.missing,
+                report.unexpected,
+                [m for m in report.mismatched if m not in clf],
+            )
             if not rest.ok:
                 raise StateDictError("Error(s) in loading state_dict:\n\t" + rest.message(), rest)
         elif strict and not report.ok:
@@ -261,23 +278,36 @@ class EfficientNet:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state_dict atomically: safetensors for *.safetensors, else torch .pth."""
-        save_weights(path, self.state_dict(), metadata={"arch": self.arch,
-                                                         "num_classes": str(self.num_classes)})
+        save_weights(
+            path,
+            self.state_dict(),
+            metadata={"arch": self.arch, "num_classes": str(self.num_classes)},
+        )
 
     def __repr__(self) -> str:
-        return (f"EfficientNet(arch={self.arch!r}, num_classes={self.num_classes}, "
-                f"params={self.num_parameters():,}, training={self.training})")
+        return (
+            f"EfficientNet(arch={self.arch!r}, num_classes={self.num_classes}, "
+            f"params={self.num_parameters():,}, training={self.training})"
+        )
 
 
-def efficientnet_b3(num_classes: int = 1000, weights: str | os.PathLike | None = None,
-                    strict: bool | None = None, seed: int = 0, **kwargs: float | None
-                    ) -> EfficientNet:
+def efficientnet_b3(
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    strict: bool | None = None,
+    seed: int = 0,
+    **kwargs: float | None,
+) -> EfficientNet:
     """EfficientNet-B3 (torchvision layout; default input 300x300). See EfficientNet."""
     return EfficientNet("efficientnet_b3", num_classes, weights, strict, seed, **kwargs)
 
 
-def efficientnet_v2_s(num_classes: int = 1000, weights: str | os.PathLike | None = None,
-                      strict: bool | None = None, seed: int = 0, **kwargs: float | None
-                      ) -> EfficientNet:
+def efficientnet_v2_s(
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    strict: bool | None = None,
+    seed: int = 0,
+    **kwargs: float | None,
+) -> EfficientNet:
     """EfficientNetV2-S (torchvision layout; default input 384x384). See EfficientNet."""
     return EfficientNet("efficientnet_v2_s", num_classes, weights, strict, seed, **kwargs)
