@@ -44,3 +44,27 @@ def test_csv_label_contradicting_patient_id_is_an_error(tree):
     csv.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match="contradicts"):
         load_dataset(tree)
+
+
+def test_loader_can_skip_and_collect_bad_images(tree):
+    from leukemia.data import DataLoader, LoaderError
+    from leukemia.data.transforms import eval_transform
+
+    ds = load_dataset(tree)
+    samples = ds.labelled()[:9]
+    samples[0].path.write_bytes(b"BM not really")  # broken after the data set was read
+    samples[4].path.write_bytes(b"")
+    for workers in (0, 2):
+        with DataLoader(
+            samples, eval_transform(32), batch_size=4, num_workers=workers, on_error="skip"
+        ) as dl:
+            got = [len(y) for _, y in dl]
+            assert sum(got) == 7 and all(x.shape[1:] == (3, 32, 32) for x, _ in dl)
+            assert sorted(b.path.name for b in dl.bad[:2]) == sorted(
+                [samples[0].path.name, samples[4].path.name]
+            )
+        with DataLoader(samples, eval_transform(32), batch_size=4, num_workers=workers) as dl:
+            with pytest.raises(LoaderError, match=samples[0].path.name):
+                list(dl)
+    with pytest.raises(ValueError, match="on_error"):
+        DataLoader(samples, eval_transform(32), on_error="ignore")

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .datasets import Sample, load_image
+from .datasets import BadImage, Sample, load_image
 
 __all__ = ["DataLoader", "LoaderError"]
 
@@ -46,6 +46,10 @@ class DataLoader:
         drop_last: drop a final batch smaller than ``batch_size``.
         prefetch: batches prepared ahead of the consumer (at least ``num_workers``).
         loader: image decoder, ``path -> uint8 (H, W, 3)`` (default :func:`load_image`).
+        on_error: ``"raise"`` (default) stops the epoch with :class:`LoaderError` naming the
+            file; ``"skip"`` leaves an undecodable image out of its batch, records it in
+            :attr:`bad` (path and reason) and goes on, so a long epoch is not lost to one
+            file (batches holding only bad images are left out).
 
     Each ``for`` loop over the loader is one epoch; the epoch counter advances on every
     new iteration, or set it with :meth:`set_epoch`.
@@ -63,7 +67,10 @@ class DataLoader:
         drop_last: bool = False,
         prefetch: int = 4,
         loader: Callable[[object], np.ndarray] = load_image,
+        on_error: str = "raise",
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -77,6 +84,8 @@ class DataLoader:
         self.drop_last = drop_last
         self.prefetch = max(prefetch, num_workers, 1)
         self.loader = loader
+        self.on_error = on_error
+        self.bad: list[BadImage] = []
         self.epoch = 0
         self._next_epoch = 0
         self._closed = threading.Event()
@@ -102,7 +111,8 @@ class DataLoader:
         """Decode and transform the samples at ``indices`` (runs in a worker)."""
         images: np.ndarray | None = None
         labels = np.empty(len(indices), np.int64)
-        for k, i in enumerate(indices):
+        k = 0
+        for i in indices:
             if self._closed.is_set():
                 raise LoaderError("loader closed")
             s = self.samples[i]
@@ -111,7 +121,11 @@ class DataLoader:
                     self.loader(s.path), np.random.default_rng([self.seed, epoch, int(i)])
                 )
             except Exception as exc:
-                raise LoaderError(f"{s.path}: {type(exc).__name__}: {exc}") from exc
+                if self.on_error == "raise":
+                    raise LoaderError(f"{s.path}: {type(exc).__name__}: {exc}") from exc
+                with self._lock:
+                    self.bad.append(BadImage(s.path, f"{type(exc).__name__}: {exc}"))
+                continue
             if images is None:
                 images = np.empty((len(indices), *x.shape), np.float32)
             elif x.shape != images.shape[1:]:
@@ -121,8 +135,10 @@ class DataLoader:
                 )
             images[k] = x
             labels[k] = -1 if s.label is None else s.label
-        assert images is not None
-        return images, labels
+            k += 1
+        if images is None:  # every image of the batch was skipped
+            return np.empty((0,), np.float32), labels[:0]
+        return images[:k], labels[:k]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self._closed.is_set():
@@ -135,7 +151,9 @@ class DataLoader:
             batches.pop()
         if self.num_workers == 0:
             for b in batches:
-                yield self.load_batch(b, epoch)
+                batch = self.load_batch(b, epoch)
+                if len(batch[1]):
+                    yield batch
             return
         yield from self._threaded(batches, epoch)
 
@@ -160,7 +178,8 @@ class DataLoader:
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(pool.submit(self.load_batch, nxt, epoch))
-                yield result
+                if len(result[1]):
+                    yield result
         finally:
             for f in pending:
                 f.cancel()
