@@ -43,7 +43,7 @@ static void lk_stream_key_create(void) { pthread_key_create(&lk_stream_key_, lk_
 
 lk_status lk_stream(dnnl_stream_t *out) {
     if (!lk_stream_) {
-        dnnl_engine_t e;
+        dnnl_engine_t e = NULL;
         LK_TRY(lk_engine(&e));
         LK_DNNL(dnnl_stream_create(&lk_stream_, e, dnnl_stream_default_flags));
         pthread_once(&lk_stream_key_once_, lk_stream_key_create);
@@ -135,7 +135,7 @@ lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t pd) {
     if (sz > 0) {
         P->scratch_buf = lk_alloc(sz);
         if (!P->scratch_buf) return LK_FAIL(LK_ERR_NOMEM, "scratchpad of %zu bytes", sz);
-        dnnl_engine_t e;
+        dnnl_engine_t e = NULL;
         LK_TRY(lk_engine(&e));
         LK_DNNL(dnnl_memory_create(&P->scratch, smd, e, P->scratch_buf));
     }
@@ -147,7 +147,7 @@ lk_status lk_prim_exec(lk_prim *P, int nargs, const dnnl_exec_arg_t *args) {
     if (nargs > 15) return LK_FAIL(LK_ERR_ARG, "too many primitive arguments (%d)", nargs);
     memcpy(all, args, sizeof(dnnl_exec_arg_t) * (size_t)nargs);
     if (P->scratch) all[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, P->scratch};
-    dnnl_stream_t s;
+    dnnl_stream_t s = NULL;
     LK_TRY(lk_stream(&s));
     LK_DNNL(dnnl_primitive_execute(P->p, s, nargs, all));
     LK_DNNL(dnnl_stream_wait(s));
@@ -206,7 +206,7 @@ lk_status lk_md2(dnnl_memory_desc_t *md, int64_t a, int64_t b, dnnl_format_tag_t
 lk_status lk_md1(dnnl_memory_desc_t *md, int64_t a) { return lk_md(md, 1, &a, dnnl_a); }
 
 lk_status lk_mem(dnnl_memory_t *mem, const_dnnl_memory_desc_t md) {
-    dnnl_engine_t e;
+    dnnl_engine_t e = NULL;
     LK_TRY(lk_engine(&e));
     LK_DNNL(dnnl_memory_create(mem, md, e, DNNL_MEMORY_NONE));
     return LK_OK;
@@ -227,7 +227,7 @@ lk_status lk_reorder_init(lk_prim *P, int *needed, const_dnnl_memory_desc_t from
     memset(P, 0, sizeof *P);
     *needed = !dnnl_memory_desc_equal(from, to);
     if (!*needed) return LK_OK;
-    dnnl_engine_t e;
+    dnnl_engine_t e = NULL;
     LK_TRY(lk_engine(&e));
     dnnl_primitive_attr_t attr;
     LK_TRY(lk_attr(&attr));

@@ -310,7 +310,7 @@ lk_status lk_act_init(lk_act *L, lk_act_kind kind, int64_t count, int train) {
     L->train = train;
     if (kind == LK_ACT_SILU) return LK_OK; /* plain C: nothing to plan */
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t md = NULL;

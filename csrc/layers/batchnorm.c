@@ -49,7 +49,7 @@ lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg) {
     const lk_bn_cfg *c = &L->cfg;
     LK_TRY(bn_check(c));
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t x_md = NULL, c_md = NULL;

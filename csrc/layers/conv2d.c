@@ -61,7 +61,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     const lk_conv2d_cfg *c = &L->cfg;
     LK_TRY(conv_check(c, &L->oh, &L->ow));
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t x_md = NULL, y_md = NULL, w_any = NULL, w_user = NULL, b_md = NULL;

@@ -25,7 +25,7 @@ lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
     LK_REQUIRE(n > 0 && c > 0 && h > 0 && w > 0,
                "channel multiply: sizes must be positive (n=%d c=%d h=%d w=%d)", n, c, h, w);
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t x_md = NULL, s_md = NULL;

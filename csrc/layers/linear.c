@@ -17,7 +17,7 @@ lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int tra
     LK_REQUIRE(n > 0 && in > 0 && out > 0,
                "linear: sizes must be positive (n=%d in=%d out=%d)", n, in, out);
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t x_md = NULL, y_md = NULL, w_md = NULL, b_md = NULL;

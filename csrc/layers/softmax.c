@@ -13,7 +13,7 @@ lk_status lk_softmax_init(lk_softmax *L, int rows, int cols, int train) {
     L->cols = cols;
     L->train = train;
 
-    dnnl_engine_t eng;
+    dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
     lk_status st = LK_OK;
     dnnl_memory_desc_t md = NULL;

@@ -12,26 +12,11 @@ PY=${PY:-.venv/bin/python}
 CC=${CC:-gcc}
 OUT=${LK_SAN_BUILD:-build/sanitize}
 
-# oneDNN headers and library, located as setup.py does. The headers' wheel is a
-# build requirement only, so a fresh `pip install -e .` venv lacks it: install the
-# version matching the runtime wheel (LK_NO_INSTALL=1 refuses instead).
-paths() { "$PY" csrc/tests/onednn_paths.py 2>"$OUT/onednn_paths.err"; }
-mkdir -p "$OUT"
-if ! DNNL_PATHS=$(paths); then
-    req=$(grep '^onednn-devel-cpu-gomp==' "$OUT/onednn_paths.err" || true)
-    if [ -n "$req" ] && [ "${LK_NO_INSTALL:-0}" != 1 ]; then
-        echo "run_sanitized: oneDNN headers missing; installing $req into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
-        "$PY" -m pip install -q "$req" >&2
-        DNNL_PATHS=$(paths) || { cat "$OUT/onednn_paths.err" >&2; exit 1; }
-    else
-        cat "$OUT/onednn_paths.err" >&2
-        exit 1
-    fi
-fi
-read -r DNNL_INC DNNL_LIB <<<"$DNNL_PATHS"
+# shellcheck source=/dev/null
+. csrc/tests/onednn_env.sh
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-CFLAGS="-std=c11 -fopenmp -g -O1 -Wall -Wextra -Wno-unused-parameter $SAN"
+CFLAGS="-std=c11 -fopenmp -g -O1 $LK_SIMD -Wall -Wextra -Wno-unused-parameter $SAN"
 INC="-Icsrc/core -Icsrc/layers -Icsrc/blocks -Icsrc/model -I$DNNL_INC"
 
 core=()
