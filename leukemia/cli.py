@@ -325,6 +325,43 @@ def _inspect(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- info
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models",
+        action="store_true",
+        help="also build both architectures and list their parameter counts",
+    )
+
+
+@command(
+    "info",
+    "show the C core's build (oneDNN version, runtime, ISA, threads) and the models",
+    _info_arguments,
+    "Print what the compiled core runs on; with --models, also the architectures "
+    "with their parameter counts and default input sizes.",
+)
+def _info(args: argparse.Namespace) -> int:
+    import leukemia
+
+    info = leukemia.build_info()
+    print(f"leukemia {leukemia.__version__}")
+    print(
+        f"oneDNN {info['onednn_version']} ({info['cpu_runtime']} runtime), "
+        f"ISA {info['isa']}, {info['num_threads']} threads"
+    )
+    if args.models:
+        from .models import ARCHS, EfficientNet
+
+        for arch in ARCHS:
+            m = EfficientNet(arch, 1000)
+            print(
+                f"{arch:18s} {m.num_parameters():>11,} parameters (1000 classes), "
+                f"default input {m.default_size}x{m.default_size}"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered :class:`Command`."""
     from . import __version__

@@ -176,3 +176,13 @@ def test_registry_plugs_in_a_new_subcommand(capsys: pytest.CaptureFixture[str]) 
             cli.register(cli.Command("hello-test", "again", add, go))
     finally:
         cli.COMMANDS.pop("hello-test", None)
+
+
+def test_info_command(capsys):
+    from leukemia.cli import main
+
+    assert main(["info", "--models"]) == 0
+    out = capsys.readouterr().out
+    assert "oneDNN 3.2.0 (OpenMP runtime)" in out
+    assert "efficientnet_b3     12,233,232 parameters" in out
+    assert "efficientnet_v2_s   21,458,488 parameters" in out
