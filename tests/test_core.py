@@ -10,6 +10,7 @@ import pytest
 
 import leukemia
 import leukemia.models as M
+from leukemia.functional import conv2d_forward
 
 
 def test_build_info():
@@ -94,3 +95,25 @@ def test_parameter_views_are_zero_copy():
     assert all(np.shares_memory(g, m.flat_grads()) for g in grads.values())
     del m  # views keep the model's memory alive
     assert np.isfinite(params["classifier.1.bias"]).all()
+
+
+def test_thread_count_applies_to_every_thread():
+    old = leukemia.get_num_threads()
+    seen: list[int] = []
+    try:
+        leukemia.set_num_threads(1)
+        # A core call from another Python thread runs with the process-wide count.
+        th = threading.Thread(
+            target=lambda: (
+                conv2d_forward(
+                    np.ones((1, 2, 4, 4), np.float32), np.ones((2, 2, 1, 1), np.float32)
+                ),
+                seen.append(leukemia._ext().omp_threads_here()),
+            )
+        )
+        th.start()
+        th.join()
+        assert seen == [1]
+        assert leukemia.get_num_threads() == 1
+    finally:
+        leukemia.set_num_threads(old)

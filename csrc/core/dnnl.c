@@ -68,19 +68,39 @@ void lk_shutdown(void) {
     }
 }
 
+/* The thread count is process-wide: OpenMP keeps it per thread, so every entry from
+ * Python re-applies it in the calling thread (lk_thread_sync). 0 = OpenMP's default. */
+static _Atomic int lk_nthreads_ = 0;
+
 void lk_set_num_threads(int n) {
+    if (n <= 0) return;
+    lk_nthreads_ = n;
 #ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
-#else
-    (void)n;
+    omp_set_num_threads(n);
 #endif
 }
 
 int lk_get_num_threads(void) {
+    int n = lk_nthreads_;
+#ifdef _OPENMP
+    return n > 0 ? n : omp_get_max_threads();
+#else
+    return n > 0 ? n : 1;
+#endif
+}
+
+int lk_omp_threads_here(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else
     return 1;
+#endif
+}
+
+void lk_thread_sync(void) {
+#ifdef _OPENMP
+    int n = lk_nthreads_;
+    if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
 #endif
 }
 
@@ -126,9 +146,19 @@ void *lk_alloc(size_t bytes) {
 
 void lk_free(void *p) { free(p); }
 
-lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t pd) {
+/* Failure injection for the C tests: the n-th following lk_prim_init fails. */
+static _Atomic int lk_fail_countdown_ = -1;
+
+void lk_debug_fail_prim_init_after(int n) { lk_fail_countdown_ = n; }
+
+lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t *pdp) {
+    /* Take ownership at once: from here on only P (via lk_prim_free) releases it. */
+    dnnl_primitive_desc_t pd = *pdp;
+    *pdp = NULL;
     memset(P, 0, sizeof *P);
     P->pd = pd;
+    if (lk_fail_countdown_ >= 0 && lk_fail_countdown_-- == 0)
+        return LK_FAIL(LK_ERR_DNNL, "injected primitive-creation failure (test hook)");
     LK_DNNL(dnnl_primitive_create(&P->p, pd));
     const_dnnl_memory_desc_t smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t sz = smd ? dnnl_memory_desc_get_size(smd) : 0;
@@ -235,7 +265,7 @@ lk_status lk_reorder_init(lk_prim *P, int *needed, const_dnnl_memory_desc_t from
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, from, e, to, e, attr);
     dnnl_primitive_attr_destroy(attr);
     LK_DNNL(s);
-    return lk_prim_init(P, pd);
+    return lk_prim_init(P, &pd);
 }
 
 uint64_t lk_exec_count(void) { return atomic_load(&lk_exec_count_); }

@@ -60,6 +60,11 @@ void lk_shutdown(void);
 /* Threads used by oneDNN and the core's own OpenMP loops. */
 void lk_set_num_threads(int n);
 int lk_get_num_threads(void);
+/* Apply the process-wide thread count to the calling thread (cheap; called on every
+ * entry from Python, whose threads each have their own OpenMP setting). */
+void lk_thread_sync(void);
+/* OpenMP's thread count in the calling thread (for tests of lk_thread_sync). */
+int lk_omp_threads_here(void);
 
 /* Build facts for leukemia.build_info(). */
 typedef struct lk_build_info {
@@ -79,8 +84,11 @@ typedef struct lk_prim {
     int weights;              /* a weight reorder (counted apart from activation reorders) */
 } lk_prim;
 
-/* Take ownership of `pd` (even on failure) and create the primitive. */
-lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t pd);
+/* Take ownership of `*pd` (setting it to NULL, even on failure: lk_prim_free then
+ * releases it) and create the primitive. */
+lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t *pd);
+/* Test hook: make the n-th following lk_prim_init fail (n < 0: never). */
+void lk_debug_fail_prim_init_after(int n);
 /* Execute with `args` (scratchpad appended) and wait for completion. */
 lk_status lk_prim_exec(lk_prim *P, int nargs, const dnnl_exec_arg_t *args);
 void lk_prim_free(lk_prim *P);

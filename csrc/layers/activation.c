@@ -322,14 +322,14 @@ lk_status lk_act_init(lk_act *L, lk_act_kind kind, int64_t count, int train) {
     LK_DNNL_GOTO(dnnl_eltwise_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, a.alg, md, md, a.alpha,
         a.beta, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, md));
     LK_TRY_GOTO(lk_mem(&L->m_y, md));
     if (train) {
         LK_DNNL_GOTO(dnnl_eltwise_backward_primitive_desc_create(&pd, eng, a.alg, md, md, md, a.alpha,
                                                        a.beta, L->fwd.pd, attr));
-        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, &pd));
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dx, md));
         LK_TRY_GOTO(lk_mem(&L->m_dy, md));

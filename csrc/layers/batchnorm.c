@@ -70,7 +70,7 @@ lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg) {
     LK_DNNL_GOTO(dnnl_batch_normalization_forward_primitive_desc_create(
         &pd, eng, c->mode == LK_BN_TRAIN ? dnnl_forward_training : dnnl_forward_inference, x_md,
         x_md, c->eps, flags, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
     LK_TRY_GOTO(lk_mem(&L->m_y, x_md));
@@ -90,7 +90,7 @@ lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg) {
         }
         LK_DNNL_GOTO(dnnl_batch_normalization_backward_primitive_desc_create(
             &pd, eng, dnnl_backward, x_md, x_md, x_md, c->eps, flags, h, attr));
-        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, &pd));
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         LK_TRY_GOTO(lk_mem(&L->m_dy, x_md));

@@ -89,7 +89,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     LK_DNNL_GOTO(dnnl_convolution_forward_primitive_desc_create(
         &pd, eng, c->train ? dnnl_forward_training : dnnl_forward_inference,
         dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l, pad_r, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     const_dnnl_memory_desc_t w_fwd_md = lk_prim_md(&L->fwd, dnnl_query_weights_md, 0);
     LK_TRY_GOTO(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
@@ -109,7 +109,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             LK_DNNL_GOTO(dnnl_convolution_backward_data_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, y_md, strides, dil, pad_l, pad_r,
                 L->fwd.pd, attr));
-            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, &pd));
             pd = NULL;
             const_dnnl_memory_desc_t w_bd_md = lk_prim_md(&L->bwd_d, dnnl_query_weights_md, 0);
             LK_TRY_GOTO(lk_reorder_init(&L->w_to_bwd_d, &L->need_w_bwd_d, w_user, w_bd_md));
@@ -127,7 +127,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             LK_DNNL_GOTO(dnnl_convolution_backward_weights_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
                 pad_r, L->fwd.pd, attr));
-            LK_TRY_GOTO(lk_prim_init(&L->bwd_w, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_w, &pd));
             pd = NULL;
             const_dnnl_memory_desc_t dw_md = lk_prim_md(&L->bwd_w, dnnl_query_diff_weights_md, 0);
             LK_TRY_GOTO(lk_reorder_init(&L->dw_to_user, &L->need_dw_user, dw_md, w_user));

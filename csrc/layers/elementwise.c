@@ -36,7 +36,7 @@ lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
     LK_TRY_GOTO(lk_md4(&s_md, n, c, 1, 1, dnnl_nhwc)); /* s [N, C], broadcast over H, W */
     LK_TRY_GOTO(lk_attr(&attr));
     LK_DNNL_GOTO(dnnl_binary_primitive_desc_create(&pd, eng, dnnl_binary_mul, x_md, s_md, x_md, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
     LK_TRY_GOTO(lk_mem(&L->m_s, s_md));

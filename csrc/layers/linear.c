@@ -32,7 +32,7 @@ lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int tra
     LK_DNNL_GOTO(dnnl_inner_product_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, x_md, w_md, b_md, y_md,
         attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
     LK_TRY_GOTO(lk_mem(&L->m_y, y_md));
@@ -42,13 +42,13 @@ lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int tra
         if (need_dx) {
             LK_DNNL_GOTO(dnnl_inner_product_backward_data_primitive_desc_create(&pd, eng, x_md, w_md, y_md,
                                                                      L->fwd.pd, attr));
-            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, pd));
+            LK_TRY_GOTO(lk_prim_init(&L->bwd_d, &pd));
             pd = NULL;
             LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         }
         LK_DNNL_GOTO(dnnl_inner_product_backward_weights_primitive_desc_create(&pd, eng, x_md, w_md, b_md,
                                                                     y_md, L->fwd.pd, attr));
-        LK_TRY_GOTO(lk_prim_init(&L->bwd_w, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd_w, &pd));
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
         LK_TRY_GOTO(lk_mem(&L->m_dw, w_md));

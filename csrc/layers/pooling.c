@@ -37,7 +37,7 @@ lk_status lk_gpool_init(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int
     LK_DNNL_GOTO(dnnl_pooling_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, alg, x_md, y_md,
         strides, kernel, dil, pad, pad, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, x_md));
     LK_TRY_GOTO(lk_mem(&L->m_y, y_md));
@@ -54,7 +54,7 @@ lk_status lk_gpool_init(lk_gpool *L, lk_pool_kind kind, int n, int c, int h, int
         }
         LK_DNNL_GOTO(dnnl_pooling_backward_primitive_desc_create(&pd, eng, alg, x_md, y_md, strides, kernel,
                                                        dil, pad, pad, L->fwd.pd, attr));
-        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, &pd));
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));

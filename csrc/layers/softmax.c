@@ -25,14 +25,14 @@ lk_status lk_softmax_init(lk_softmax *L, int rows, int cols, int train) {
     LK_DNNL_GOTO(dnnl_softmax_forward_primitive_desc_create(
         &pd, eng, train ? dnnl_forward_training : dnnl_forward_inference, dnnl_softmax_accurate,
         md, md, 1, attr));
-    LK_TRY_GOTO(lk_prim_init(&L->fwd, pd));
+    LK_TRY_GOTO(lk_prim_init(&L->fwd, &pd));
     pd = NULL;
     LK_TRY_GOTO(lk_mem(&L->m_x, md));
     LK_TRY_GOTO(lk_mem(&L->m_y, md));
     if (train) {
         LK_DNNL_GOTO(dnnl_softmax_backward_primitive_desc_create(&pd, eng, dnnl_softmax_accurate, md, md,
                                                        md, 1, L->fwd.pd, attr));
-        LK_TRY_GOTO(lk_prim_init(&L->bwd, pd));
+        LK_TRY_GOTO(lk_prim_init(&L->bwd, &pd));
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dx, md));
         LK_TRY_GOTO(lk_mem(&L->m_dy, md));

@@ -16,6 +16,7 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include "lk_dnnl.h"
 #include "lk_status.h"
 
 /* Raise the exception matching a failed lk_status (message from the core). */
@@ -41,6 +42,7 @@ npy_intp lk_py_size(PyObject *obj);
 #define LK_PY_CALL(status_var, call) \
     do {                             \
         Py_BEGIN_ALLOW_THREADS       \
+        lk_thread_sync();            \
         status_var = (call);         \
         Py_END_ALLOW_THREADS         \
     } while (0)

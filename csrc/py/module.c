@@ -28,6 +28,10 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(lk_get_num_threads());
 }
 
+static PyObject *py_omp_threads_here(PyObject *self, PyObject *noargs) {
+    return PyLong_FromLong(lk_omp_threads_here());
+}
+
 static PyObject *py_exec_counts(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("{s:K,s:K,s:K}", "primitives", (unsigned long long)lk_exec_count(),
                          "reorders", (unsigned long long)lk_reorder_exec_count(),
@@ -38,6 +42,8 @@ PyMethodDef lk_py_core_methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "oneDNN version, runtime, ISA and threads."},
     {"set_num_threads", py_set_num_threads, METH_O, "Set the thread count of the core."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
+    {"omp_threads_here", py_omp_threads_here, METH_NOARGS,
+     "OpenMP's thread count in the calling thread (after its last core call)."},
     {"exec_counts", py_exec_counts, METH_NOARGS,
      "Counts of primitive, reorder and weight-reorder executions since import."},
     {NULL, NULL, 0, NULL},

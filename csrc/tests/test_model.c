@@ -90,12 +90,44 @@ static void run_arch(const char *arch) {
     lk_model_free(m);
 }
 
+/* Every planning step can fail (here: the k-th primitive creation); the model must
+ * report it, free what it built, and plan again cleanly afterwards. */
+static void run_injected_failures(void) {
+    enum { K = 2, N = 2, H = 40, W = 40 };
+    static const int ks[] = {0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377};
+    float x[N * 3 * H * W], logits[N * K], dl[N * K];
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = urand();
+    for (int i = 0; i < N * K; i++) dl[i] = urand();
+    for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+        lk_model *m = NULL;
+        if (lk_model_create(&m, "efficientnet_v2_s", K) != LK_OK) {
+            CHECK(0, "create for failure injection");
+            return;
+        }
+        init_params(m);
+        for (int train = 0; train <= 1; train++) {
+            lk_debug_fail_prim_init_after(ks[j]);
+            lk_status st = lk_model_forward(m, logits, x, N, H, W, train, 1);
+            lk_debug_fail_prim_init_after(-1);
+            CHECK(st == LK_ERR_DNNL && strstr(lk_last_error(), "injected"),
+                  "injected failure %d (train=%d) reported", ks[j], train);
+            CHECK(lk_model_backward(m, NULL, dl) == LK_ERR_STATE,
+                  "no backward after a failed plan");
+            CHECK(lk_model_forward(m, logits, x, N, H, W, train, 1) == LK_OK,
+                  "plans again after injected failure %d", ks[j]);
+            CHECK(all_finite(logits, N * K), "finite logits after recovery");
+        }
+        lk_model_free(m);
+    }
+}
+
 int main(void) {
     lk_model *m = NULL;
     CHECK(lk_model_create(&m, "resnet50", 2) == LK_ERR_ARG && !m, "unknown arch refused");
     CHECK(lk_model_create(&m, "efficientnet_b3", 0) == LK_ERR_ARG && !m, "0 classes refused");
     run_arch("efficientnet_v2_s");
     run_arch("efficientnet_b3");
+    run_injected_failures();
     lk_shutdown();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
