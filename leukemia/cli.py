@@ -96,6 +96,19 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    at_least = _int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -127,7 +140,7 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--size",
-        type=_int_at_least(16),
+        type=_int_in(16, 4096),
         default=450,
         metavar="S",
         help="image side in pixels (default: 450, as C-NMC)",

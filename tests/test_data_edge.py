@@ -68,3 +68,48 @@ def test_loader_can_skip_and_collect_bad_images(tree):
                 list(dl)
     with pytest.raises(ValueError, match="on_error"):
         DataLoader(samples, eval_transform(32), on_error="ignore")
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda T: T.eval_transform("32"), "size"),
+        (lambda T: T.eval_transform(0), "size"),
+        (lambda T: T.eval_transform(-5), "size"),
+        (lambda T: T.eval_transform(32, std=(0, 1, 1)), "std"),
+        (lambda T: T.eval_transform(32, mean=(0.5, 0.5)), "3 values"),
+        (lambda T: T.train_transform(32, scale=(1.5, 0.2)), "scale"),
+        (lambda T: T.train_transform(32, scale=(0.9, 0.2)), "low <= high"),
+        (lambda T: T.train_transform(32, stain=-1), "stain"),
+        (lambda T: T.train_transform(32, color=float("nan")), "color"),
+        (lambda T: T.Resize(32, interpolation="cubic"), "interpolation"),
+        (lambda T: T.RandomFlip(horizontal=2), "horizontal"),
+    ],
+)
+def test_transform_arguments_are_checked(make, match):
+    from leukemia.data import transforms
+
+    with pytest.raises(ValueError, match=match):
+        make(transforms)
+
+
+def test_eval_transform_needs_no_rng_and_checks_images():
+    import numpy as np
+
+    from leukemia.data.transforms import eval_transform
+
+    t = eval_transform(16)
+    img = np.zeros((20, 24, 3), np.uint8)
+    assert t(img).shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        t(img.astype(np.float32))
+
+
+def test_write_cnmc_refuses_a_non_empty_folder(tree):
+    with pytest.raises(ValueError, match="not empty"):
+        write_cnmc(tree, n_subjects=2, cells_per_subject=1, size=32)
+    write_cnmc(tree, n_subjects=2, cells_per_subject=1, size=32, overwrite=True)
+    ds = load_dataset(tree)
+    assert len(ds) == 2 and not ds.bad  # nothing of the earlier data set remains
+    with pytest.raises(ValueError, match="8..4096"):
+        write_cnmc(tree / "big", size=100_000)

@@ -402,3 +402,15 @@ def test_oversized_pickle_entry_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(pth_mod, "MAX_PICKLE_BYTES", 1024)
     with pytest.raises(pth_mod.CheckpointError, match="would inflate"):
         pth_mod.load_pth(path)
+
+
+def test_expanded_view_bomb_is_refused(tmp_path, monkeypatch):
+    import torch
+
+    from leukemia.io import pth as pth_mod
+
+    path = tmp_path / "expand.pth"
+    torch.save({"w": torch.zeros(1).expand(4096, 4096)}, path)
+    monkeypatch.setattr(pth_mod, "MAX_EXPANDED_BYTES", 2**20)
+    with pytest.raises(pth_mod.CheckpointError, match="would expand storage"):
+        pth_mod.load_pth(path)

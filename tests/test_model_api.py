@@ -213,3 +213,21 @@ def test_failed_load_leaves_model_untouched():
         after = m.state_dict()
         for name in before:
             assert np.array_equal(before[name], after[name]), (key, name)
+
+
+def test_argument_types():
+    m = M.efficientnet_v2_s(num_classes=np.int64(2), seed=np.int64(1))
+    assert m.num_classes == 2
+    m.set_regularization(np.float32(0.1), np.float64(0.1))
+    with pytest.raises(ValueError, match="seed"):
+        M.efficientnet_v2_s(num_classes=2, seed=-1)
+    with pytest.raises(ValueError, match="seed"):
+        m.reset_parameters(-1)
+    with pytest.raises(ValueError, match="num_classes"):
+        M.efficientnet_v2_s(num_classes=2**40)
+    with pytest.raises(TypeError, match="mapping"):
+        m.load_state_dict(None)  # type: ignore[arg-type]
+    sd = m.state_dict()
+    sd["features.0.1.num_batches_tracked"] = np.array(2**63, np.uint64)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        m.load_state_dict(sd)

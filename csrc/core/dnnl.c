@@ -210,7 +210,7 @@ lk_status lk_attr(dnnl_primitive_attr_t *attr) {
     if (s != dnnl_success) {
         dnnl_primitive_attr_destroy(*attr);
         *attr = NULL;
-        LK_DNNL(s);
+        LK_DNNL_NAMED(s, "dnnl_primitive_attr_set_scratchpad_mode");
     }
     return LK_OK;
 }
@@ -264,7 +264,7 @@ lk_status lk_reorder_init(lk_prim *P, int *needed, const_dnnl_memory_desc_t from
     dnnl_primitive_desc_t pd;
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, from, e, to, e, attr);
     dnnl_primitive_attr_destroy(attr);
-    LK_DNNL(s);
+    LK_DNNL_NAMED(s, "dnnl_reorder_primitive_desc_create");
     return lk_prim_init(P, &pd);
 }
 

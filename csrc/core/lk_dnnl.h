@@ -32,6 +32,15 @@ extern "C" {
 
 const char *lk_dnnl_status_str(dnnl_status_t s);
 
+/* For a status already obtained: fail naming the call `what`. */
+#define LK_DNNL_NAMED(status, what)                                                     \
+    do {                                                                                \
+        dnnl_status_t lk_dnnl_s_ = (status);                                            \
+        if (lk_dnnl_s_ != dnnl_success)                                                 \
+            return lk_fail(LK_ERR_DNNL, __FILE__, __LINE__, "oneDNN call %s failed: %s", \
+                           (what), lk_dnnl_status_str(lk_dnnl_s_));                     \
+    } while (0)
+
 /* The same two checks for init functions that hold descriptors: they need a local
  * `lk_status st` and a `done:` label that releases everything and returns st. */
 #define LK_TRY_GOTO(expr)                 \

@@ -83,7 +83,12 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
         dnnl_status_t ps = dnnl_post_ops_append_eltwise(po, dnnl_eltwise_swish, 1.0f, 0.0f);
         if (ps == dnnl_success) ps = dnnl_primitive_attr_set_post_ops(attr, po);
         dnnl_post_ops_destroy(po);
-        LK_DNNL_GOTO(ps);
+        if (ps != dnnl_success) {
+            st = LK_FAIL(LK_ERR_DNNL, "oneDNN call dnnl_post_ops_append_eltwise / "
+                         "dnnl_primitive_attr_set_post_ops (SiLU) failed: %s",
+                         lk_dnnl_status_str(ps));
+            goto done;
+        }
     }
 
     LK_DNNL_GOTO(dnnl_convolution_forward_primitive_desc_create(

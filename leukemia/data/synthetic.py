@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -280,12 +281,14 @@ def write_cnmc(
     *,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> SynthResult:
     """Render a synthetic data set into ``out`` in the C-NMC 2019 layout.
 
     Args:
-        out: output folder; created if missing (existing files of the same name are
-            overwritten).
+        out: output folder; created if missing. A folder that already holds files is
+            refused unless ``overwrite`` (then the three C-NMC sub-folders are replaced,
+            so no stale images or CSV rows of an earlier data set remain).
         n_subjects: subjects (about 2/3 ALL, at least one of each class if >= 2).
         cells_per_subject: images per subject.
         size: image side in pixels (C-NMC: 450).
@@ -300,10 +303,16 @@ def write_cnmc(
         raise ValueError(f"need at least 2 subjects (one ALL, one normal), got {n_subjects}")
     if cells_per_subject < 1:
         raise ValueError(f"cells_per_subject must be >= 1, got {cells_per_subject}")
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+    if not 8 <= size <= 4096:
+        raise ValueError(f"size must be in 8..4096, got {size}")
     t0 = time.perf_counter()
     root = Path(out)
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{root} is not empty; pass overwrite=True to replace its data set")
+        for name in ("training_data", "validation_data", "testing_data"):
+            if (root / name).is_dir():
+                shutil.rmtree(root / name)
     train = root / "training_data"
     prelim_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     final_dir = root / "testing_data" / "C-NMC_test_final_phase_data"

@@ -66,12 +66,42 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     """``size`` as (height, width)."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
+    if _is_int(size):
+        return int(size), int(size)  # type: ignore[arg-type]
+    h, w = size  # type: ignore[misc]
     return int(h), int(w)
+
+
+def _check_size(size: object, name: str = "size") -> None:
+    """ValueError unless ``size`` is a positive int or a pair of positive ints."""
+    ok = _is_int(size) and 0 < int(size) <= 16384  # type: ignore[arg-type]
+    if not ok and isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
+        ok = all(_is_int(v) and 0 < int(v) <= 16384 for v in size)
+    if not ok:
+        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+
+
+def _check_amount(value: object, name: str, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite real number in [low, high], else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and low <= v <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
+    return v
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in _RESAMPLE:
+        raise ValueError(
+            f"interpolation must be one of {', '.join(_RESAMPLE)}, got {interpolation!r}"
+        )
 
 
 class Compose(Transform):
@@ -80,7 +110,11 @@ class Compose(Transform):
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Apply every step; ``rng`` may be omitted for deterministic pipelines (it then
+        defaults to a generator seeded with 0)."""
+        if rng is None:
+            rng = np.random.default_rng(0)
         for t in self.transforms:
             image = t(image, rng)
         return image
@@ -90,12 +124,15 @@ class Resize(Transform):
     """Resize so that the shorter side is ``size`` (int) or to exactly (H, W)."""
 
     def __init__(self, size: int | Sequence[int], interpolation: str = "bilinear") -> None:
+        _check_size(size)
+        _check_interpolation(interpolation)
         self.size = size
         self.interpolation = interpolation
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_image(image)
         h, w = image.shape[:2]
-        if isinstance(self.size, int):
+        if _is_int(self.size):
             s = self.size / min(h, w)
             oh, ow = max(1, round(h * s)), max(1, round(w * s))
         else:
@@ -110,9 +147,11 @@ class CenterCrop(Transform):
     """Crop the centre (H, W); pads with black if the image is smaller."""
 
     def __init__(self, size: int | Sequence[int]) -> None:
+        _check_size(size)
         self.size = size
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_image(image)
         th, tw = _pair(self.size)
         h, w = image.shape[:2]
         if h < th or w < tw:
@@ -136,6 +175,14 @@ class RandomResizedCrop(Transform):
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         interpolation: str = "bilinear",
     ) -> None:
+        _check_size(size)
+        _check_interpolation(interpolation)
+        lo, hi = (_check_amount(v, "scale", 1e-6, 1.0) for v in scale)
+        if lo > hi:
+            raise ValueError(f"scale must be (low, high) with low <= high, got {scale!r}")
+        rlo, rhi = (_check_amount(v, "ratio", 1e-3, 1e3) for v in ratio)
+        if rlo > rhi:
+            raise ValueError(f"ratio must be (low, high) with low <= high, got {ratio!r}")
         self.size = size
         self.scale = scale
         self.ratio = ratio
@@ -167,6 +214,8 @@ class RandomFlip(Transform):
     """Flip left-right with probability ``horizontal`` and up-down with ``vertical``."""
 
     def __init__(self, horizontal: float = 0.5, vertical: float = 0.5) -> None:
+        _check_amount(horizontal, "horizontal", 0.0, 1.0)
+        _check_amount(vertical, "vertical", 0.0, 1.0)
         self.horizontal = horizontal
         self.vertical = vertical
 
@@ -194,6 +243,8 @@ class RandomRotation(Transform):
     """
 
     def __init__(self, degrees: float = 180.0, interpolation: str = "bilinear") -> None:
+        _check_amount(degrees, "degrees", 0.0, 360.0)
+        _check_interpolation(interpolation)
         self.degrees = degrees
         self.interpolation = interpolation
 
@@ -235,6 +286,9 @@ class StainJitter(Transform):
     """
 
     def __init__(self, sigma: float = 0.05, bias: float = 0.05, background: int = 8) -> None:
+        _check_amount(sigma, "sigma", 0.0, 1.0)
+        _check_amount(bias, "bias", 0.0, 10.0)
+        _check_amount(background, "background", 0.0, 255.0)
         self.sigma = sigma
         self.bias = bias
         self.background = background
@@ -283,6 +337,12 @@ class ColorJitter(Transform):
     def __init__(
         self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1
     ) -> None:
+        for name, v in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
+            _check_amount(v, name, 0.0, 1.0)
         self.brightness = brightness
         self.contrast = contrast
         self.saturation = saturation
@@ -312,8 +372,10 @@ class Normalize(Transform):
     def __init__(
         self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
     ) -> None:
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {mean!r} and {std!r}")
+        self.mean = tuple(_check_amount(m, "mean", -1e6, 1e6) for m in mean)
+        self.std = tuple(_check_amount(s, "std", 1e-12, 1e6) for s in std)
         self._scale = (1.0 / (255.0 * np.asarray(self.std))).astype(np.float32)
         self._bias = (-np.asarray(self.mean) / np.asarray(self.std)).astype(np.float32)
 
@@ -345,6 +407,9 @@ def train_transform(
 ) -> Compose:
     """Training pipeline for cells: random resized crop, flips, 90-degree and free rotation,
     HED stain jitter, colour jitter, normalisation.  Set an amount to 0 to drop a step."""
+    _check_amount(rotation, "rotation", 0.0, 360.0)
+    _check_amount(stain, "stain", 0.0, 1.0)
+    _check_amount(color, "color", 0.0, 1.0)
     steps: list[Transform] = [RandomResizedCrop(size, scale=scale), RandomFlip(), RandomRot90()]
     if rotation > 0:
         steps.append(RandomRotation(rotation))

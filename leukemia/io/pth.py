@@ -139,6 +139,10 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return value
 
 
+# Largest tensor that may be materialised from a smaller storage (expanded views).
+MAX_EXPANDED_BYTES = 64 * 2**20
+
+
 def _rebuild_tensor_v2(
     storage: Any,
     storage_offset: Any,
@@ -170,6 +174,13 @@ def _rebuild_tensor_v2(
         raise CheckpointError(
             f"tensor of size {size}, stride {stride}, offset {storage_offset} reads element "
             f"{last} of storage {storage.key!r}, which holds only {data.size}"
+        )
+    if numel > data.size and numel * data.itemsize > MAX_EXPANDED_BYTES:
+        # Stride-0 views can describe huge tensors over a tiny storage; a state_dict never
+        # needs that, and copying it out would exhaust memory.
+        raise CheckpointError(
+            f"tensor of size {size} (stride {stride}) would expand storage {storage.key!r} of "
+            f"{data.size} elements to {numel * data.itemsize} bytes; refused"
         )
     contiguous = [1] * len(size)
     for i in range(len(size) - 2, -1, -1):

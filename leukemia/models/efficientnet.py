@@ -9,6 +9,7 @@ without PyTorch installed.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,12 @@ from .. import _ext
 from ..io import LoadReport, StateDictError, load_weights, match_state_dict, save_weights
 
 ARCHS = ("efficientnet_b3", "efficientnet_v2_s")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 _NBT = ".num_batches_tracked"
 
 
@@ -51,8 +58,11 @@ class EfficientNet:
     ) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not _is_int(num_classes) or not 1 <= num_classes <= 100_000:
+            raise ValueError(f"num_classes must be an int in 1..100000, got {num_classes!r}")
+        if not _is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        num_classes = int(num_classes)
         self.arch = arch
         self.num_classes = num_classes
         self._m = _ext().Model(arch, num_classes)
@@ -133,7 +143,7 @@ class EfficientNet:
     def set_regularization(self, dropout: float, stochastic_depth_prob: float) -> None:
         """Classifier dropout and stochastic-depth rate, both in [0, 1)."""
         for name, v in (("dropout", dropout), ("stochastic_depth_prob", stochastic_depth_prob)):
-            if not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= float(v) < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
         self._m.set_regularization(float(dropout), float(stochastic_depth_prob))
 
@@ -197,6 +207,8 @@ class EfficientNet:
     def reset_parameters(self, seed: int = 0) -> None:
         """torchvision's initialisation: kaiming-normal (fan_out) convolutions, unit BN,
         uniform(+-1/sqrt(out)) linear weight, zero biases; running stats 0 / 1."""
+        if not _is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         rng = np.random.default_rng(seed)
         for i, (name, shape, is_param) in enumerate(self._tensors):
             t = self._m.tensor(i)
@@ -233,6 +245,8 @@ class EfficientNet:
         mismatched key; False loads the intersection; None is strict except for a
         classifier of another size, which is skipped (reported in the result).
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping of names to arrays, got {type(state)!r}")
         expected = self.expected_shapes()
         report = match_state_dict(expected, state, strict=False)
         if strict is None:
@@ -254,7 +268,7 @@ class EfficientNet:
         for name in report.loaded:
             value = np.asarray(state[name])
             if name.endswith(_NBT):
-                if not np.issubdtype(value.dtype, np.integer) or int(value) < 0:
+                if not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) < 2**63:
                     raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
                 counters[name[: -len(_NBT)]] = int(value)
                 continue
