@@ -192,3 +192,11 @@ def test_silu_special_values_follow_torch(isa, monkeypatch):
         fin = ~np.isnan(ref)
         np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-6)
     assert y[1] == np.inf and np.isnan(y[2]) and np.isnan(y[0])
+
+
+@pytest.mark.parametrize("kind", ["relu", "relu6"])
+def test_relu_refuses_nan(kind):
+    from leukemia.functional import activation_forward
+
+    with pytest.raises(ValueError, match="NaN"):
+        activation_forward(kind, np.array([1.0, np.nan], np.float32))

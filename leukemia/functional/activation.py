@@ -20,6 +20,10 @@ def activation_forward(kind: str, x: np.ndarray) -> np.ndarray:
     """y = act(x) for kind in 'silu', 'sigmoid', 'relu', 'relu6' (x of any shape)."""
     kind = _kind(kind)
     x = as_f32(x, "x")
+    if kind in ("relu", "relu6") and np.isnan(x).any():
+        # oneDNN's ReLU/clip turn NaN into 0 where PyTorch propagates it; refuse rather
+        # than hide a diverging input.
+        raise ValueError(f"x contains NaN ({kind} would map it to 0, unlike PyTorch)")
     y = np.empty_like(x)
     _ext().act_forward(y, x, kind)
     return y
