@@ -113,3 +113,37 @@ def test_write_cnmc_refuses_a_non_empty_folder(tree):
     assert len(ds) == 2 and not ds.bad  # nothing of the earlier data set remains
     with pytest.raises(ValueError, match="8..4096"):
         write_cnmc(tree / "big", size=100_000)
+
+
+def test_data_api_argument_checks(tree):
+    import numpy as np
+
+    from leukemia.data import (
+        SplitError,
+        check_image,
+        check_leakage,
+        image_hash,
+        patient_kfold,
+        patient_split,
+    )
+    from leukemia.data.synthetic import make_subjects, render_cell
+
+    ds = load_dataset(tree)
+    lab = ds.labelled()
+    for bad in ("0.2", -0.1, 1.0, True):
+        with pytest.raises(SplitError, match="test_fraction"):
+            patient_split(lab, test_fraction=bad)  # type: ignore[arg-type]
+    with pytest.raises(SplitError, match="seed"):
+        patient_split(lab, seed=-1)
+    with pytest.raises(SplitError, match="k must be"):
+        patient_kfold(lab, k="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_distance"):
+        check_leakage(lab[:2], lab[2:4], max_distance=-1)
+    with pytest.raises(ValueError, match="all_fraction"):
+        make_subjects(4, all_fraction=2)
+    with pytest.raises(TypeError, match="Generator"):
+        render_cell(make_subjects(2)[0], 0, 32)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="image_hash"):
+        image_hash(np.zeros(5, np.uint8))
+    reason, _ = check_image(str(lab[0].path))
+    assert reason is None

@@ -254,6 +254,8 @@ def image_hash(im: Image.Image | np.ndarray, hash_size: int = 16) -> np.ndarray:
     cells stayed below 0.0005; distinct cells were above 0.008 (600 cells).
     """
     if isinstance(im, np.ndarray):
+        if im.ndim not in (2, 3) or im.size == 0:
+            raise ValueError(f"image_hash needs a 2-D or 3-D image array, got shape {im.shape}")
         im = Image.fromarray(im)
     grey = np.asarray(
         im.convert("L").resize((hash_size, hash_size), Image.BOX), dtype=np.float32
@@ -266,12 +268,13 @@ def image_hash(im: Image.Image | np.ndarray, hash_size: int = 16) -> np.ndarray:
 def check_image(
     path: Path, modes: Sequence[str] = ("RGB",), want_hash: bool = False
 ) -> tuple[str | None, np.ndarray | None]:
-    """Decode ``path`` fully and say what, if anything, is wrong with it.
+    """Decode ``path`` (a path or str) fully and say what, if anything, is wrong with it.
 
     Returns ``(reason, hash)``: ``reason`` is None for a usable image, otherwise a short
     text ("empty file (0 bytes)", "truncated: ...", "mode L (grayscale), expected RGB");
     ``hash`` is :func:`image_hash` of a usable image when ``want_hash``.
     """
+    path = Path(path)
     if path.is_dir():
         return "a folder, not an image file", None
     if not path.exists():
@@ -666,7 +669,9 @@ def summary_table(
             srows.append([subj, cls, folds, len(group)])
         parts += [
             "",
-            f"Images per subject ({len(by_subject)} subjects):",
+            f"Images per subject ({sum(k != '(none)' for k in by_subject)} subjects"
+            + ("; '(none)': images without a subject id" if "(none)" in by_subject else "")
+            + "):",
             _format_table(["subject", "class", "folds", "images"], srows),
         ]
     return "\n".join(parts)

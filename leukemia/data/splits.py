@@ -100,6 +100,20 @@ def _subject_label(group: Sequence[Sample]) -> int:
     return Counter(s.label for s in group).most_common(1)[0][0]  # type: ignore[return-value]
 
 
+def _check_fraction(test_fraction: object) -> None:
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, (int, float, np.floating))
+        or not 0.0 < float(test_fraction) < 1.0
+    ):
+        raise SplitError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SplitError(f"seed must be a non-negative int, got {seed!r}")
+
+
 def patient_split(
     samples: Sequence[Sample], test_fraction: float = 0.2, seed: int = 0, stratify: bool = True
 ) -> Split:
@@ -113,8 +127,8 @@ def patient_split(
     Raises:
         SplitError: samples without subject ids, or fewer than two subjects.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise SplitError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _check_fraction(test_fraction)
+    _check_seed(seed)
     groups = _subject_groups(_labelled(samples))
     if len(groups) < 2:
         raise SplitError(f"a patient-wise split needs at least two subjects, found {len(groups)}")
@@ -158,8 +172,9 @@ def patient_kfold(samples: Sequence[Sample], k: int = 5, seed: int = 0) -> list[
     Subjects of each class are shuffled and dealt, largest first, to the fold that holds
     the fewest images of that class, so folds are balanced in images and classes.
     """
-    if k < 2:
-        raise SplitError(f"k must be at least 2, got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise SplitError(f"k must be an int >= 2, got {k!r}")
+    _check_seed(seed)
     groups = _subject_groups(_labelled(samples))
     if len(groups) < k:
         raise SplitError(f"{k}-fold needs at least {k} subjects, found {len(groups)}")
@@ -219,8 +234,8 @@ def image_split(samples: Sequence[Sample], test_fraction: float = 0.2, seed: int
     Only for comparison with published image-level numbers; the returned split has
     ``leaky=True`` and says so in its description.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise SplitError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _check_fraction(test_fraction)
+    _check_seed(seed)
     items = _labelled(samples)
     rng = np.random.default_rng(seed)
     test_idx: set[int] = set()
@@ -331,6 +346,8 @@ def check_leakage(
             near-duplicates.
         hashes: precomputed hashes, e.g. :attr:`Dataset.hashes`.
     """
+    if not 0.0 <= max_distance <= 2.0:
+        raise ValueError(f"max_distance must be in [0, 2], got {max_distance!r}")
     a = {s.subject for s in train if s.subject is not None}
     b = {s.subject for s in test if s.subject is not None}
     report = LeakageReport(sorted(a & b, key=_natural), [], images, max_distance)

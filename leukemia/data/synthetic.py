@@ -86,6 +86,8 @@ def make_subjects(
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    if not 0.0 <= all_fraction <= 1.0:
+        raise ValueError(f"all_fraction must be in [0, 1], got {all_fraction!r}")
     n_all = min(max(round(n_subjects * all_fraction), 1), max(n_subjects - 1, 1))
     out = []
     for i in range(n_subjects):
@@ -143,6 +145,8 @@ def render_cell(style: SubjectStyle, rng: np.random.Generator, size: int = 450) 
     The cell lies inside the inscribed circle of the canvas (so rotations keep it) and
     everything outside the segmentation mask is exactly black.
     """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
     n = min(size, _RENDER_RES)
