@@ -47,7 +47,10 @@ def test_synth_then_inspect_split(synth_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "layout: cnmc, 50 images" in out
-    assert "Images per fold and class" in out and "Images per subject (9 subjects; '(none)': images without a subject id)" in out
+    assert (
+        "Images per fold and class" in out
+        and "Images per subject (9 subjects; '(none)': images without a subject id)" in out
+    )
     for fold in ("fold_0", "fold_1", "fold_2", "prelim", "final"):
         assert fold in out
     total = next(line for line in out.splitlines() if line.startswith("total")).split()
