@@ -54,7 +54,7 @@ include_dirs = [
 # Where libdnnl.so.3 lives at run time: next to site-packages in a normal install
 # ($ORIGIN/../../.. is <prefix>/lib), or in this interpreter's prefix for an
 # editable install. No LD_LIBRARY_PATH needed.
-rpaths = ["$ORIGIN/../../..", os.path.join(sys.prefix, "lib"), str(dnnl_lib)]
+rpaths = ["$ORIGIN/../../..", os.path.join(sys.prefix, "lib")]
 
 
 def _cpu_flags() -> set[str]:
