@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,29 @@ def ce_grad(logits: Any, y: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- workers
+def time_steps(step: Callable[[], tuple[float, float]], warmup: int, reps: int) -> dict[str, Any]:
+    """Run `step` (returning forward and backward seconds) once for planning, `warmup`
+    times untimed, then `reps` times; the timing fields both frameworks report."""
+    first_fwd, first_bwd = step()
+    for _ in range(warmup):
+        step()
+    fwd_times: list[float] = []
+    times: list[float] = []
+    for _ in range(reps):
+        f, b = step()
+        fwd_times.append(f)
+        times.append(f + b)
+    med = statistics.median(times)
+    return {
+        "times_s": times,
+        "fwd_times_s": fwd_times,
+        "median_s": med,
+        "first_call_s": first_fwd + first_bwd,
+        "first_fwd_s": first_fwd,
+        "first_bwd_s": first_bwd,
+    }
+
+
 def worker_ours(
     model: str, mode: str, batch: int, size: int, threads: int, warmup: int, reps: int
 ) -> dict[str, Any]:
@@ -167,17 +191,8 @@ def worker_ours(
             m.backward(ce_grad(logits, y))
         return t1 - t0, time.perf_counter() - t1
 
-    first_fwd, first_bwd = step()
-    for _ in range(warmup):
-        step()
-    fwd_times: list[float] = []
-    times: list[float] = []
-    for _ in range(reps):
-        f, b = step()
-        fwd_times.append(f)
-        times.append(f + b)
+    t = time_steps(step, warmup, reps)
     info = m.info
-    med = statistics.median(times)
     return {
         "framework": "ours",
         "model": model,
@@ -185,15 +200,10 @@ def worker_ours(
         "batch": batch,
         "size": size,
         "threads": threads,
-        "times_s": times,
-        "fwd_times_s": fwd_times,
-        "median_s": med,
-        "img_s": batch / med,
-        "best_img_s": batch / min(times),
-        "first_call_s": first_fwd + first_bwd,
-        "first_fwd_s": first_fwd,
-        "first_bwd_s": first_bwd,
-        "plan_s": max(0.0, first_fwd + first_bwd - med),
+        **t,
+        "img_s": batch / t["median_s"],
+        "best_img_s": batch / min(t["times_s"]),
+        "plan_s": max(0.0, t["first_call_s"] - t["median_s"]),
         "plan_bytes": int(info.get("plan_bytes", 0)),
         "plans_made": info.get("plans_made"),
         "base_rss_kib": base_rss,
@@ -235,16 +245,7 @@ def worker_torch(
             net(x)
             return time.perf_counter() - t0, 0.0
 
-    first_fwd, first_bwd = step()
-    for _ in range(warmup):
-        step()
-    fwd_times: list[float] = []
-    times: list[float] = []
-    for _ in range(reps):
-        f, b = step()
-        fwd_times.append(f)
-        times.append(f + b)
-    med = statistics.median(times)
+    t = time_steps(step, warmup, reps)
     return {
         "framework": "torch",
         "model": model,
@@ -252,14 +253,9 @@ def worker_torch(
         "batch": batch,
         "size": size,
         "threads": threads,
-        "times_s": times,
-        "fwd_times_s": fwd_times,
-        "median_s": med,
-        "img_s": batch / med,
-        "best_img_s": batch / min(times),
-        "first_call_s": first_fwd + first_bwd,
-        "first_fwd_s": first_fwd,
-        "first_bwd_s": first_bwd,
+        **t,
+        "img_s": batch / t["median_s"],
+        "best_img_s": batch / min(t["times_s"]),
         "base_rss_kib": base_rss,
         "base_peak_kib": base_peak,
         "peak_kib": peak_kib(),
