@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._util import is_int
 from .datasets import CNMC_FOLDS, Sample, _natural, image_hash
 
 __all__ = [
@@ -110,7 +111,7 @@ def _check_fraction(test_fraction: object) -> None:
 
 
 def _check_seed(seed: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:  # type: ignore[operator]
         raise SplitError(f"seed must be a non-negative int, got {seed!r}")
 
 
@@ -172,7 +173,7 @@ def patient_kfold(samples: Sequence[Sample], k: int = 5, seed: int = 0) -> list[
     Subjects of each class are shuffled and dealt, largest first, to the fold that holds
     the fewest images of that class, so folds are balanced in images and classes.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+    if not is_int(k) or k < 2:  # type: ignore[operator]
         raise SplitError(f"k must be an int >= 2, got {k!r}")
     _check_seed(seed)
     groups = _subject_groups(_labelled(samples))

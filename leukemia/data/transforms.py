@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from .._util import is_int
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -66,13 +68,9 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     """``size`` as (height, width)."""
-    if _is_int(size):
+    if is_int(size):
         return int(size), int(size)  # type: ignore[arg-type]
     h, w = size  # type: ignore[misc]
     return int(h), int(w)
@@ -80,9 +78,9 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 def _check_size(size: object, name: str = "size") -> None:
     """ValueError unless ``size`` is a positive int or a pair of positive ints."""
-    ok = _is_int(size) and 0 < int(size) <= 16384  # type: ignore[arg-type]
+    ok = is_int(size) and 0 < int(size) <= 16384  # type: ignore[arg-type]
     if not ok and isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
-        ok = all(_is_int(v) and 0 < int(v) <= 16384 for v in size)
+        ok = all(is_int(v) and 0 < int(v) <= 16384 for v in size)
     if not ok:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
 
@@ -132,7 +130,7 @@ class Resize(Transform):
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_image(image)
         h, w = image.shape[:2]
-        if _is_int(self.size):
+        if is_int(self.size):
             s = self.size / min(h, w)
             oh, ow = max(1, round(h * s)), max(1, round(w * s))
         else:

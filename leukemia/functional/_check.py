@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._util import is_int
+
 
 def as_f32(x: object, name: str, ndim: int | None = None) -> np.ndarray:
     """Return `x` as a C-contiguous float32 array; TypeError for other dtypes."""
@@ -36,11 +38,6 @@ def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
 def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     """[N, H, W, C] -> contiguous [N, C, H, W]."""
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def is_int(v: object) -> bool:
-    """True for Python and NumPy integers (not bools)."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def pair(v: int | Sequence[int], name: str) -> tuple[int, int]:

@@ -17,13 +17,10 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from .. import _ext
+from .._util import is_int
 from ..io import LoadReport, StateDictError, load_weights, match_state_dict, save_weights
 
 ARCHS = ("efficientnet_b3", "efficientnet_v2_s")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 _NBT = ".num_batches_tracked"
@@ -58,9 +55,9 @@ class EfficientNet:
     ) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-        if not _is_int(num_classes) or not 1 <= num_classes <= 100_000:
+        if not is_int(num_classes) or not 1 <= num_classes <= 100_000:
             raise ValueError(f"num_classes must be an int in 1..100000, got {num_classes!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         num_classes = int(num_classes)
         self.arch = arch
@@ -207,7 +204,7 @@ class EfficientNet:
     def reset_parameters(self, seed: int = 0) -> None:
         """torchvision's initialisation: kaiming-normal (fan_out) convolutions, unit BN,
         uniform(+-1/sqrt(out)) linear weight, zero biases; running stats 0 / 1."""
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         rng = np.random.default_rng(seed)
         for i, (name, shape, is_param) in enumerate(self._tensors):
