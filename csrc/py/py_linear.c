@@ -3,19 +3,25 @@
 
 #include "lk_layers.h"
 
+/* x [N, IN] and w [OUT, IN]: float32, C-contiguous, matching IN; shapes into xd, wd. */
+static int linear_inputs(PyObject *x, PyObject *w, const float **xp, const float **wp,
+                         npy_intp *xd, npy_intp *wd) {
+    if (!(*xp = lk_py_array(x, "x", NPY_FLOAT32, 2, 0, 0, xd))) return -1;
+    if (!(*wp = lk_py_array(w, "w", NPY_FLOAT32, 2, 0, 0, wd))) return -1;
+    if (wd[1] != xd[1]) {
+        PyErr_Format(PyExc_ValueError, "w has %ld input features but x has %ld", (long)wd[1],
+                     (long)xd[1]);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_linear_forward(PyObject *self, PyObject *args) {
     PyObject *y, *x, *w, *b;
     if (!PyArg_ParseTuple(args, "OOOO:linear_forward", &y, &x, &w, &b)) return NULL;
     npy_intp xd[2], wd[2];
-    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 2, 0, 0, xd);
-    if (!xp) return NULL;
-    const float *wp = lk_py_array(w, "w", NPY_FLOAT32, 2, 0, 0, wd);
-    if (!wp) return NULL;
-    if (wd[1] != xd[1]) {
-        PyErr_Format(PyExc_ValueError, "w has %ld input features but x has %ld", (long)wd[1],
-                     (long)xd[1]);
-        return NULL;
-    }
+    const float *xp, *wp;
+    if (linear_inputs(x, w, &xp, &wp, xd, wd) < 0) return NULL;
     const float *bp = lk_py_array(b, "b", NPY_FLOAT32, 1, 0, 1, NULL);
     if (PyErr_Occurred()) return NULL;
     if (bp && lk_py_shape(b, "b", 1, (npy_intp[]){wd[0]}) < 0) return NULL;
@@ -35,15 +41,8 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOO:linear_backward", &dx, &dw, &db, &dy, &x, &w))
         return NULL;
     npy_intp xd[2], wd[2];
-    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 2, 0, 0, xd);
-    if (!xp) return NULL;
-    const float *wp = lk_py_array(w, "w", NPY_FLOAT32, 2, 0, 0, wd);
-    if (!wp) return NULL;
-    if (wd[1] != xd[1]) {
-        PyErr_Format(PyExc_ValueError, "w has %ld input features but x has %ld", (long)wd[1],
-                     (long)xd[1]);
-        return NULL;
-    }
+    const float *xp, *wp;
+    if (linear_inputs(x, w, &xp, &wp, xd, wd) < 0) return NULL;
     const float *dyp = lk_py_array(dy, "dy", NPY_FLOAT32, 2, 0, 0, NULL);
     if (!dyp) return NULL;
     if (lk_py_shape(dy, "dy", 2, (npy_intp[]){xd[0], wd[0]}) < 0) return NULL;
