@@ -13,10 +13,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "lk_layers.h"
 
 static lk_status bn_check(const lk_bn_cfg *c) {
@@ -159,41 +155,56 @@ lk_status lk_bn_forward(lk_bn *L, float *y, float *mean, float *var, const float
 }
 
 /* dgamma [C] = sum(dy * (x - mean) * rstd), dbeta [C] = sum(dy) over N*H*W rows
- * of NHWC, without a dx. Rows are split over threads (channels stay contiguous
- * for vector loads); each thread accumulates in double, then the partials are
- * summed in a fixed order, so the result does not depend on scheduling. */
+ * of NHWC, without a dx.
+ *
+ * Determinism: the rows are cut into `nchunk` fixed chunks, a number that
+ * depends only on the sizes (never on the threads), and each chunk's sums are
+ * accumulated in double over its rows in ascending order; the chunks are then
+ * added in ascending order. Tasks are (chunk, channel block) pairs handed out
+ * by an `omp for`, so any team size works (also 1, e.g. inside another parallel
+ * region) and the result is the same bits for every thread count. */
+enum { BN_CHUNK_ROWS = 256, /* fewest rows per chunk worth a task */
+       BN_MAX_CHUNKS = 64,  /* at most this many chunks (partials [64, 2, C]) */
+       BN_CB = 64,          /* channels per task (4 cache lines of a row) */
+       BN_PAR_MIN = 1 << 15 /* below this many elements one thread is faster */ };
+
 static lk_status bn_param_grads(float *dgamma, float *dbeta, const float *dy, const float *x,
                                 const float *mean, const float *var, int c, int64_t rows,
                                 float eps) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
-    if ((int64_t)nt > rows) nt = (int)rows;
-    double *part = lk_alloc(sizeof(double) * 2 * (size_t)c * (size_t)nt); /* [NT, 2, C] */
-    if (!part) return LK_FAIL(LK_ERR_NOMEM, "batchnorm: [%d, 2, %d] partial sums", nt, c);
-#pragma omp parallel num_threads(nt)
-    {
-        int t = 0;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-#endif
-        double *sxy = part + (size_t)t * 2 * c, *sy = sxy + c; /* sum(dy*(x-mean)), sum(dy) */
-        for (int j = 0; j < c; j++) sxy[j] = sy[j] = 0.0;
-        const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    int64_t nchunk = rows / BN_CHUNK_ROWS;
+    if (nchunk > BN_MAX_CHUNKS) nchunk = BN_MAX_CHUNKS;
+    if (nchunk < 1) nchunk = 1;
+    /* part [nchunk, 2, C]: sum(dy * (x - mean)), sum(dy) over one chunk of rows */
+    double *part = lk_alloc(sizeof(double) * 2 * (size_t)c * (size_t)nchunk);
+    if (!part)
+        return LK_FAIL(LK_ERR_NOMEM, "batchnorm: [%lld, 2, %d] partial sums", (long long)nchunk, c);
+    const int nblk = (c + BN_CB - 1) / BN_CB;
+    const int64_t ntask = nchunk * nblk;
+#pragma omp parallel for schedule(static) if (ntask > 1 && rows * c >= BN_PAR_MIN)
+    for (int64_t t = 0; t < ntask; t++) {
+        const int64_t ch = t / nblk;
+        const int j0 = (int)(t % nblk) * BN_CB, jn = c - j0 < BN_CB ? c - j0 : BN_CB;
+        const int64_t r0 = rows * ch / nchunk, r1 = rows * (ch + 1) / nchunk;
+        double sxy[BN_CB] = {0}, sy[BN_CB] = {0};
+        const float *m = mean + j0;
         for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + r * c, *dyr = dy + r * c;
-            for (int j = 0; j < c; j++) {
-                sxy[j] += (double)dyr[j] * ((double)xr[j] - mean[j]);
+            const float *xr = x + r * c + j0, *dyr = dy + r * c + j0;
+            for (int j = 0; j < jn; j++) {
+                sxy[j] += (double)dyr[j] * ((double)xr[j] - m[j]);
                 sy[j] += dyr[j];
             }
+        }
+        double *dst = part + (size_t)ch * 2 * c + j0;
+        for (int j = 0; j < jn; j++) {
+            dst[j] = sxy[j];
+            dst[c + j] = sy[j];
         }
     }
     for (int j = 0; j < c; j++) {
         double a = 0.0, b = 0.0;
-        for (int t = 0; t < nt; t++) {
-            a += part[(size_t)t * 2 * c + j];
-            b += part[(size_t)t * 2 * c + c + j];
+        for (int64_t ch = 0; ch < nchunk; ch++) {
+            a += part[(size_t)ch * 2 * c + j];
+            b += part[(size_t)ch * 2 * c + c + j];
         }
         if (dgamma) dgamma[j] = (float)(a / sqrt((double)var[j] + eps));
         if (dbeta) dbeta[j] = (float)b;

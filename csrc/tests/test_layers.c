@@ -15,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "lk_dwconv.h"
 #include "lk_layers.h"
 
@@ -169,6 +173,59 @@ static double *to_d(const float *p, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] = p[i];
     return d;
 }
+
+/* A reduction under test: fills out [nout] from inputs fixed in ctx. */
+typedef lk_status (*reduce_fn)(void *ctx, float *out);
+
+/* Runs fn at top level with 1 and with 2 threads, and from both threads of a
+ * 2-thread parallel region with nesting disabled (omp_set_max_active_levels(1)):
+ * there an inner `parallel` has ONE member while omp_get_max_threads() still
+ * says 2, which breaks code that sizes per-thread partials by
+ * omp_get_max_threads(). Every run must succeed and give the same bits; the
+ * first run's result is left in `out` for the caller's reference check. */
+static int same_bits_any_team(const char *what, reduce_fn fn, void *ctx, float *out,
+                              size_t nout, int line) {
+    float *r[4] = {out, fbuf(nout), fbuf(nout), fbuf(nout)};
+    for (int i = 0; i < 4; i++)
+        for (size_t j = 0; j < nout; j++) r[i][j] = 1e6f + (float)i; /* must be overwritten */
+    lk_status st[4] = {LK_OK, LK_OK, LK_OK, LK_OK};
+    const int threads0 = lk_get_num_threads();
+    int team = 1;
+    lk_set_num_threads(1);
+    st[0] = fn(ctx, r[0]);
+    lk_set_num_threads(2);
+    st[1] = fn(ctx, r[1]);
+#ifdef _OPENMP
+    const int levels0 = omp_get_max_active_levels();
+    omp_set_max_active_levels(1);
+#pragma omp parallel num_threads(2)
+    {
+        const int t = omp_get_thread_num();
+        if (t == 0) team = omp_get_num_threads();
+        st[2 + t] = fn(ctx, r[2 + t]);
+    }
+    omp_set_max_active_levels(levels0);
+#else
+    st[2] = fn(ctx, r[2]);
+#endif
+    lk_set_num_threads(threads0);
+    static const char *runs[] = {"1 thread", "2 threads", "nested, outer thread 0",
+                                 "nested, outer thread 1"};
+    for (int i = 0; i < 2 + team; i++) {
+        if (st[i] != LK_OK)
+            return failf(line, "%s (%s): %s: %s", what, runs[i], lk_status_str(st[i]),
+                         lk_last_error());
+        if (i && memcmp(r[i], r[0], nout * sizeof(float)) != 0) {
+            size_t j = 0;
+            while (j < nout && !memcmp(&r[i][j], &r[0][j], sizeof(float))) j++;
+            return failf(line, "%s: %s gives [%zu] = %.9g, 1 thread %.9g (not the same bits)",
+                         what, runs[i], j, (double)r[i][j], (double)r[0][j]);
+        }
+    }
+    return 1;
+}
+#define SAME_BITS(what, fn, ctx, out, nout) \
+    do { if (!same_bits_any_team(what, fn, ctx, out, nout, __LINE__)) return 0; } while (0)
 
 /* ------------------------------------------------------------------ conv2d */
 static void ref_conv_fwd(double *y, const float *x, const float *w, const float *b,
@@ -617,6 +674,71 @@ static int test_batchnorm(void) {
             c4.need_dx = 0; /* parameter gradients only (first trainable layer) */
             if (!bn_case(c4)) return 0;
         }
+    }
+    return 1;
+}
+
+/* Parameter gradients alone (dx == NULL: the plain-C reduction of batchnorm.c)
+ * must not depend on the team: the same bits with 1 and 2 threads and with a
+ * one-member team nested in a parallel region, and match a double reference. */
+typedef struct {
+    lk_bn *L;
+    const float *dy, *x, *mean, *var;
+    int c;
+} bn_pg_ctx;
+
+static lk_status bn_pg_run(void *ctx, float *out) { /* out = [dgamma | dbeta] */
+    const bn_pg_ctx *k = ctx;
+    return lk_bn_backward(k->L, NULL, out, out + k->c, k->dy, k->x, k->mean, k->var, NULL);
+}
+
+static int bn_pg_case(lk_bn *L, lk_bn_cfg c) {
+    OK(lk_bn_init(L, &c));
+    const int C = c.c;
+    const size_t M = (size_t)c.n * c.h * c.w, nx = M * C;
+    float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *mean = frand(C, -0.5, 1.5);
+    float *var = frand(C, 0.5, 2), *out = fbuf(2 * (size_t)C);
+    double *ref = dbuf(2 * (size_t)C);
+    for (int ch = 0; ch < C; ch++) {
+        double sxy = 0, sy = 0;
+        for (size_t i = 0; i < M; i++) {
+            sxy += (double)dy[i * C + ch] * ((double)x[i * C + ch] - mean[ch]);
+            sy += dy[i * C + ch];
+        }
+        ref[ch] = sxy / sqrt((double)var[ch] + c.eps);
+        ref[C + ch] = sy;
+    }
+    bn_pg_ctx k = {L, dy, x, mean, var, C};
+    SAME_BITS("bn dgamma|dbeta", bn_pg_run, &k, out, 2 * (size_t)C);
+    CLOSE("bn dgamma|dbeta (any team)", out, ref, 2 * (size_t)C);
+    /* Huge terms that cancel (first and last row) make the float result depend
+     * on the summation order: the same bits now mean the same order. */
+    for (int ch = 0; ch < C; ch++) {
+        dy[ch] = 0x1p40f;
+        dy[(M - 1) * C + ch] = -0x1p40f;
+        x[(M - 1) * C + ch] = x[ch];
+    }
+    SAME_BITS("bn dgamma|dbeta (order-sensitive data)", bn_pg_run, &k, out, 2 * (size_t)C);
+    return 1;
+}
+
+static int test_batchnorm_team(void) {
+    NEED(lk_bn_init, "batchnorm.c");
+    NEED(lk_bn_backward, "batchnorm.c");
+    NEED(lk_bn_free, "batchnorm.c");
+    /* several row chunks and a partial channel block; one chunk, many blocks (1-D);
+     * few rows (below the parallel threshold) */
+    const lk_bn_cfg cases[] = {
+        {.n = 2, .c = 70, .h = 30, .w = 29, .eps = 1e-5f, .momentum = 0.1f, .mode = LK_BN_TRAIN},
+        {.n = 40, .c = 1536, .h = 1, .w = 1, .eps = 1e-5f, .momentum = 0.1f,
+         .mode = LK_BN_TRAIN},
+        {.n = 3, .c = 5, .h = 7, .w = 2, .eps = 1e-3f, .momentum = 0.1f, .mode = LK_BN_FROZEN},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lk_bn L = {0};
+        int ok = bn_pg_case(&L, cases[i]);
+        lk_bn_free(&L);
+        if (!ok) return 0;
     }
     return 1;
 }
@@ -1337,6 +1459,7 @@ static const test_case tests[] = {
     {"dwconv", test_dwconv},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
     {"batchnorm", test_batchnorm},
+    {"batchnorm_team", test_batchnorm_team},
     {"activation", test_activation},
     {"pooling", test_pooling},
     {"linear", test_linear},
