@@ -6,7 +6,8 @@
  * is split over (image, channel block, position chunk) so that batch-1 calls
  * with few channels still use every thread; partial channel sums are kept in
  * double (a 150 x 150 plane sums 22,500 products) and reduced in a fixed
- * order, so results do not depend on the thread count.
+ * order. The number of chunks depends only on the sizes (never on the
+ * threads), so results are the same bits for every thread count.
  *
  * add is plain C rather than oneDNN binary: it has no plan (the API is a bare
  * function), must allow y to alias either input, and is a memory-bound
@@ -17,7 +18,8 @@
 #include "lk_layers.h"
 
 enum { CHMUL_CB = 64,              /* channels per block (4 cache lines per row) */
-       CHMUL_MIN_CHUNK = 256 };    /* fewest positions per chunk worth a task */
+       CHMUL_MIN_CHUNK = 256,      /* fewest positions per chunk worth a task */
+       CHMUL_TASKS = 64 };         /* tasks wanted (4 per thread up to 16 threads) */
 
 lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
     memset(L, 0, sizeof *L);
@@ -83,12 +85,12 @@ lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, 
         if (dx) chmul_dx(dx, dy, s, n, hw, c);
         return LK_OK;
     }
-    /* Task grid: n x nblk channel blocks x nchunk position chunks. */
+    /* Task grid: n x nblk channel blocks x nchunk position chunks. nchunk is a
+     * function of the sizes only: it fixes the summation order of ds. */
     const int nblk = (c + CHMUL_CB - 1) / CHMUL_CB;
-    int threads = lk_get_num_threads();
     int64_t nchunk = 1;
-    if ((int64_t)n * nblk < 4 * threads) {
-        nchunk = (4 * threads + (int64_t)n * nblk - 1) / ((int64_t)n * nblk);
+    if ((int64_t)n * nblk < CHMUL_TASKS) {
+        nchunk = (CHMUL_TASKS + (int64_t)n * nblk - 1) / ((int64_t)n * nblk);
         int64_t most = hw / CHMUL_MIN_CHUNK;
         if (nchunk > most) nchunk = most;
         if (nchunk < 1) nchunk = 1;

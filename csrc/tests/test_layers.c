@@ -1105,6 +1105,61 @@ static int test_chmul(void) {
     return 1;
 }
 
+/* ds of the channel multiply (summed over position chunks) must not depend on
+ * the team either: batch 1 with one channel block is split into chunks. */
+typedef struct {
+    lk_chmul *L;
+    const float *dy, *x, *s;
+    size_t nx;
+} chmul_ctx;
+
+static lk_status chmul_run(void *ctx, float *out) { /* out = [dx | ds] */
+    const chmul_ctx *k = ctx;
+    return lk_chmul_backward(k->L, out, out + k->nx, k->dy, k->x, k->s);
+}
+
+static int chmul_team_body(lk_chmul *L, int n, int c, int h, int w) {
+    OK(lk_chmul_init(L, n, c, h, w));
+    const size_t hw = (size_t)h * w, nx = (size_t)n * hw * c, ns = (size_t)n * c;
+    float *x = frand(nx, -2, 2), *s = frand(ns, 0, 1), *dy = frand(nx, -1, 1);
+    float *out = fbuf(nx + ns);
+    double *ref = dbuf(nx + ns);
+    for (int b = 0; b < n; b++)
+        for (size_t p = 0; p < hw; p++)
+            for (int ch = 0; ch < c; ch++) {
+                size_t i = ((size_t)b * hw + p) * c + ch, j = (size_t)b * c + ch;
+                ref[i] = (double)dy[i] * s[j];
+                ref[nx + j] += (double)dy[i] * x[i];
+            }
+    chmul_ctx k = {L, dy, x, s, nx};
+    SAME_BITS("chmul dx|ds", chmul_run, &k, out, nx + ns);
+    CLOSE("chmul dx (any team)", out, ref, nx);
+    CLOSE("chmul ds (any team)", out + nx, ref + nx, ns);
+    /* order-sensitive data, as for batchnorm: cancelling huge first/last positions */
+    for (int b = 0; b < n; b++)
+        for (int ch = 0; ch < c; ch++) {
+            dy[(size_t)b * hw * c + ch] = 0x1p40f;
+            dy[((size_t)b * hw + hw - 1) * c + ch] = -0x1p40f;
+            x[((size_t)b * hw + hw - 1) * c + ch] = x[(size_t)b * hw * c + ch];
+        }
+    SAME_BITS("chmul dx|ds (order-sensitive data)", chmul_run, &k, out, nx + ns);
+    return 1;
+}
+
+static int test_chmul_team(void) {
+    NEED(lk_chmul_init, "elementwise.c");
+    NEED(lk_chmul_backward, "elementwise.c");
+    NEED(lk_chmul_free, "elementwise.c");
+    const int shapes[][4] = {{1, 24, 64, 64}, {2, 70, 33, 17}};
+    for (int i = 0; i < 2; i++) {
+        lk_chmul L = {0};
+        int ok = chmul_team_body(&L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+        lk_chmul_free(&L);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
 static int test_add(void) {
     NEED(lk_add_forward, "elementwise.c");
     NEED(lk_add_inplace, "elementwise.c");
@@ -1464,6 +1519,7 @@ static const test_case tests[] = {
     {"pooling", test_pooling},
     {"linear", test_linear},
     {"chmul", test_chmul},
+    {"chmul_team", test_chmul_team},
     {"softmax", test_softmax},
     {"chanstat", test_chanstat},
     {"add", test_add},
