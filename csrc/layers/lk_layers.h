@@ -199,6 +199,29 @@ lk_status lk_chanstat_forward(float *y, int32_t *argmax, const float *x, int64_t
 lk_status lk_chanstat_backward(float *dx, const float *dy, const int32_t *argmax, int64_t npos,
                                int c);
 
+/* ----------------------------------------------------------- spatial_mul.c */
+/* Spatial-attention gate: a one-channel map ([N, 1, H, W] in NCHW terms)
+ * broadcast over channels. x, y [npos, C] are NHWC rows (npos = N*H*W) and
+ * map [npos]. y = x * map; y may alias x. */
+lk_status lk_spatial_mul_forward(float *y, const float *x, const float *map, int64_t npos, int c);
+/* dx [npos, C] = dy * map (NULL to skip; may alias dy) and dmap [npos] =
+ * sum over C of dy * x (NULL to skip), summed in double in a fixed order:
+ * results do not depend on the thread count. */
+lk_status lk_spatial_mul_backward(float *dx, float *dmap, const float *dy, const float *x,
+                                  const float *map, int64_t npos, int c);
+
+/* ---------------------------------------------------------- weighted_sum.c */
+/* Attention pooling: p [N, C] = sum over s of a[n, s] * x[n, s, :], with
+ * x [N, S, C] (NHWC, S = H*W) and a [N, S] (e.g. a softmax over positions).
+ * Summed in double in a fixed order: results do not depend on the thread count. */
+lk_status lk_weighted_sum_forward(float *p, const float *x, const float *a, int n, int64_t s,
+                                  int c);
+/* dx [N, S, C] = a[n, s] * dp[n, :] (overwritten, or added into dx when
+ * `accumulate_dx` is set) and da [N, S] = dp[n, :] . x[n, s, :] (double, fixed
+ * order); either output may be NULL to skip it. */
+lk_status lk_weighted_sum_backward(float *dx, float *da, const float *dp, const float *x,
+                                   const float *a, int n, int64_t s, int c, int accumulate_dx);
+
 /* --------------------------------------------------------------- softmax.c */
 /* Softmax over the last axis of [rows, cols] (attention pooling over H*W). */
 typedef struct lk_softmax {

@@ -57,6 +57,10 @@
 #pragma weak lk_xent_backward
 #pragma weak lk_chanstat_forward
 #pragma weak lk_chanstat_backward
+#pragma weak lk_spatial_mul_forward
+#pragma weak lk_spatial_mul_backward
+#pragma weak lk_weighted_sum_forward
+#pragma weak lk_weighted_sum_backward
 #pragma weak lk_softmax_init
 #pragma weak lk_softmax_forward
 #pragma weak lk_softmax_backward
@@ -1424,6 +1428,175 @@ static int test_chanstat(void) {
     return 1;
 }
 
+/* ------------------------------------------------------------- spatial_mul */
+typedef struct {
+    const float *dy, *x, *map;
+    int64_t npos;
+    int c;
+} smul_ctx;
+
+static lk_status smul_run(void *ctx, float *out) { /* out = [y | dx | dmap] */
+    const smul_ctx *k = ctx;
+    const size_t nx = (size_t)k->npos * k->c;
+    lk_status st = lk_spatial_mul_forward(out, k->x, k->map, k->npos, k->c);
+    if (st != LK_OK) return st;
+    return lk_spatial_mul_backward(out + nx, out + 2 * nx, k->dy, k->x, k->map, k->npos, k->c);
+}
+
+static int spatial_mul_case(int64_t npos, int c) {
+    const size_t nx = (size_t)npos * c, np = (size_t)npos;
+    float *x = frand(nx, -2, 2), *map = frand(np, 0, 1), *dy = frand(nx, -1, 1);
+    float *out = fbuf(2 * nx + np), *y = out, *dx = out + nx, *dmap = out + 2 * nx;
+    float *buf = fbuf(nx), *dm2 = fbuf(np);
+    double *ry = dbuf(nx), *rdx = dbuf(nx), *rdm = dbuf(np);
+    for (size_t p = 0; p < np; p++)
+        for (int k = 0; k < c; k++) {
+            size_t i = p * c + k;
+            ry[i] = (double)x[i] * map[p];
+            rdx[i] = (double)dy[i] * map[p];
+            rdm[p] += (double)dy[i] * x[i];
+        }
+    smul_ctx k = {dy, x, map, npos, c};
+    SAME_BITS("spatial_mul y|dx|dmap", smul_run, &k, out, 2 * nx + np);
+    CLOSE("spatial_mul y", y, ry, nx);
+    CLOSE("spatial_mul dx", dx, rdx, nx);
+    CLOSE("spatial_mul dmap", dmap, rdm, np);
+    /* in place: y == x forward, dx == dy backward (with and without dmap) */
+    memcpy(buf, x, nx * sizeof *x);
+    OK(lk_spatial_mul_forward(buf, buf, map, npos, c));
+    EXPECT(!memcmp(buf, y, nx * sizeof *y), "spatial_mul forward in place differs");
+    memcpy(buf, dy, nx * sizeof *dy);
+    OK(lk_spatial_mul_backward(buf, dm2, buf, x, map, npos, c));
+    EXPECT(!memcmp(buf, dx, nx * sizeof *dx) && !memcmp(dm2, dmap, np * sizeof *dmap),
+           "spatial_mul backward with dx == dy differs");
+    memcpy(buf, dy, nx * sizeof *dy);
+    OK(lk_spatial_mul_backward(buf, NULL, buf, NULL, map, npos, c)); /* dx only: x unused */
+    EXPECT(!memcmp(buf, dx, nx * sizeof *dx), "spatial_mul dx alone differs");
+    memset(dm2, 0, np * sizeof *dm2);
+    OK(lk_spatial_mul_backward(NULL, dm2, dy, x, NULL, npos, c)); /* dmap only: map unused */
+    EXPECT(!memcmp(dm2, dmap, np * sizeof *dmap), "spatial_mul dmap alone differs");
+    return 1;
+}
+
+static int test_spatial_mul(void) {
+    NEED(lk_spatial_mul_forward, "spatial_mul.c");
+    NEED(lk_spatial_mul_backward, "spatial_mul.c");
+    /* odd sizes; one position and channel; one channel; above the parallel threshold */
+    const int64_t cases[][2] = {{2 * 3 * 7, 5}, {1, 1}, {3 * 4 * 6, 1}, {4 * 4, 96},
+                                {2 * 12 * 11, 161}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (!spatial_mul_case(cases[i][0], (int)cases[i][1])) return 0;
+    float v[8] = {0}, m[2] = {1, 1};
+    OK(lk_spatial_mul_forward(NULL, NULL, NULL, 0, 4));        /* nothing to do */
+    OK(lk_spatial_mul_backward(NULL, NULL, NULL, NULL, NULL, 2, 4)); /* no output asked */
+    BAD(lk_spatial_mul_forward(v, v, m, 2, 0), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "spatial_mul") && strstr(lk_last_error(), "c=0"),
+           "message should name the function and c: %s", lk_last_error());
+    BAD(lk_spatial_mul_forward(v, v, m, -1, 4), LK_ERR_ARG);
+    BAD(lk_spatial_mul_forward(v, v, m, INT64_MAX / 2, 4), LK_ERR_ARG); /* npos * c overflows */
+    BAD(lk_spatial_mul_forward(NULL, v, m, 2, 4), LK_ERR_ARG);
+    BAD(lk_spatial_mul_forward(v, NULL, m, 2, 4), LK_ERR_ARG);
+    BAD(lk_spatial_mul_forward(v, v, NULL, 2, 4), LK_ERR_ARG);
+    BAD(lk_spatial_mul_backward(v, m, NULL, v, m, 2, 4), LK_ERR_ARG);  /* dy */
+    BAD(lk_spatial_mul_backward(v, NULL, v, v, NULL, 2, 4), LK_ERR_ARG); /* map for dx */
+    BAD(lk_spatial_mul_backward(NULL, m, v, NULL, m, 2, 4), LK_ERR_ARG); /* x for dmap */
+    BAD(lk_spatial_mul_backward(v, m, v, v, m, 2, -3), LK_ERR_ARG);
+    return 1;
+}
+
+/* ------------------------------------------------------------ weighted_sum */
+typedef struct {
+    const float *x, *a, *dp, *dx0;
+    int n, c;
+    int64_t s;
+} wsum_ctx;
+
+static lk_status wsum_run(void *ctx, float *out) { /* out = [p | dx | dx0 + dx | da] */
+    const wsum_ctx *k = ctx;
+    const size_t np = (size_t)k->n * k->c, nx = (size_t)k->n * k->s * k->c;
+    float *p = out, *dx = out + np, *dxa = dx + nx, *da = dxa + nx;
+    lk_status st = lk_weighted_sum_forward(p, k->x, k->a, k->n, k->s, k->c);
+    if (st == LK_OK) st = lk_weighted_sum_backward(dx, da, k->dp, k->x, k->a, k->n, k->s, k->c, 0);
+    memcpy(dxa, k->dx0, nx * sizeof *dxa);
+    if (st == LK_OK)
+        st = lk_weighted_sum_backward(dxa, NULL, k->dp, NULL, k->a, k->n, k->s, k->c, 1);
+    return st;
+}
+
+static int weighted_sum_case(int n, int64_t s, int c) {
+    const size_t np = (size_t)n * c, nx = (size_t)n * s * c, na = (size_t)n * s;
+    float *x = frand(nx, -2, 2), *a = frand(na, 0, 1), *dp = frand(np, -1, 1);
+    float *dx0 = frand(nx, -1, 1), *out = fbuf(np + 2 * nx + na), *da2 = fbuf(na);
+    float *p = out, *dx = p + np, *dxa = dx + nx, *da = dxa + nx;
+    double *rp = dbuf(np), *rdx = dbuf(nx), *rdxa = dbuf(nx), *rda = dbuf(na);
+    for (int i = 0; i < n; i++)
+        for (int64_t j = 0; j < s; j++)
+            for (int k = 0; k < c; k++) {
+                size_t xi = ((size_t)i * s + j) * c + k, ai = (size_t)i * s + j;
+                size_t pi = (size_t)i * c + k;
+                rp[pi] += (double)a[ai] * x[xi];
+                rdx[xi] = (double)a[ai] * dp[pi];
+                rdxa[xi] = (double)dx0[xi] + (double)a[ai] * dp[pi];
+                rda[ai] += (double)dp[pi] * x[xi];
+            }
+    wsum_ctx k = {x, a, dp, dx0, n, c, s};
+    SAME_BITS("weighted_sum p|dx|dx+=|da", wsum_run, &k, out, np + 2 * nx + na);
+    CLOSE("weighted_sum p", p, rp, np);
+    CLOSE("weighted_sum dx", dx, rdx, nx);
+    CLOSE("weighted_sum dx (accumulated)", dxa, rdxa, nx);
+    CLOSE("weighted_sum da", da, rda, na);
+    if (s > 1) { /* order-sensitive data: cancelling huge first/last terms */
+        for (int i = 0; i < n; i++) {
+            a[(size_t)i * s] = a[(size_t)i * s + s - 1] = 1.0f;
+            for (int k2 = 0; k2 < c; k2++) {
+                x[(size_t)i * s * c + k2] = 0x1p40f;
+                x[((size_t)i * s + s - 1) * c + k2] = -0x1p40f;
+            }
+            if (c > 1) {
+                dp[(size_t)i * c] = 0x1p40f;
+                dp[(size_t)i * c + c - 1] = -0x1p40f;
+            }
+        }
+        SAME_BITS("weighted_sum (order-sensitive data)", wsum_run, &k, out, np + 2 * nx + na);
+    }
+    memset(da2, 0, na * sizeof *da2);
+    OK(lk_weighted_sum_backward(NULL, da2, dp, x, NULL, n, s, c, 0)); /* da only: a unused */
+    EXPECT(!memcmp(da2, da, na * sizeof *da), "weighted_sum da alone differs");
+    return 1;
+}
+
+static int test_weighted_sum(void) {
+    NEED(lk_weighted_sum_forward, "weighted_sum.c");
+    NEED(lk_weighted_sum_backward, "weighted_sum.c");
+    /* (n, s, c): one of each; one channel; odd sizes with a partial channel block;
+     * B3 head (10 x 10 positions, 1536 channels) and V2-S-like 12 x 12 x 1280 */
+    const int64_t cases[][3] = {{1, 1, 1}, {3, 24, 1}, {2, 7 * 3, 5}, {3, 5 * 13, 130},
+                                {4, 100, 1536}, {2, 144, 1280}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (!weighted_sum_case((int)cases[i][0], cases[i][1], (int)cases[i][2])) return 0;
+    float v[24] = {0}, w[6] = {0};
+    OK(lk_weighted_sum_backward(NULL, NULL, NULL, NULL, NULL, 2, 3, 4, 0)); /* no output asked */
+    BAD(lk_weighted_sum_forward(v, v, w, 0, 3, 4), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "weighted_sum forward") && strstr(lk_last_error(), "n=0"),
+           "message should name the function and n: %s", lk_last_error());
+    BAD(lk_weighted_sum_forward(v, v, w, 2, 0, 4), LK_ERR_ARG);
+    BAD(lk_weighted_sum_forward(v, v, w, 2, -3, 4), LK_ERR_ARG);
+    BAD(lk_weighted_sum_forward(v, v, w, 2, 3, 0), LK_ERR_ARG);
+    BAD(lk_weighted_sum_forward(v, v, w, 1 << 20, INT64_MAX / 1024, 1 << 20), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "overflows"), "expected an overflow message: %s",
+           lk_last_error());
+    BAD(lk_weighted_sum_forward(NULL, v, w, 2, 3, 4), LK_ERR_ARG);
+    BAD(lk_weighted_sum_forward(v, NULL, w, 2, 3, 4), LK_ERR_ARG);
+    BAD(lk_weighted_sum_forward(v, v, NULL, 2, 3, 4), LK_ERR_ARG);
+    BAD(lk_weighted_sum_backward(v, w, NULL, v, w, 2, 3, 4, 0), LK_ERR_ARG);   /* dp */
+    BAD(lk_weighted_sum_backward(v, NULL, v, v, NULL, 2, 3, 4, 0), LK_ERR_ARG); /* a for dx */
+    BAD(lk_weighted_sum_backward(NULL, w, v, NULL, w, 2, 3, 4, 0), LK_ERR_ARG); /* x for da */
+    BAD(lk_weighted_sum_backward(v, w, v, v, w, 2, 3, -1, 0), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "weighted_sum backward"), "message should name the function: %s",
+           lk_last_error());
+    return 1;
+}
+
 /* ----------------------------------------------------------------- softmax */
 static int softmax_case_body(lk_softmax *L, int rows, int cols) {
     OK(lk_softmax_init(L, rows, cols, 1));
@@ -1522,6 +1695,8 @@ static const test_case tests[] = {
     {"chmul_team", test_chmul_team},
     {"softmax", test_softmax},
     {"chanstat", test_chanstat},
+    {"spatial_mul", test_spatial_mul},
+    {"weighted_sum", test_weighted_sum},
     {"add", test_add},
     {"dropout", test_dropout},
     {"stochdepth", test_stochdepth},

@@ -1,0 +1,58 @@
+/* Spatial multiply: a one-channel map broadcast over channels (the spatial
+ * attention gate, [N, 1, H, W] in NCHW terms), plain C + OpenMP over positions.
+ *
+ * In NHWC a position's C values are contiguous, so forward and dx are one
+ * scalar times a row, and dmap is one dot product per row (lk_dot_f64: double,
+ * fixed order). Every output element is written by one thread, so the results
+ * do not depend on the thread count.
+ */
+#include "lk_dot.h"
+#include "lk_layers.h"
+
+/* Below this many elements the OpenMP fork costs more than the loop. */
+#define SPATIAL_MUL_PAR_MIN 32768
+
+static lk_status spatial_mul_sizes(const char *fn, int64_t npos, int c) {
+    LK_REQUIRE(npos >= 0 && c > 0, "%s: npos=%lld must be >= 0 and c=%d positive", fn,
+               (long long)npos, c);
+    LK_REQUIRE(npos <= INT64_MAX / c, "%s: npos=%lld times c=%d overflows", fn, (long long)npos,
+               c);
+    return LK_OK;
+}
+
+lk_status lk_spatial_mul_forward(float *y, const float *x, const float *map, int64_t npos, int c) {
+    LK_TRY(spatial_mul_sizes("spatial_mul forward", npos, c));
+    if (npos == 0) return LK_OK;
+    LK_REQUIRE(y && x && map, "spatial_mul forward: NULL argument (y, x, map)");
+#pragma omp parallel for schedule(static) if (npos * c >= SPATIAL_MUL_PAR_MIN)
+    for (int64_t p = 0; p < npos; p++) {
+        const float m = map[p];
+        const float *xp = x + p * c; /* [C] */
+        float *yp = y + p * c;       /* [C], may be xp: each element read before written */
+#pragma omp simd
+        for (int k = 0; k < c; k++) yp[k] = xp[k] * m;
+    }
+    return LK_OK;
+}
+
+lk_status lk_spatial_mul_backward(float *dx, float *dmap, const float *dy, const float *x,
+                                  const float *map, int64_t npos, int c) {
+    LK_TRY(spatial_mul_sizes("spatial_mul backward", npos, c));
+    if (npos == 0 || (!dx && !dmap)) return LK_OK;
+    LK_REQUIRE(dy, "spatial_mul backward: dy is NULL");
+    LK_REQUIRE(!dx || map, "spatial_mul backward: map is required for dx");
+    LK_REQUIRE(!dmap || x, "spatial_mul backward: x is required for dmap");
+#pragma omp parallel for schedule(static) if (npos * c >= SPATIAL_MUL_PAR_MIN)
+    for (int64_t p = 0; p < npos; p++) {
+        const float *dyp = dy + p * c; /* [C] */
+        /* dmap first: dx may alias dy */
+        if (dmap) dmap[p] = (float)lk_dot_f64(dyp, x + p * c, c);
+        if (dx) {
+            const float m = map[p];
+            float *dxp = dx + p * c;
+#pragma omp simd
+            for (int k = 0; k < c; k++) dxp[k] = dyp[k] * m;
+        }
+    }
+    return LK_OK;
+}
