@@ -16,8 +16,12 @@ from .activation import (
 from .attention_ops import (
     channel_stats_backward,
     channel_stats_forward,
+    spatial_mul_backward,
+    spatial_mul_forward,
     spatial_softmax_backward,
     spatial_softmax_forward,
+    weighted_sum_backward,
+    weighted_sum_forward,
 )
 from .batchnorm import batch_norm_backward, batch_norm_forward
 from .conv import conv2d_backward, conv2d_forward, conv_padding
@@ -63,6 +67,10 @@ __all__ = [
     "channel_stats_backward",
     "spatial_softmax_forward",
     "spatial_softmax_backward",
+    "spatial_mul_forward",
+    "spatial_mul_backward",
+    "weighted_sum_forward",
+    "weighted_sum_backward",
     "batch_norm_forward",
     "batch_norm_backward",
     "conv2d_forward",
