@@ -10,8 +10,8 @@
 /* sum_i a[i] * b[i] in double. Eight partial sums (lane j takes i = j mod 8),
  * combined pairwise at the end: the order depends only on n, never on threads,
  * alignment or the optimisation level, and the lanes vectorise (two AVX2
- * vectors of doubles). ISO C mode (-std=c11) keeps GCC from contracting the
- * products into FMAs, so vector and scalar builds give the same bits. */
+ * vectors of doubles). A product of two floats is exact in double, so only the
+ * additions round and a compiler that fuses them into FMAs gives the same bits. */
 static inline double lk_dot_f64(const float *a, const float *b, int64_t n) {
     double s[8] = {0};
     int64_t i = 0;
