@@ -176,7 +176,7 @@ def test_steady_state_has_no_activation_reorders():
 
     def step(input_grad: bool) -> tuple[int, int]:
         a = core.exec_counts()
-        m(x)
+        m(x, input_grad=input_grad)
         m.backward(dl, input_grad=input_grad)
         b = core.exec_counts()
         act = (b["reorders"] - b["weight_reorders"]) - (a["reorders"] - a["weight_reorders"])
@@ -185,6 +185,7 @@ def test_steady_state_has_no_activation_reorders():
     step(False)  # plan
     act, w1 = step(False)
     assert act == 1
+    step(True)  # plan with the input gradient
     act, w2 = step(True)
     assert act == 2 and w2 - w1 in (0, 1)  # + the stem's backward-data weight reorder
     m.eval()

@@ -121,7 +121,7 @@ def test_parity_with_torchvision(arch, via, tmp_path):
         m.train()
         xt = torch.from_numpy(x.copy()).requires_grad_(True)
         yt = tv(xt)
-        y = m(x)
+        y = m(x, input_grad=True)
         assert _rel(y, yt.detach().numpy()) < LOGIT_RTOL, f"train logits at {h}x{w}"
         labels = rng.integers(0, k, n)
         torch.nn.functional.cross_entropy(yt, torch.from_numpy(labels)).backward()

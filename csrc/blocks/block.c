@@ -6,7 +6,50 @@
 
 #include "lk_blocks.h"
 
-static int block_has_sd(const lk_block *b) { return b->train && b->cfg.residual && b->cfg.sd_prob > 0.f; }
+static void unit_set(lk_cba *u, int ic, int oc, int k, int stride, int groups, int act) {
+    u->ic = ic;
+    u->oc = oc;
+    u->k = k;
+    u->stride = stride;
+    u->groups = groups;
+    u->has_act = act;
+    u->trainable = 1;
+}
+
+void lk_block_setup(lk_block *b, const lk_block_cfg *c) {
+    memset(b, 0, sizeof *b);
+    b->cfg = *c;
+    if (c->kind == LK_BLOCK_MBCONV) {
+        unit_set(&b->u[0], c->in, c->expanded, 1, 1, 1, 1);
+        unit_set(&b->u[1], c->expanded, c->expanded, c->kernel, c->stride, c->expanded, 1);
+        unit_set(&b->u[2], c->expanded, c->out, 1, 1, 1, 0);
+        b->first = c->has_expand ? 0 : 1;
+        b->nu = 3;
+        b->se_after = 1;
+        b->se.c = c->expanded;
+        b->se.sq = c->squeeze;
+        b->se.trainable = 1;
+    } else if (c->has_expand) {
+        unit_set(&b->u[0], c->in, c->expanded, c->kernel, c->stride, 1, 1);
+        unit_set(&b->u[1], c->expanded, c->out, 1, 1, 1, 0);
+        b->nu = 2;
+        b->se_after = -1;
+    } else {
+        unit_set(&b->u[0], c->in, c->out, c->kernel, c->stride, 1, 1);
+        b->nu = 1;
+        b->se_after = -1;
+    }
+}
+
+int lk_block_trainable(const lk_block *b) {
+    for (int i = b->first; i < b->nu; i++)
+        if (b->u[i].trainable) return 1;
+    return b->se_after >= 0 && b->se.trainable;
+}
+
+static int block_has_sd(const lk_block *b) {
+    return b->mode == LK_MODE_TRAIN && b->cfg.residual && b->cfg.sd_prob > 0.f;
+}
 
 /* Input of unit i: the block input, the previous unit's output or the SE output. */
 static const float *unit_input(const lk_block *b, int i, const float *x) {
@@ -14,45 +57,65 @@ static const float *unit_input(const lk_block *b, int i, const float *x) {
     return b->se_after == i - 1 ? b->se.out : b->u[i - 1].out;
 }
 
-lk_status lk_block_plan(lk_block *b, const lk_block_cfg *cfg, const lk_plan_opts *o, int ih,
-                        int iw, int need_dx) {
-    b->cfg = *cfg;
+/* A unit trains when the plan trains and its parameters do; a frozen one passes the
+ * gradient on (FROZEN) only when something before it needs it, else runs as EVAL. */
+static lk_mode unit_mode(int train, int trainable, int grad_in) {
+    if (!train) return LK_MODE_EVAL;
+    if (trainable) return LK_MODE_TRAIN;
+    return grad_in ? LK_MODE_FROZEN : LK_MODE_EVAL;
+}
+
+lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
+                        int iw) {
     b->n = o->n;
     b->ih = ih;
     b->iw = iw;
-    b->train = o->train;
+    b->need_dx = train && grad_in;
+    b->mode = !train ? LK_MODE_EVAL
+              : lk_block_trainable(b) ? LK_MODE_TRAIN
+              : grad_in ? LK_MODE_FROZEN : LK_MODE_EVAL;
     int h = ih, w = iw;
+    int grad = grad_in; /* a gradient is wanted at the current point of the chain */
     for (int i = b->first; i < b->nu; i++) {
-        b->u[i].need_dx = i == b->first ? need_dx : 1;
-        LK_TRY(lk_cba_plan(&b->u[i], o, h, w));
-        h = b->u[i].oh;
-        w = b->u[i].ow;
-        if (i == b->se_after) LK_TRY(lk_se_plan(&b->se, o, h, w));
+        lk_cba *u = &b->u[i];
+        u->need_dx = train && grad;
+        LK_TRY(lk_cba_plan(u, o, unit_mode(train, u->trainable, grad), h, w));
+        grad = grad || u->trainable;
+        h = u->oh;
+        w = u->ow;
+        if (i == b->se_after) {
+            LK_TRY(lk_se_plan(&b->se, o, unit_mode(train, b->se.trainable, grad), h, w));
+            grad = grad || b->se.trainable;
+        }
     }
     b->oh = h;
     b->ow = w;
     return LK_OK;
 }
 
-void lk_block_bind(lk_block *b, lk_arena *a, const lk_plan_opts *o) {
+void lk_block_bind(lk_block *b, lk_arena *a) {
     for (int i = b->first; i < b->nu; i++) {
-        lk_cba_bind(&b->u[i], a, o);
-        if (i == b->se_after) lk_se_bind(&b->se, a, o);
+        lk_cba_bind(&b->u[i], a);
+        if (i == b->se_after) lk_se_bind(&b->se, a);
     }
     size_t count = (size_t)b->n * b->oh * b->ow * b->cfg.out;
+    b->sd = NULL;
+    b->keep = NULL;
     if (b->cfg.residual) {
         b->out = lk_arena_take(a, count);
-        b->sd = block_has_sd(b) ? lk_arena_take(a, count) : NULL;
-        b->keep = block_has_sd(b) ? (uint8_t *)lk_arena_take(a, (size_t)b->n / 4 + 1) : NULL;
+        if (block_has_sd(b)) {
+            b->sd = lk_arena_take(a, count);
+            b->keep = (uint8_t *)lk_arena_take(a, (size_t)b->n / 4 + 1);
+        }
     } else {
         b->out = b->u[b->nu - 1].out;
     }
 }
 
-lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed) {
+lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v) {
     const float *h = x;
     for (int i = b->first; i < b->nu; i++) {
-        LK_TRY(lk_cba_forward(&b->u[i], h));
+        LK_TRY(lk_cba_forward(&b->u[i], h, lk_unit_version(v, b->u[i].trainable)));
         h = b->u[i].out;
         if (i == b->se_after) {
             LK_TRY(lk_se_forward(&b->se, h));
@@ -68,9 +131,12 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed) {
     return lk_add_forward(b->out, h, x, per * b->n);
 }
 
+/* Walks the units backwards and stops below the last one that needs a gradient. */
 lk_status lk_block_backward(lk_block *b, float *dx, const float *dy, const float *x,
                             const lk_grad_scratch *g) {
+    LK_REQUIRE(b->mode != LK_MODE_EVAL, "block backward: the block has no backward (EVAL)");
     LK_REQUIRE(dx != dy, "block backward: dx must not alias dy");
+    LK_REQUIRE(dx || !b->need_dx, "block backward: dx is required");
     int64_t per = (int64_t)b->oh * b->ow * b->cfg.out;
     const float *cur = dy;
     if (block_has_sd(b)) {
@@ -78,17 +144,20 @@ lk_status lk_block_backward(lk_block *b, float *dx, const float *dy, const float
         cur = g->t1;
     }
     for (int i = b->nu - 1; i >= b->first; i--) {
+        lk_cba *u = &b->u[i];
         if (i == b->se_after) {
+            if (b->se.mode == LK_MODE_EVAL) break;
             float *o = cur == g->t1 ? g->t2 : g->t1;
-            LK_TRY(lk_se_backward(&b->se, o, cur, b->u[i].out, g));
+            LK_TRY(lk_se_backward(&b->se, o, cur, u->out, g));
             cur = o;
         }
+        if (u->mode == LK_MODE_EVAL) break;
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
-        LK_TRY(lk_cba_backward(&b->u[i], o, cur, unit_input(b, i, x), g));
+        LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x), g));
+        if (!u->need_dx) break;
         cur = o;
     }
-    if (b->cfg.residual && b->u[b->first].need_dx)
-        LK_TRY(lk_add_inplace(dx, dy, per * b->n));
+    if (b->cfg.residual && b->need_dx) LK_TRY(lk_add_inplace(dx, dy, per * b->n));
     return LK_OK;
 }
 

@@ -1,69 +1,80 @@
-/* Conv2d -> BatchNorm -> optional SiLU, forward and backward. */
+/* Conv2d -> BatchNorm -> optional SiLU, forward and backward, in three modes:
+ *   EVAL   one convolution with BN folded in and SiLU fused as a post-op;
+ *   FROZEN the same folded convolution, SiLU kept apart so that its backward has
+ *          the pre-activation; backward-data only (the weights are constants);
+ *   TRAIN  convolution, batch-statistics BN, SiLU, and every gradient.
+ */
 #include <math.h>
 #include <string.h>
 
 #include "lk_blocks.h"
 
-float *lk_arena_take(lk_arena *a, size_t count) {
-    size_t off = a->used;
-    a->used += (count + 15) & ~(size_t)15; /* keep every buffer 64-byte aligned */
-    return a->base ? a->base + off : NULL;
-}
-
-void lk_arena_note(lk_arena *a, size_t count) {
-    if (count > a->max_act) a->max_act = count;
-}
-
-lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, int ih, int iw) {
+lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw) {
     int pad = (u->k - 1) / 2;
+    u->mode = mode;
     u->n = o->n;
     u->ih = ih;
     u->iw = iw;
+    u->eps = o->bn_eps;
+    u->folded_version = 0;
+    if (mode == LK_MODE_EVAL) u->need_dx = 0;
     lk_conv2d_cfg cc = {.n = o->n, .ic = u->ic, .ih = ih, .iw = iw, .oc = u->oc, .kh = u->k,
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
-                        .pb = pad, .pr = pad, .groups = u->groups, .bias = 0, .train = o->train,
-                        .need_dx = u->need_dx};
-    if (!o->train) {
-        /* Inference: one primitive per unit (BN folded, SiLU as a post-op) instead of
-         * three passes over the activation. */
-        cc.bias = 1;
-        cc.post_silu = u->has_act;
+                        .pb = pad, .pr = pad, .groups = u->groups};
+    if (mode != LK_MODE_TRAIN) {
+        cc.bias = 1; /* the folded BN shift */
+        if (mode == LK_MODE_EVAL) {
+            cc.post_silu = u->has_act; /* one pass instead of three */
+        } else {
+            cc.train = 1;
+            cc.need_dx = u->need_dx;
+            cc.no_dw = 1;
+        }
         LK_TRY(lk_conv2d_init(&u->conv, &cc));
         u->oh = u->conv.oh;
         u->ow = u->conv.ow;
-        u->eps = o->bn_eps;
         size_t wn = (size_t)u->oc * (size_t)(u->ic / u->groups) * (size_t)u->k * (size_t)u->k;
         u->wf = lk_alloc(wn * sizeof(float));
         u->bf = lk_alloc((size_t)u->oc * sizeof(float));
         if (!u->wf || !u->bf) return LK_FAIL(LK_ERR_NOMEM, "folded weights of a conv-BN unit");
+        if (mode == LK_MODE_FROZEN && u->has_act)
+            LK_TRY(lk_act_init(&u->act, LK_ACT_SILU, (int64_t)o->n * u->oh * u->ow * u->oc, 1));
         return LK_OK;
     }
+    cc.train = 1;
+    cc.need_dx = u->need_dx;
     LK_TRY(lk_conv2d_init(&u->conv, &cc));
     u->oh = u->conv.oh;
     u->ow = u->conv.ow;
     lk_bn_cfg bc = {.n = o->n, .c = u->oc, .h = u->oh, .w = u->ow, .eps = o->bn_eps,
-                    .momentum = o->bn_momentum, .mode = o->train ? LK_BN_TRAIN : LK_BN_EVAL,
-                    .need_dx = 1};
+                    .momentum = o->bn_momentum, .mode = LK_BN_TRAIN, .need_dx = 1};
     LK_TRY(lk_bn_init(&u->bn, &bc));
     if (u->has_act)
-        LK_TRY(lk_act_init(&u->act, LK_ACT_SILU, (int64_t)o->n * u->oh * u->ow * u->oc, o->train));
+        LK_TRY(lk_act_init(&u->act, LK_ACT_SILU, (int64_t)o->n * u->oh * u->ow * u->oc, 1));
     return LK_OK;
 }
 
-void lk_cba_bind(lk_cba *u, lk_arena *a, const lk_plan_opts *o) {
+void lk_cba_bind(lk_cba *u, lk_arena *a) {
     size_t count = (size_t)u->n * u->oh * u->ow * u->oc;
     lk_arena_note(a, count);
     lk_arena_note(a, (size_t)u->n * u->ih * u->iw * u->ic);
-    if (!o->train) {
-        /* Inference keeps nothing for a backward: BN and SiLU run in place. */
+    u->mean = u->var = NULL;
+    switch (u->mode) {
+    case LK_MODE_EVAL: /* nothing kept for a backward */
         u->z = u->a = u->out = lk_arena_take(a, count);
-    } else {
+        break;
+    case LK_MODE_FROZEN: /* z: folded conv output, the SiLU input its backward needs */
+        u->z = u->a = lk_arena_take(a, count);
+        u->out = u->has_act ? lk_arena_take(a, count) : u->z;
+        break;
+    case LK_MODE_TRAIN:
         u->z = lk_arena_take(a, count);
         u->a = lk_arena_take(a, count);
         u->out = u->has_act ? lk_arena_take(a, count) : u->a;
+        u->mean = lk_arena_take(a, (size_t)u->oc);
+        u->var = lk_arena_take(a, (size_t)u->oc);
+        break;
     }
-    u->mean = o->train ? lk_arena_take(a, (size_t)u->oc) : NULL;
-    u->var = o->train ? lk_arena_take(a, (size_t)u->oc) : NULL;
 }
 
 /* wf = w * s, bf = beta - mean * s with s = gamma / sqrt(var + eps), per output channel. */
@@ -79,10 +90,15 @@ static void cba_fold(lk_cba *u) {
     }
 }
 
-lk_status lk_cba_forward(lk_cba *u, const float *x) {
-    if (u->wf) {
-        cba_fold(u); /* parameters may have changed since the last call */
-        return lk_conv2d_forward(&u->conv, u->out, x, u->wf, u->bf, 0);
+lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
+    if (u->mode != LK_MODE_TRAIN) {
+        /* Fold (and let the conv reorder) only when parameters changed: version 0
+         * means "unknown", so it always refolds. */
+        if (version == 0 || u->folded_version != version) cba_fold(u);
+        u->folded_version = version;
+        LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->wf, u->bf, version));
+        if (u->mode == LK_MODE_FROZEN && u->has_act) LK_TRY(lk_act_forward(&u->act, u->out, u->z));
+        return LK_OK;
     }
     LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
     LK_TRY(lk_bn_forward(&u->bn, u->a, u->mean, u->var, u->z, u->p.gamma, u->p.beta, u->p.rmean,
@@ -93,6 +109,16 @@ lk_status lk_cba_forward(lk_cba *u, const float *x) {
 
 lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
                           const lk_grad_scratch *g) {
+    LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
+    if (u->mode == LK_MODE_FROZEN) {
+        if (!u->need_dx) return LK_OK;
+        const float *dz = dy;
+        if (u->has_act) {
+            LK_TRY(lk_act_backward(&u->act, g->s1, dy, u->z, u->out));
+            dz = g->s1;
+        }
+        return lk_conv2d_backward(&u->conv, dx, NULL, NULL, dz, x, u->wf);
+    }
     const float *da = dy;
     if (u->has_act) {
         LK_TRY(lk_act_backward(&u->act, g->s1, dy, u->a, u->out));

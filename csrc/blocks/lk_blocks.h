@@ -3,40 +3,56 @@
  *  - lk_se: squeeze-and-excitation (GAP -> fc1 -> SiLU -> fc2 -> sigmoid -> scale),
  *  - lk_block: MBConv or FusedMBConv with residual and stochastic depth.
  * Buffers come from an arena bound in two passes (measure, then assign);
- * primitives are planned once per (batch, height, width, mode).
+ * primitives are planned once per (batch, height, width, modes).
+ *
+ * Every unit carries its execution mode (lk_mode), chosen by the planner from the
+ * fine-tuning policy; nothing is derived from a global train flag.
  */
 #ifndef LK_BLOCKS_H
 #define LK_BLOCKS_H
 
 #include <stdint.h>
 
-#include "lk_arch.h"
+#include "lk_arena.h"
 #include "lk_layers.h"
 
-/* Bump allocator over one float allocation; with base == NULL it only measures. */
-typedef struct lk_arena {
-    float *base;
-    size_t used;  /* floats */
-    size_t max_act; /* largest activation seen (floats), for shared gradient scratch */
-} lk_arena;
+/* How a unit runs in a plan.
+ *  EVAL:   inference. BatchNorm folded into the convolution (running statistics),
+ *          SiLU fused as its post-op; no backward. Frozen units that need not pass a
+ *          gradient on (the frozen prefix) run like this in training too.
+ *  FROZEN: Keras' frozen layer inside the gradient path: runs as at inference
+ *          (folded BN, no stochastic depth), passes the input gradient back, computes
+ *          no parameter gradient and changes no state.
+ *  TRAIN:  batch-statistics BN (running statistics updated), every gradient. */
+typedef enum lk_mode { LK_MODE_EVAL = 0, LK_MODE_FROZEN = 1, LK_MODE_TRAIN = 2 } lk_mode;
 
-/* Take `count` floats (64-byte aligned); NULL while measuring. */
-float *lk_arena_take(lk_arena *a, size_t count);
-void lk_arena_note(lk_arena *a, size_t count);
-
-/* Shared gradient scratch of the backward pass (each >= the largest activation). */
-typedef struct lk_grad_scratch {
-    float *s1, *s2; /* used inside one cba backward */
-    float *t1, *t2; /* used inside one block backward */
-} lk_grad_scratch;
-
-/* Plan-wide options. */
+/* Plan-wide sizes and BatchNorm constants. */
 typedef struct lk_plan_opts {
     int n;
-    int train;        /* batch statistics, dropout, stochastic depth, backward planned */
     float bn_eps, bn_momentum;
 } lk_plan_opts;
 
+/* Parameter versions a forward runs at: folded weights are cached by them. `all`
+ * moves with every change; `frozen` only with changes that may touch frozen units
+ * (loads, direct writes, policy changes), so a frozen prefix folds once. */
+typedef struct lk_versions {
+    uint64_t all, frozen;
+} lk_versions;
+
+/* The version a unit's folded weights depend on. */
+static inline uint64_t lk_unit_version(const lk_versions *v, int trainable) {
+    return trainable ? v->all : v->frozen;
+}
+
+/* Shared gradient scratch of the backward pass (each >= the largest activation),
+ * owned by the model's plan. s1, s2 are used inside one cba backward; t1, t2 inside
+ * one block backward. */
+typedef struct lk_grad_scratch {
+    float *s1, *s2;
+    float *t1, *t2;
+} lk_grad_scratch;
+
+/* ------------------------------------------------------------------ cba.c */
 /* Parameters of one conv + BN unit (pointers into the model's arenas). */
 typedef struct lk_cba_params {
     float *w, *dw;             /* [OC, IC/G, KH, KW] */
@@ -47,29 +63,34 @@ typedef struct lk_cba_params {
 
 typedef struct lk_cba {
     lk_cba_params p;
-    int ic, oc, k, stride, groups, has_act, need_dx;
+    int ic, oc, k, stride, groups, has_act; /* structure, fixed at creation */
+    int trainable;                          /* policy: this unit's parameters train */
+    lk_mode mode;                           /* of the current plan */
+    int need_dx;                            /* (TRAIN/FROZEN) pass the input gradient on */
     int n, ih, iw, oh, ow;
     lk_conv2d conv;
-    lk_bn bn;
-    lk_act act;
-    float *z;          /* [N, OH, OW, OC] conv output (BN input) */
-    float *a;          /* [N, OH, OW, OC] BN output (SiLU input) */
-    float *out;        /* [N, OH, OW, OC] unit output (== a without activation) */
-    float *mean, *var; /* [OC] batch statistics (train) */
-    /* Inference: BN folded into the convolution, SiLU fused as its post-op. */
+    lk_bn bn;                  /* TRAIN only */
+    lk_act act;                /* TRAIN and FROZEN with an activation */
+    float *z;          /* [N, OH, OW, OC] conv output (TRAIN: BN input; FROZEN: SiLU input) */
+    float *a;          /* [N, OH, OW, OC] BN output, SiLU input (TRAIN) */
+    float *out;        /* [N, OH, OW, OC] unit output */
+    float *mean, *var; /* [OC] batch statistics (TRAIN) */
+    /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */
     float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */
     float *bf;         /* [OC] beta - running_mean * gamma / sqrt(running_var + eps) */
+    uint64_t folded_version;
     float eps;
 } lk_cba;
 
-lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, int ih, int iw);
-void lk_cba_bind(lk_cba *u, lk_arena *a, const lk_plan_opts *o);
-lk_status lk_cba_forward(lk_cba *u, const float *x);
-/* dx (may be NULL when need_dx == 0) from dy; writes parameter gradients. */
+lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
+void lk_cba_bind(lk_cba *u, lk_arena *a);
+lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
+/* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. */
 lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
                           const lk_grad_scratch *g);
 void lk_cba_free(lk_cba *u);
 
+/* ------------------------------------------------------------------- se.c */
 typedef struct lk_se_params {
     float *w1, *dw1, *b1, *db1; /* fc1 [SQ, C, 1, 1], [SQ] */
     float *w2, *dw2, *b2, *db2; /* fc2 [C, SQ, 1, 1], [C] */
@@ -77,7 +98,10 @@ typedef struct lk_se_params {
 
 typedef struct lk_se {
     lk_se_params p;
-    int c, sq, n, h, w;
+    int c, sq;
+    int trainable;
+    lk_mode mode;
+    int n, h, w;
     lk_gpool pool;
     lk_conv2d fc1, fc2;
     lk_act act1, act2;
@@ -89,36 +113,60 @@ typedef struct lk_se {
     float *dsmall;      /* [4, N, max(C, SQ)] gradient scratch of the small vectors */
 } lk_se;
 
-lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, int h, int w);
-void lk_se_bind(lk_se *s, lk_arena *a, const lk_plan_opts *o);
+lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w);
+void lk_se_bind(lk_se *s, lk_arena *a);
 lk_status lk_se_forward(lk_se *s, const float *x);
+/* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
                          const lk_grad_scratch *g);
 void lk_se_free(lk_se *s);
 
+/* ---------------------------------------------------------------- block.c */
+typedef enum lk_block_kind { LK_BLOCK_MBCONV = 0, LK_BLOCK_FUSED = 1 } lk_block_kind;
+
+/* One block after width/depth scaling: everything a builder needs. */
+typedef struct lk_block_cfg {
+    lk_block_kind kind;
+    int stage, index;           /* features.<stage+1>.<index> */
+    int in, out, expanded, squeeze, kernel, stride;
+    int has_expand;             /* expanded != in */
+    int has_se;                 /* MBConv only */
+    int residual;               /* stride 1 and in == out */
+    float sd_prob;              /* stochastic-depth drop probability */
+} lk_block_cfg;
+
 /* MBConv: [expand cba] -> depthwise cba -> SE -> project cba (no act).
- * FusedMBConv: fused kxk cba -> [project cba], or a single kxk cba. */
+ * FusedMBConv: fused kxk cba -> [project cba], or a single kxk cba.
+ * The block's mode is TRAIN when any of its units trains (then stochastic depth
+ * applies), FROZEN when it only passes gradients, EVAL otherwise. */
 typedef struct lk_block {
     lk_block_cfg cfg;
-    int n, ih, iw, oh, ow, train;
+    lk_mode mode;
+    int need_dx;   /* the block input's gradient is wanted */
+    int n, ih, iw, oh, ow;
     lk_cba u[3];   /* MBConv: expand, dw, project; Fused: fused, project */
     int nu;        /* units in use */
     int se_after;  /* SE runs after unit u[se_after] (MBConv), -1 for none */
     int first;     /* index of the first unit actually present */
     lk_se se;
     float *out;    /* [N, OH, OW, OUT] block output */
-    uint8_t *keep; /* [N] stochastic-depth flags (train, residual) */
-    float *sd;     /* [N, OH, OW, OUT] branch after stochastic depth (train) */
-    uint64_t seed;
+    uint8_t *keep; /* [N] stochastic-depth flags (TRAIN, residual) */
+    float *sd;     /* [N, OH, OW, OUT] branch after stochastic depth (TRAIN) */
 } lk_block;
 
-lk_status lk_block_plan(lk_block *b, const lk_block_cfg *cfg, const lk_plan_opts *o, int ih,
-                        int iw, int need_dx);
-void lk_block_bind(lk_block *b, lk_arena *a, const lk_plan_opts *o);
-lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed);
-/* dx [N, IH, IW, IN] from dy [N, OH, OW, OUT]; dx must not alias dy. */
+/* Structure of a block (which units exist) from its config; zeroes the block. */
+void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);
+/* Plan with each unit's mode taken from its `trainable` flag: `train` asks for a
+ * training plan, `grad_in` says whether a gradient must reach the block input. */
+lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
+                        int iw);
+void lk_block_bind(lk_block *b, lk_arena *a);
+lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v);
+/* dx [N, IH, IW, IN] (NULL when !need_dx) from dy [N, OH, OW, OUT]; dx must not alias dy. */
 lk_status lk_block_backward(lk_block *b, float *dx, const float *dy, const float *x,
                             const lk_grad_scratch *g);
 void lk_block_free(lk_block *b);
+/* Whether any unit of the block trains. */
+int lk_block_trainable(const lk_block *b);
 
 #endif

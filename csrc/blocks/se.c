@@ -1,29 +1,32 @@
 /* Squeeze-and-excitation: out = x * sigmoid(fc2(silu(fc1(GAP(x))))). The two
- * 1x1 convolutions act on [N, 1, 1, C] tensors. */
+ * 1x1 convolutions act on [N, 1, 1, C] tensors. It has no BatchNorm, so its
+ * forward is the same in every mode; FROZEN computes no parameter gradients. */
 #include <string.h>
 
 #include "lk_blocks.h"
 
-lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, int h, int w) {
+lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w) {
+    const int bwd = mode != LK_MODE_EVAL;
+    s->mode = mode;
     s->n = o->n;
     s->h = h;
     s->w = w;
-    LK_TRY(lk_gpool_init(&s->pool, LK_POOL_AVG, o->n, s->c, h, w, o->train));
+    LK_TRY(lk_gpool_init(&s->pool, LK_POOL_AVG, o->n, s->c, h, w, bwd));
     lk_conv2d_cfg c1 = {.n = o->n, .ic = s->c, .ih = 1, .iw = 1, .oc = s->sq, .kh = 1, .kw = 1,
-                        .sh = 1, .sw = 1, .groups = 1, .bias = 1, .train = o->train,
-                        .need_dx = 1};
+                        .sh = 1, .sw = 1, .groups = 1, .bias = 1, .train = bwd,
+                        .need_dx = 1, .no_dw = mode == LK_MODE_FROZEN};
     LK_TRY(lk_conv2d_init(&s->fc1, &c1));
     lk_conv2d_cfg c2 = c1;
     c2.ic = s->sq;
     c2.oc = s->c;
     LK_TRY(lk_conv2d_init(&s->fc2, &c2));
-    LK_TRY(lk_act_init(&s->act1, LK_ACT_SILU, (int64_t)o->n * s->sq, o->train));
-    LK_TRY(lk_act_init(&s->act2, LK_ACT_SIGMOID, (int64_t)o->n * s->c, o->train));
+    LK_TRY(lk_act_init(&s->act1, LK_ACT_SILU, (int64_t)o->n * s->sq, bwd));
+    LK_TRY(lk_act_init(&s->act2, LK_ACT_SIGMOID, (int64_t)o->n * s->c, bwd));
     LK_TRY(lk_chmul_init(&s->mul, o->n, s->c, h, w));
     return LK_OK;
 }
 
-void lk_se_bind(lk_se *s, lk_arena *a, const lk_plan_opts *o) {
+void lk_se_bind(lk_se *s, lk_arena *a) {
     size_t nc = (size_t)s->n * s->c, nq = (size_t)s->n * s->sq;
     s->pooled = lk_arena_take(a, nc);
     s->z1 = lk_arena_take(a, nq);
@@ -32,7 +35,7 @@ void lk_se_bind(lk_se *s, lk_arena *a, const lk_plan_opts *o) {
     s->gate = lk_arena_take(a, nc);
     s->out = lk_arena_take(a, nc * s->h * s->w);
     lk_arena_note(a, nc * s->h * s->w);
-    s->dsmall = o->train ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
+    s->dsmall = s->mode != LK_MODE_EVAL ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
 }
 
 lk_status lk_se_forward(lk_se *s, const float *x) {
@@ -47,14 +50,18 @@ lk_status lk_se_forward(lk_se *s, const float *x) {
 /* dx [N, H, W, C] = dy * gate + GAP^T(d pooled); uses g->s1 for the pooled path. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
                          const lk_grad_scratch *g) {
+    LK_REQUIRE(s->mode != LK_MODE_EVAL, "squeeze-excitation: no backward in EVAL mode");
+    const int train = s->mode == LK_MODE_TRAIN;
     size_t big = (size_t)s->n * (s->c > s->sq ? s->c : s->sq);
     float *dgate = s->dsmall, *dz2 = s->dsmall + big, *da1 = s->dsmall + 2 * big,
           *dpool = s->dsmall + 3 * big;
     LK_TRY(lk_chmul_backward(&s->mul, dx, dgate, dy, x, s->gate));
     LK_TRY(lk_act_backward(&s->act2, dz2, dgate, s->z2, s->gate));
-    LK_TRY(lk_conv2d_backward(&s->fc2, da1, s->p.dw2, s->p.db2, dz2, s->a1, s->p.w2));
+    LK_TRY(lk_conv2d_backward(&s->fc2, da1, train ? s->p.dw2 : NULL, train ? s->p.db2 : NULL, dz2,
+                              s->a1, s->p.w2));
     LK_TRY(lk_act_backward(&s->act1, da1, da1, s->z1, s->a1));
-    LK_TRY(lk_conv2d_backward(&s->fc1, dpool, s->p.dw1, s->p.db1, da1, s->pooled, s->p.w1));
+    LK_TRY(lk_conv2d_backward(&s->fc1, dpool, train ? s->p.dw1 : NULL, train ? s->p.db1 : NULL,
+                              da1, s->pooled, s->p.w1));
     LK_TRY(lk_gpool_backward(&s->pool, g->s1, dpool));
     return lk_add_inplace(dx, g->s1, (int64_t)s->n * s->h * s->w * s->c);
 }

@@ -127,8 +127,8 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         }
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
-        L->dw_custom = conv_dw_custom(c);
-        if (!L->dw_custom) {
+        L->dw_custom = !c->no_dw && conv_dw_custom(c);
+        if (!L->dw_custom && !c->no_dw) {
             LK_DNNL_GOTO(dnnl_convolution_backward_weights_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
                 pad_r, L->fwd.pd, attr));
@@ -191,8 +191,7 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
 
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w) {
-    LK_REQUIRE(L->bwd_w.p || L->dw_custom,
-               "conv2d backward: layer was planned without backward (train=0)");
+    LK_REQUIRE(L->cfg.train, "conv2d backward: layer was planned without backward (train=0)");
     LK_REQUIRE(dy, "conv2d backward: dy is NULL");
     if (dx) {
         LK_REQUIRE(L->bwd_d.p, "conv2d backward: planned without the input gradient (need_dx=0)");
@@ -215,6 +214,8 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         LK_TRY(lk_prim_exec(&L->bwd_d, 3, args));
     }
     if (dw || db) {
+        LK_REQUIRE(L->bwd_w.p || L->dw_custom,
+                   "conv2d backward: planned without the weight gradient (no_dw=1)");
         LK_REQUIRE(x && dw, "conv2d backward: x and dw are required for the weight gradient");
         LK_REQUIRE(db || !L->cfg.bias, "conv2d backward: db is required (layer has a bias)");
         if (L->dw_custom) {

@@ -32,6 +32,7 @@ typedef struct lk_conv2d_cfg {
     int bias;               /* has a bias [OC] */
     int train;              /* plan backward primitives */
     int need_dx;            /* (train) compute the input gradient */
+    int no_dw;              /* (train) no weight gradient: a frozen layer passing dx on */
     int post_silu;          /* (inference) apply SiLU to the output as a fused post-op */
 } lk_conv2d_cfg;
 

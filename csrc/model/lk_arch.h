@@ -3,9 +3,8 @@
 #ifndef LK_ARCH_H
 #define LK_ARCH_H
 
+#include "lk_blocks.h" /* lk_block_kind, lk_block_cfg */
 #include "lk_status.h"
-
-typedef enum lk_block_kind { LK_BLOCK_MBCONV = 0, LK_BLOCK_FUSED = 1 } lk_block_kind;
 
 /* One row of a stage table, before width/depth scaling. */
 typedef struct lk_stage_def {
@@ -22,17 +21,6 @@ typedef struct lk_arch_def {
     float dropout, sd_prob, bn_eps, bn_momentum;
     int default_size;
 } lk_arch_def;
-
-/* One block after scaling: everything a builder needs. */
-typedef struct lk_block_cfg {
-    lk_block_kind kind;
-    int stage, index;           /* features.<stage+1>.<index> */
-    int in, out, expanded, squeeze, kernel, stride;
-    int has_expand;             /* expanded != in */
-    int has_se;                 /* MBConv only */
-    int residual;               /* stride 1 and in == out */
-    float sd_prob;              /* stochastic-depth drop probability */
-} lk_block_cfg;
 
 #define LK_MAX_BLOCKS 64
 

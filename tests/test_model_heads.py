@@ -1,0 +1,212 @@
+"""The classifier heads against PyTorch references written from DESIGN.md
+(tests/_torch_heads.py): structure, eval and train logits, every gradient (the input's
+included) against a float64 reference, the BatchNorm running statistics, for both
+backbones at two sizes; loading rules between heads.
+
+Tolerances: logits 1e-4 relative to max |logit|; gradients 1e-3 relative to the
+tensor's own max |grad| (block projection-BN biases, whose true gradient is ~0, against
+1e-3 of the largest gradient, as in test_model_parity.py); running stats 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _torch_heads import reference_model
+from test_model_parity import _project_bn_biases, _rel
+
+import leukemia.models as M
+from leukemia.io import StateDictError
+
+LOGIT_RTOL = 1e-4
+GRAD_RTOL = 1e-3
+STAT_ATOL = 1e-4
+
+COUNTS = {
+    ("efficientnet_b3", "multi_attention"): 12_129_034,
+    ("efficientnet_v2_s", "multi_attention"): 21_297_938,
+}
+
+
+@pytest.mark.parametrize("arch,head", list(COUNTS))
+def test_multi_attention_parameter_count_and_keys(arch, head):
+    m = M.EfficientNet(arch, 2, head=head)
+    assert m.num_parameters() == COUNTS[(arch, head)]
+    ref = reference_model(arch, head, 2)
+    assert m.num_parameters() == sum(p.numel() for p in ref.parameters())
+    ours = m.state_dict()
+    theirs = ref.state_dict()
+    assert list(ours) == list(theirs)
+    for name, t in theirs.items():
+        assert ours[name].shape == tuple(t.shape), name
+
+
+def _randomised_reference(arch: str, head: str, k: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    ref = reference_model(arch, head, k, dropout=0.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in ref.modules():  # non-trivial BN state: eval mode is a real test
+            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                c = mod.num_features
+                mod.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        for name, p in ref.named_parameters():
+            if name.startswith("head.spatial"):  # keep the sigmoid maps away from saturation
+                p.mul_(0.5)
+    for mod in ref.modules():
+        if mod.__class__.__name__ == "StochasticDepth":
+            mod.p = 0.0
+    return ref
+
+
+def _ours_from(ref: torch.nn.Module, arch: str, head: str, k: int, policy: str) -> M.EfficientNet:
+    m = M.EfficientNet(arch, k, head=head, policy=policy, dropout=0.0, stochastic_depth_prob=0.0)
+    m.load_state_dict({n: t.detach().numpy() for n, t in ref.state_dict().items()}, strict=True)
+    return m
+
+
+def _dlogits(y: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    p = np.exp(y - y.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0
+    return (p / len(labels)).astype(np.float32)
+
+
+def _check_train_step(ref, m, x, labels, trainable_prefixes=None):
+    """One train step of both; compare logits, grads of what trains, dx, running stats."""
+    ref64 = ref.double()
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    yt = ref64(xt)
+    input_grad = trainable_prefixes is None
+    y = m(x, input_grad=input_grad)
+    assert _rel(y, yt.detach().numpy()) < LOGIT_RTOL, "train logits"
+    torch.nn.functional.cross_entropy(yt, torch.from_numpy(labels)).backward()
+    dx = m.backward(_dlogits(y, labels), input_grad=input_grad)
+    if input_grad:
+        assert _rel(dx, xt.grad.numpy()) < GRAD_RTOL, "input gradient"
+    ref_grads = {n: p.grad.numpy() for n, p in ref64.named_parameters() if p.grad is not None}
+    grads = dict(m.named_grads(trainable=True))
+    assert set(grads) == set(ref_grads)
+    top = max(float(np.max(np.abs(g))) for g in ref_grads.values())
+    floors = _project_bn_biases(list(grads))
+    for name, g in grads.items():
+        assert np.all(np.isfinite(g)), name
+        err = _rel(g, ref_grads[name], floor=1e-3 * top if name in floors else 0.0)
+        assert err < GRAD_RTOL, f"gradient of {name}: {err:.3g}"
+    ref64.zero_grad()
+    ref.float()
+    ours = m.state_dict()
+    for name, t in ref.state_dict().items():
+        if "running" in name:
+            np.testing.assert_allclose(ours[name], t.numpy(), rtol=0, atol=STAT_ATOL, err_msg=name)
+        if name.endswith("num_batches_tracked"):
+            assert int(ours[name]) == int(t), name
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
+def test_multi_attention_parity_eval_and_train(arch):
+    head, k = "multi_attention", 3
+    ref = _randomised_reference(arch, head, k, seed=1)
+    m = _ours_from(ref, arch, head, k, "all")
+    rng = np.random.default_rng(0)
+    # Batch >= 3 in training: at batch 2 BatchNorm1d maps each feature to +-1 and
+    # amplifies float32 rounding (torch float32 itself is 3e-4 off float64 there).
+    for n, h, w in [(4, 64, 64), (3, 72, 56)]:
+        x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
+        ref.eval()
+        m.eval()
+        for xb in (x[:1], x):  # batch 1 and > 1 in eval
+            with torch.no_grad():
+                want = ref.double()(torch.from_numpy(xb.astype(np.float64))).numpy()
+            ref.float()
+            assert _rel(m(xb), want) < LOGIT_RTOL, f"eval logits at {xb.shape}"
+        ref.train()
+        m.train()
+        _check_train_step(ref, m, x, rng.integers(0, k, n))
+
+
+@pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
+def test_ablation_heads_parity(head):
+    arch, k = "efficientnet_b3", 2
+    ref = _randomised_reference(arch, head, k, seed=4)
+    m = _ours_from(ref, arch, head, k, "all")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 3, 72, 56)).astype(np.float32)
+    ref.eval()
+    m.eval()
+    with torch.no_grad():
+        want = ref.double()(torch.from_numpy(x.astype(np.float64))).numpy()
+    ref.float()
+    assert _rel(m(x), want) < LOGIT_RTOL
+    ref.train()
+    m.train()
+    _check_train_step(ref, m, x, rng.integers(0, k, 3))
+
+
+def _freeze_like_keras(ref: torch.nn.Module, trainable: list[str]) -> None:
+    """Frozen layers as in Keras: inference-mode BN, no gradient."""
+    for name, mod in ref.named_modules():
+        frozen = not any(name == p or name.startswith(p + ".") for p in trainable)
+        if frozen and isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    for name, p in ref.named_parameters():
+        p.requires_grad_(any(name.startswith(t + ".") for t in trainable))
+
+
+@pytest.mark.parametrize(
+    "arch,trainable",
+    [
+        ("efficientnet_b3", ["features.7", "features.8", "head"]),  # last_block
+        ("efficientnet_v2_s", ["features.6", "features.7", "head"]),
+    ],
+)
+def test_last_block_gradients_match_a_keras_frozen_reference(arch, trainable):
+    head, k = "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=2)
+    m = _ours_from(ref, arch, head, k, "last_block")
+    names = [n for n, _ in m.named_parameters(trainable=True)]
+    assert names and all(any(n.startswith(t + ".") for t in trainable) for n in names)
+    ref.train()
+    _freeze_like_keras(ref, trainable)
+    m.train()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    _check_train_step(ref, m, x, rng.integers(0, k, 3), trainable_prefixes=trainable)
+
+
+def test_imagenet_weights_into_an_attention_model(tmp_path):
+    """torchvision weights: features.* load, classifier.* is reported skipped, the head
+    keeps its initialisation; a file saved with one head refuses another head."""
+    import torchvision
+
+    tv = torchvision.models.efficientnet_b3(num_classes=1000)
+    path = tmp_path / "imagenet.pth"
+    torch.save(tv.state_dict(), path)
+    m = M.efficientnet_b3(num_classes=2, head="multi_attention", weights=path)
+    rep = m.last_load_report
+    assert set(rep.unexpected) == {"classifier.1.weight", "classifier.1.bias"}
+    assert all(k.startswith("head.") for k in rep.missing) and rep.missing
+    sd = m.state_dict()
+    for name, t in tv.state_dict().items():
+        if name.startswith("features."):
+            assert np.array_equal(sd[name], t.numpy()), name
+    fresh = M.efficientnet_b3(num_classes=2, head="multi_attention").state_dict()
+    for name in rep.missing:
+        assert np.array_equal(sd[name], fresh[name]), name
+    with pytest.raises(StateDictError):  # strict loading lists the differences
+        M.efficientnet_b3(num_classes=2, head="multi_attention", weights=path, strict=True)
+
+    saved = tmp_path / "ma.safetensors"
+    m.save(saved)
+    back = M.efficientnet_b3(num_classes=2, head="multi_attention", weights=saved, strict=True)
+    for name, v in back.state_dict().items():
+        assert np.array_equal(v, sd[name]), name
+    for other in ("linear", "channel_attention"):
+        with pytest.raises(StateDictError, match="multi_attention head"):
+            M.efficientnet_b3(num_classes=2, head=other, weights=saved)
