@@ -111,8 +111,8 @@ void lk_optim_group_defaults(lk_optim_group *g, lk_optim_kind kind);
  * segment and element, with nothing written), then clips (if max_grad_norm >= 0;
  * the gradients are scaled in place, as clip_grad_norm_ does), then updates
  * parameters and state and advances the groups' step counters.
- *   state1: SGD momentum buffer (may be NULL when no group has momentum) or Adam
- *           exp_avg [num_state];
+ *   state1: SGD momentum buffer (may be NULL, and state offsets are not used, when no
+ *           group has momentum) or Adam exp_avg [num_state];
  *   state2: Adam exp_avg_sq [num_state] (SGD: unused, may be NULL).
  * `report` (may be NULL) receives the norm (always computed: it is the finiteness
  * check) and, on LK_ERR_NUMERIC, where the first bad gradient is. */

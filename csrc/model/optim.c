@@ -41,7 +41,8 @@ static const char *kind_name(lk_optim_kind k) {
 /* ------------------------------------------------------------------ checks */
 
 /* Segments inside [0, num_params), in increasing order without overlap; with
- * `num_state` >= 0 the same for the state ranges, and group indices < num_groups. */
+ * `num_state` >= 0 the same for the state ranges; with `num_groups` >= 0 group indices
+ * below it and no_decay flags 0 or 1. */
 static lk_status check_segments(const lk_optim_segment *segs, int nseg, int64_t num_params,
                                 int64_t num_state, int num_groups) {
     LK_REQUIRE(nseg >= 0, "optim: num_segments must be >= 0, got %d", nseg);
@@ -60,15 +61,19 @@ static lk_status check_segments(const lk_optim_segment *segs, int nseg, int64_t 
                    "optim: segment %d [%lld, +%lld) ends past the %lld-float parameter arena", s,
                    (long long)g->param_offset, (long long)g->count, (long long)num_params);
         param_end = g->param_offset + g->count;
-        if (num_state < 0) continue;
-        LK_REQUIRE(g->state_offset >= state_end,
-                   "optim: segment %d starts at state offset %lld, before the end %lld of the "
-                   "previous segment's state (state ranges must be increasing and not overlap)",
-                   s, (long long)g->state_offset, (long long)state_end);
-        LK_REQUIRE(g->state_offset <= num_state - g->count,
-                   "optim: segment %d's state [%lld, +%lld) ends past the %lld-float state arrays",
-                   s, (long long)g->state_offset, (long long)g->count, (long long)num_state);
-        state_end = g->state_offset + g->count;
+        if (num_state >= 0) {
+            LK_REQUIRE(g->state_offset >= state_end,
+                       "optim: segment %d starts at state offset %lld, before the end %lld of "
+                       "the previous segment's state (state ranges must be increasing and not "
+                       "overlap)",
+                       s, (long long)g->state_offset, (long long)state_end);
+            LK_REQUIRE(g->state_offset <= num_state - g->count,
+                       "optim: segment %d's state [%lld, +%lld) ends past the %lld-float state "
+                       "arrays",
+                       s, (long long)g->state_offset, (long long)g->count, (long long)num_state);
+            state_end = g->state_offset + g->count;
+        }
+        if (num_groups < 0) continue;
         LK_REQUIRE(g->group >= 0 && g->group < num_groups,
                    "optim: segment %d names group %d, but there are %d groups", s, (int)g->group,
                    num_groups);
@@ -184,7 +189,7 @@ static void clip(float *grads, const lk_optim_segment *segs, int nseg, double ma
 static lk_status norm_args(const float *grads, int64_t num_params,
                            const lk_optim_segment *segs, int nseg, lk_optim_report *rep) {
     *rep = (lk_optim_report){.grad_norm = 0.0, .bad_segment = -1, .bad_element = -1};
-    LK_TRY(check_segments(segs, nseg, num_params, -1, 0));
+    LK_TRY(check_segments(segs, nseg, num_params, -1, -1));
     LK_REQUIRE(grads || num_params == 0, "optim: grads is NULL");
     return LK_OK;
 }
@@ -308,14 +313,17 @@ lk_status lk_optim_step(const lk_optim *opt, float *params, float *grads, float 
     LK_REQUIRE(opt->num_state >= 0, "optim: num_state must be >= 0, got %lld",
                (long long)opt->num_state);
     LK_REQUIRE(!isnan(opt->max_grad_norm), "optim: max_grad_norm is NaN");
-    const lk_optim_segment *segs = opt->segments;
-    const int nseg = opt->num_segments;
-    LK_TRY(check_segments(segs, nseg, opt->num_params, opt->num_state, opt->num_groups));
     int any_momentum = 0;
     for (int i = 0; i < opt->num_groups; i++) {
         LK_TRY(check_group(&opt->groups[i], i, kind));
         any_momentum |= opt->groups[i].momentum != 0.0;
     }
+    /* SGD without momentum keeps no state: its state offsets are not used. */
+    const int uses_state = kind != LK_OPTIM_SGD || any_momentum;
+    const lk_optim_segment *segs = opt->segments;
+    const int nseg = opt->num_segments;
+    LK_TRY(check_segments(segs, nseg, opt->num_params, uses_state ? opt->num_state : -1,
+                          opt->num_groups));
     LK_REQUIRE((params && grads) || opt->num_params == 0, "optim: params or grads is NULL");
     if (kind == LK_OPTIM_SGD)
         LK_REQUIRE(state1 || !any_momentum || opt->num_state == 0,
