@@ -2046,6 +2046,9 @@ static int test_optim_bad(void) {
     lk_optim_group_defaults(&groups[1], LK_OPTIM_SGD);
     o = good, o.kind = LK_OPTIM_SGD;
     OK(lk_optim_step(&o, p, g, NULL, NULL, &rep)); /* no momentum: no state needed */
+    o.num_state = 0;                                /* nor state offsets checked */
+    OK(lk_optim_step(&o, p, g, NULL, NULL, &rep));
+    o.num_state = OPT_NSTATE;
     memcpy(p0, p, OPT_N * sizeof *p);
     groups[1].nesterov = 1;
     BAD(lk_optim_step(&o, p, g, s1, NULL, &rep), LK_ERR_ARG);
