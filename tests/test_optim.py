@@ -538,3 +538,75 @@ def test_model_protocol_is_checked():
     model.offsets["head.out.bias"] = model.offsets["head.out.weight"] + 1
     with pytest.raises(ValueError, match="overlaps"):
         SGD(model)
+
+
+def test_core_binding_checks_arguments():
+    """_core.optim_step / optim_clip_grad_norm: clear TypeError / ValueError, nothing
+    written on refusal, steps advanced in place on success."""
+    core = leukemia._ext()
+    n = 64
+    p = np.linspace(-1, 1, n, dtype=np.float32)
+    g = np.ones(n, np.float32)
+    s1, s2 = np.zeros(40, np.float32), np.zeros(40, np.float32)
+    segs = np.array([[0, 24, 0, 0, 0], [30, 16, 24, 1, 1]], np.int64)
+    groups = np.array([[0.1, 0.01, 0, 0, 0, 0.9, 0.999, 1e-8]] * 2)
+    steps = np.array([0, 5], np.int64)
+
+    def call(kind="adamw", **over):
+        a = dict(params=p, grads=g, state1=s1, state2=s2, segs=segs, groups=groups, steps=steps)
+        a.update(over)
+        args = (a["params"], a["grads"], a["state1"], a["state2"], a["segs"], a["groups"])
+        return core.optim_step(kind, *args, a["steps"], a.get("max_norm", -1.0))
+
+    ro = g.copy()
+    ro.flags.writeable = False
+    bad = [
+        (dict(params=p.astype(np.float64)), TypeError, "params must have dtype float32"),
+        (dict(params=[0.0] * n), TypeError, "params must be a numpy.ndarray"),
+        (dict(grads=np.ones(2 * n, np.float32)[::2]), ValueError, "grads must be C-contiguous"),
+        (dict(grads=ro), ValueError, "grads is read-only"),
+        (dict(grads=np.ones(n + 1, np.float32)), ValueError, "grads has 65 elements"),
+        (dict(state2=np.zeros(41, np.float32)), ValueError, "state2 has 41"),
+        (dict(state2=None), ValueError, "needs exp_avg"),
+        (dict(segs=segs.astype(np.int32)), TypeError, "segments must have dtype int64"),
+        (dict(segs=segs[:, :4].copy()), ValueError, "5 columns"),
+        (dict(segs=np.array([[0, 24, 0, 0, 0], [50, 16, 24, 1, 0]])), ValueError, "ends past"),
+        (dict(segs=np.array([[0, 24, 0, 0, 0], [20, 4, 24, 1, 0]])), ValueError, "overlap"),
+        (dict(segs=np.array([[0, 24, 0, 2, 0]])), ValueError, "names group 2"),
+        (dict(segs=np.array([[0, 24, 0, 0, 3]])), ValueError, "no_decay"),
+        (dict(segs=np.array([[0, 24, 30, 0, 0]])), ValueError, "state"),
+        (dict(groups=groups[:, :7].copy()), ValueError, "8 columns"),
+        (dict(groups=groups.astype(np.float32)), TypeError, "groups must have dtype float64"),
+        (dict(groups=np.array([[-0.1, 0, 0, 0, 0, 0.9, 0.999, 1e-8]] * 2)), ValueError, "learning rate"),
+        (dict(groups=np.array([[0.1, 0, 0, 0, 0, 1.0, 0.999, 1e-8]] * 2)), ValueError, "beta1"),
+        (dict(steps=np.zeros(3, np.int64)), ValueError, "steps has shape"),
+        (dict(steps=np.array([-1, 0])), ValueError, "step -1"),
+        (dict(max_norm=float("nan")), ValueError, "max_grad_norm"),
+    ]
+    snap = [a.copy() for a in (p, g, s1, s2, steps)]
+    for over, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            call(**over)
+    sgd_groups = np.array([[0.1, 0, 0.5, 0, 0.5, 0, 0, 0]] * 2)  # nesterov 0.5
+    with pytest.raises(ValueError, match="nesterov must be 0 or 1"):
+        call("sgd", groups=sgd_groups)
+    with pytest.raises(ValueError, match="kind must be"):
+        call("rmsprop")
+    for a, b in zip((p, g, s1, s2, steps), snap, strict=True):
+        np.testing.assert_array_equal(a, b)
+    norm = call(max_norm=1e9)
+    assert norm == pytest.approx(math.sqrt(40.0), rel=1e-12)
+    assert list(steps) == [1, 6]
+    assert not np.array_equal(p, snap[0])
+    np.testing.assert_array_equal(p[24:30], snap[0][24:30])  # between the segments
+    # SGD without momentum needs no state arrays at all.
+    assert call("sgd", state1=None, state2=None, groups=np.zeros((2, 8))) == pytest.approx(
+        math.sqrt(40.0)
+    )
+    with pytest.raises(FloatingPointError) as info:
+        g[35] = np.inf
+        call()
+    assert info.value.args[1:] == (1, 5)
+    assert core.optim_clip_grad_norm(np.ones(9, np.float32), segs[:1] * 0, 1.0) == 0.0
+    with pytest.raises(ValueError, match="max_norm"):
+        core.optim_clip_grad_norm(np.ones(64, np.float32), segs, -1.0)
