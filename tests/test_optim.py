@@ -362,7 +362,9 @@ def test_nonfinite_gradient_refused(cls, kw, clip, bad):
     model.grad("features.8.0.weight")[1, 2, 0, 0] = bad
     model.grad("head.fc.bias")[3] = np.nan  # later in the arena: not the one named
     before = _snapshot(model, opt)
-    with pytest.raises(FloatingPointError, match=r"'features\.8\.0\.weight'.*not finite"):
+    with pytest.raises(
+        FloatingPointError, match=r"'features\.8\.0\.weight' is not finite.*index \(1, 2, 0, 0\)"
+    ):
         opt.step()
     _assert_unchanged(before, _snapshot(model, opt))
     with pytest.raises(FloatingPointError, match=r"features\.8\.0\.weight"):
@@ -577,7 +579,11 @@ def test_core_binding_checks_arguments():
         (dict(segs=np.array([[0, 24, 30, 0, 0]])), ValueError, "state"),
         (dict(groups=groups[:, :7].copy()), ValueError, "8 columns"),
         (dict(groups=groups.astype(np.float32)), TypeError, "groups must have dtype float64"),
-        (dict(groups=np.array([[-0.1, 0, 0, 0, 0, 0.9, 0.999, 1e-8]] * 2)), ValueError, "learning rate"),
+        (
+            dict(groups=np.array([[-0.1, 0, 0, 0, 0, 0.9, 0.999, 1e-8]] * 2)),
+            ValueError,
+            "learning rate",
+        ),
         (dict(groups=np.array([[0.1, 0, 0, 0, 0, 1.0, 0.999, 1e-8]] * 2)), ValueError, "beta1"),
         (dict(steps=np.zeros(3, np.int64)), ValueError, "steps has shape"),
         (dict(steps=np.array([-1, 0])), ValueError, "step -1"),
@@ -610,3 +616,27 @@ def test_core_binding_checks_arguments():
     assert core.optim_clip_grad_norm(np.ones(9, np.float32), segs[:1] * 0, 1.0) == 0.0
     with pytest.raises(ValueError, match="max_norm"):
         core.optim_clip_grad_norm(np.ones(64, np.float32), segs, -1.0)
+
+
+def test_sgd_momentum_switched_on_mid_run_matches_torch():
+    """torch creates the momentum buffer (= the gradient) at the first step with
+    momentum != 0; switching momentum on later must do the same here."""
+    model = FakeModel(frozen=FROZEN, seed=6)
+    opt = SGD(model, lr=0.05, weight_decay=1e-3)
+    tp = {n: torch.tensor(model.param(n).copy(), requires_grad=True) for n in TRAINABLE}
+    topt = torch.optim.SGD(list(tp.values()), lr=0.05, weight_decay=1e-3, foreach=False)
+    rng = np.random.default_rng(2)
+    for step in range(12):
+        if step == 4:
+            opt.param_groups[0]["momentum"] = topt.param_groups[0]["momentum"] = 0.9
+        if step == 8:  # and off again: the buffer is kept, not updated
+            opt.param_groups[0]["momentum"] = topt.param_groups[0]["momentum"] = 0.0
+        g = _grads(rng)
+        for n in TRAINABLE:
+            model.grad(n)[...] = g[n]
+            tp[n].grad = torch.from_numpy(g[n].copy())
+        opt.step()
+        topt.step()
+        for n in TRAINABLE:
+            assert rel_err(model.param(n), tp[n].detach().numpy()) <= RTOL, (step, n)
+    assert list(opt.state_dict()["steps"]) == [4]

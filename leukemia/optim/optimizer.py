@@ -89,8 +89,14 @@ def _as_prefixes(prefix: object, where: str) -> tuple[str, ...]:
 class Optimizer:
     """Base of SGD, Adam and AdamW: named parameter groups over a model's flat arena.
 
-    Subclasses set `kind` (the C core's name) and `_defaults` (torch's defaults) and
-    implement `_check_hyper` and `_group_row`.
+    Subclasses set `kind` (the C core's name), `_defaults` (torch's defaults) and
+    `_state_names`, and implement `_check_hyper`, `_group_row` and `_new_state`.
+
+    Attributes:
+        param_groups: list of dicts, one per group: "params" (parameter names, fixed),
+            "prefix" (None for the default group) and the hyper-parameters, which users
+            and LR schedulers may change between steps (checked at every step).
+        max_grad_norm: global gradient-norm clipping before each step (None: none).
     """
 
     kind: str = ""
@@ -353,8 +359,10 @@ class Optimizer:
         if len(exc.args) == 3:
             _, seg, element = exc.args
             name = self._segment_names[seg]
+            shape = dict(self._params)[name]
+            index = tuple(int(i) for i in np.unravel_index(element, shape)) if shape else ()
             return FloatingPointError(
-                f"the gradient of {name!r} is not finite (NaN or Inf at element {element}); "
+                f"the gradient of {name!r} is not finite (NaN or Inf at index {index}); "
                 "nothing was updated. Check the loss and learning rate, or skip this batch."
             )
         return exc
@@ -381,8 +389,9 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """A copy of the optimizer's state: kind, the parameters it covers (names and
         shapes), param_groups (hyper-parameters and parameter names), per-group step
-        counts and the state arrays (compact: the parameters' elements in arena order;
-        None before the first step that needs them)."""
+        counts (SGD: steps that wrote the momentum buffer) and the state arrays
+        (compact: the parameters' elements in arena order; None before the first step
+        that needs them). Plain Python and NumPy objects: picklable."""
         return {
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
