@@ -22,7 +22,7 @@
 /* Raise the exception matching a failed lk_status (message from the core). */
 PyObject *lk_py_raise(lk_status s);
 
-/* Validate an array argument: a NumPy float32 (or int32 / uint8 per `dtype`)
+/* Validate an array argument: a NumPy float32 (or int32 / uint8 / int64 / float64 per `dtype`)
  * array, C-contiguous and aligned, of rank `ndim` (-1: any), writable when
  * `out` is set. Returns the data pointer, or NULL with TypeError/ValueError
  * naming `name`. `dims` (may be NULL) receives the shape. None is accepted
@@ -59,6 +59,7 @@ extern PyMethodDef lk_py_dropout_methods[];
 extern PyMethodDef lk_py_loss_methods[];
 extern PyMethodDef lk_py_attention_methods[];
 extern PyMethodDef lk_py_model_methods[];
+extern PyMethodDef lk_py_optim_methods[];
 
 /* Types registered by binding files (model handle); called from module exec. */
 int lk_py_model_register(PyObject *module);

@@ -53,7 +53,7 @@ static PyMethodDef *lk_py_tables[] = {
     lk_py_core_methods,   lk_py_conv_methods,        lk_py_bn_methods,
     lk_py_act_methods,    lk_py_pool_methods,        lk_py_linear_methods,
     lk_py_elementwise_methods, lk_py_dropout_methods, lk_py_loss_methods,
-    lk_py_attention_methods, lk_py_model_methods,
+    lk_py_attention_methods, lk_py_model_methods, lk_py_optim_methods,
 };
 
 static int lk_py_exec(PyObject *m) {

@@ -19,6 +19,7 @@ static const char *lk_py_dtype_name(int dtype) {
     case NPY_INT32: return "int32";
     case NPY_UINT8: return "uint8";
     case NPY_INT64: return "int64";
+    case NPY_FLOAT64: return "float64";
     default: return "?";
     }
 }

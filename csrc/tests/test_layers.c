@@ -2,6 +2,9 @@
  * AddressSanitizer + UndefinedBehaviorSanitizer + LeakSanitizer
  * (csrc/tests/run_sanitized.sh builds and runs it).
  *
+ * The optimizer step (csrc/model/lk_optim.h) is tested here too, against a double
+ * reference of torch.optim's formulas.
+ *
  * Each layer's forward values and gradients are compared with naive loops in
  * double precision written here; bad arguments must fail with a status and a
  * non-empty lk_last_error(); `_free` must accept zeroed structs and structs
@@ -21,6 +24,7 @@
 
 #include "lk_dwconv.h"
 #include "lk_layers.h"
+#include "lk_optim.h"
 
 /* Weak references: a missing layer file leaves these NULL instead of breaking the link. */
 #pragma weak lk_conv2d_init
@@ -68,6 +72,10 @@
 #pragma weak lk_dwconv_bwd_weights
 #pragma weak lk_dwconv_bwd_bias
 #pragma weak lk_dwconv_set_policy
+#pragma weak lk_optim_group_defaults
+#pragma weak lk_optim_step
+#pragma weak lk_optim_grad_norm
+#pragma weak lk_optim_clip_grad_norm
 
 #ifndef RTOL
 #define RTOL 1e-4 /* fp32 result vs double reference, relative (see close_to) */
@@ -1673,6 +1681,397 @@ static int test_softmax_bad(void) {
     return ok;
 }
 
+/* ------------------------------------------------------------------- optim */
+/* Arena used by the optimizer tests: three segments with gaps between them (the
+ * gaps hold sentinels, NaN in the gradient arena, which must never be read or
+ * written), segment 1 excluded from weight decay, segments 1 and 2 in group 1. */
+#define OPT_N 1000
+#define OPT_NSTATE 817
+static const lk_optim_segment opt_segs[3] = {
+    {.param_offset = 10, .count = 300, .state_offset = 0, .group = 0},
+    {.param_offset = 320, .count = 17, .state_offset = 300, .group = 1, .no_decay = 1},
+    {.param_offset = 400, .count = 500, .state_offset = 317, .group = 1},
+};
+
+static int opt_in_segment(int64_t j) {
+    for (int s = 0; s < 3; s++)
+        if (j >= opt_segs[s].param_offset && j < opt_segs[s].param_offset + opt_segs[s].count)
+            return 1;
+    return 0;
+}
+
+/* torch.optim's update in double (no float rounding), on the same segments; grads are
+ * scaled by the clip coefficient of clip_grad_norm_ when max_norm >= 0. */
+static void ref_optim_step(lk_optim_kind kind, double *p, double *s1, double *s2,
+                           const float *grads, const lk_optim_group *groups, double max_norm) {
+    double coef = 1.0;
+    if (max_norm >= 0) {
+        double sum = 0;
+        for (int s = 0; s < 3; s++)
+            for (int64_t i = 0; i < opt_segs[s].count; i++) {
+                double g = grads[opt_segs[s].param_offset + i];
+                sum += g * g;
+            }
+        coef = fmin(max_norm / (sqrt(sum) + 1e-6), 1.0);
+    }
+    for (int s = 0; s < 3; s++) {
+        const lk_optim_segment *sg = &opt_segs[s];
+        const lk_optim_group *G = &groups[sg->group];
+        const double wd = sg->no_decay ? 0.0 : G->weight_decay;
+        for (int64_t i = 0; i < sg->count; i++) {
+            double *x = &p[sg->param_offset + i], *a = &s1[sg->state_offset + i];
+            double *b = &s2[sg->state_offset + i];
+            double g = grads[sg->param_offset + i] * coef;
+            if (kind == LK_OPTIM_SGD) {
+                g += wd * *x;
+                if (G->momentum != 0) {
+                    *a = G->step == 0 ? g : *a * G->momentum + (1 - G->dampening) * g;
+                    g = G->nesterov ? g + G->momentum * *a : *a;
+                }
+                *x -= G->lr * g;
+            } else {
+                double t = (double)(G->step + 1);
+                if (kind == LK_OPTIM_ADAMW) *x *= 1 - G->lr * wd;
+                else g += wd * *x;
+                *a = G->beta1 * *a + (1 - G->beta1) * g;
+                *b = G->beta2 * *b + (1 - G->beta2) * g * g;
+                double mhat = *a / (1 - pow(G->beta1, t)), vhat = *b / (1 - pow(G->beta2, t));
+                *x -= G->lr * mhat / (sqrt(vhat) + G->eps);
+            }
+        }
+    }
+}
+
+/* Five steps of one configuration (new gradients each step, group 0's lr changed
+ * between steps as a scheduler would) against the double reference. */
+static int optim_case(const char *what, lk_optim_kind kind, lk_optim_group g0, lk_optim_group g1,
+                      double max_norm) {
+    lk_optim_group groups[2] = {g0, g1}, rgroups[2] = {g0, g1};
+    float *p = frand(OPT_N, -1, 1), *grads = fbuf(OPT_N);
+    float *s1 = fbuf(OPT_NSTATE), *s2 = fbuf(OPT_NSTATE), *g_before = fbuf(OPT_N);
+    double *rp = to_d(p, OPT_N), *rs1 = dbuf(OPT_NSTATE), *rs2 = dbuf(OPT_NSTATE);
+    for (int64_t j = 0; j < OPT_N; j++)
+        if (!opt_in_segment(j)) p[j] = rp[j] = 12345.0f;
+    lk_optim opt = {.kind = kind, .num_params = OPT_N, .num_state = OPT_NSTATE,
+                    .segments = opt_segs, .num_segments = 3, .groups = groups, .num_groups = 2,
+                    .max_grad_norm = max_norm};
+    for (int step = 0; step < 5; step++) {
+        for (int64_t j = 0; j < OPT_N; j++)
+            grads[j] = opt_in_segment(j) ? (float)(4.0 * urand() - 2.0) : NAN;
+        memcpy(g_before, grads, OPT_N * sizeof *grads);
+        ref_optim_step(kind, rp, rs1, rs2, g_before, rgroups, max_norm);
+        lk_optim_report rep;
+        OK(lk_optim_step(&opt, p, grads, s1, s2, &rep));
+        double sum = 0;
+        for (int64_t j = 0; j < OPT_N; j++)
+            if (opt_in_segment(j)) sum += (double)g_before[j] * g_before[j];
+        EXPECT(fabs(rep.grad_norm - sqrt(sum)) <= 1e-12 * sqrt(sum), "%s: norm %.17g vs %.17g",
+               what, rep.grad_norm, sqrt(sum));
+        EXPECT(rep.bad_segment == -1 && rep.bad_element == -1, "%s: bad_segment %d", what,
+               rep.bad_segment);
+        double coef = max_norm >= 0 ? fmin(max_norm / (sqrt(sum) + 1e-6), 1.0) : 1.0;
+        for (int64_t j = 0; j < OPT_N; j++) {
+            if (!opt_in_segment(j)) {
+                EXPECT(isnan(grads[j]) && p[j] == 12345.0f, "%s: gap element %lld touched", what,
+                       (long long)j);
+                continue;
+            }
+            double want = g_before[j] * coef;
+            EXPECT(fabs(grads[j] - want) <= 1e-6 * fabs(want) + 1e-30,
+                   "%s step %d: clipped grad[%lld] %.9g, expected %.9g", what, step, (long long)j,
+                   (double)grads[j], want);
+        }
+        for (int s = 0; s < 3; s++) {
+            const lk_optim_segment *sg = &opt_segs[s];
+            if (!close_to(what, p + sg->param_offset, rp + sg->param_offset, (size_t)sg->count,
+                          1e-5, __LINE__))
+                return 0;
+            int has_s1 = kind != LK_OPTIM_SGD || groups[sg->group].momentum != 0;
+            if (has_s1 && !close_to("state1", s1 + sg->state_offset, rs1 + sg->state_offset,
+                                    (size_t)sg->count, 1e-5, __LINE__))
+                return 0;
+            if (kind != LK_OPTIM_SGD &&
+                !close_to("state2", s2 + sg->state_offset, rs2 + sg->state_offset,
+                          (size_t)sg->count, 1e-5, __LINE__))
+                return 0;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (kind != LK_OPTIM_SGD || rgroups[i].momentum != 0) rgroups[i].step++;
+            EXPECT(groups[i].step == rgroups[i].step, "%s: group %d step %lld, expected %lld",
+                   what, i, (long long)groups[i].step, (long long)rgroups[i].step);
+        }
+        groups[0].lr *= 0.7; /* a schedule between steps */
+        rgroups[0].lr = groups[0].lr;
+    }
+    return 1;
+}
+
+static int test_optim_sgd(void) {
+    NEED(lk_optim_step, "optim.c");
+    NEED(lk_optim_group_defaults, "optim.c");
+    lk_optim_group d;
+    lk_optim_group_defaults(&d, LK_OPTIM_SGD);
+    EXPECT(d.lr == 1e-3 && d.momentum == 0 && d.dampening == 0 && d.weight_decay == 0 &&
+               !d.nesterov && d.step == 0,
+           "SGD defaults");
+    lk_optim_group a = d, b = d;
+    a.lr = 0.1, a.weight_decay = 0.01;
+    b.lr = 0.05;
+    if (!optim_case("sgd plain", LK_OPTIM_SGD, a, b, -1)) return 0;
+    a.momentum = 0.9, a.dampening = 0.1;
+    b.momentum = 0.5, b.weight_decay = 0.02;
+    if (!optim_case("sgd momentum+dampening", LK_OPTIM_SGD, a, b, -1)) return 0;
+    if (!optim_case("sgd momentum, clipped", LK_OPTIM_SGD, a, b, 3.0)) return 0;
+    a.dampening = 0, a.nesterov = 1;
+    b.momentum = 0.8, b.nesterov = 1;
+    if (!optim_case("sgd nesterov", LK_OPTIM_SGD, a, b, -1)) return 0;
+    a.nesterov = 0, a.momentum = 0; /* group 0 without momentum, group 1 Nesterov */
+    return optim_case("sgd mixed momentum", LK_OPTIM_SGD, a, b, -1);
+}
+
+static int test_optim_adam(void) {
+    NEED(lk_optim_step, "optim.c");
+    NEED(lk_optim_group_defaults, "optim.c");
+    for (int k = 0; k < 2; k++) {
+        lk_optim_kind kind = k ? LK_OPTIM_ADAMW : LK_OPTIM_ADAM;
+        lk_optim_group d;
+        lk_optim_group_defaults(&d, kind);
+        EXPECT(d.lr == 1e-3 && d.beta1 == 0.9 && d.beta2 == 0.999 && d.eps == 1e-8 &&
+                   d.weight_decay == (k ? 1e-2 : 0.0) && d.step == 0,
+               "%s defaults", k ? "AdamW" : "Adam");
+        lk_optim_group a = d, b = d;
+        a.lr = 1e-2, a.weight_decay = 0.1;
+        b.beta1 = 0.8, b.beta2 = 0.99, b.eps = 1e-6, b.weight_decay = 0.05;
+        if (!optim_case(k ? "adamw" : "adam", kind, a, b, -1)) return 0;
+        if (!optim_case(k ? "adamw clipped" : "adam clipped", kind, a, b, 1.0)) return 0;
+        b.beta1 = 0.0, b.eps = 0.0; /* edge values torch accepts */
+        if (!optim_case(k ? "adamw beta1=0" : "adam beta1=0", kind, a, b, 1e9)) return 0;
+    }
+    return 1;
+}
+
+/* A non-finite gradient: LK_ERR_NUMERIC naming the first one, nothing written. */
+static int test_optim_nonfinite(void) {
+    NEED(lk_optim_step, "optim.c");
+    NEED(lk_optim_clip_grad_norm, "optim.c");
+    NEED(lk_optim_grad_norm, "optim.c");
+    lk_optim_group groups[2];
+    lk_optim_group_defaults(&groups[0], LK_OPTIM_ADAMW);
+    groups[1] = groups[0];
+    groups[1].step = 3;
+    lk_optim opt = {.kind = LK_OPTIM_ADAMW, .num_params = OPT_N, .num_state = OPT_NSTATE,
+                    .segments = opt_segs, .num_segments = 3, .groups = groups, .num_groups = 2,
+                    .max_grad_norm = 0.5};
+    float *p = frand(OPT_N, -1, 1), *g = frand(OPT_N, -1, 1);
+    float *s1 = frand(OPT_NSTATE, -1, 1), *s2 = frand(OPT_NSTATE, 0, 1);
+    float *p0 = fbuf(OPT_N), *g0 = fbuf(OPT_N), *s10 = fbuf(OPT_NSTATE), *s20 = fbuf(OPT_NSTATE);
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int k = 0; k < 3; k++) {
+        g[400 + 7] = bad[k]; /* segment 2, element 7 */
+        g[400 + 90] = bad[(k + 1) % 3];
+        if (k == 2) g[320 + 16] = NAN; /* an earlier segment: reported first */
+        memcpy(p0, p, OPT_N * sizeof *p);
+        memcpy(g0, g, OPT_N * sizeof *g);
+        memcpy(s10, s1, OPT_NSTATE * sizeof *s1);
+        memcpy(s20, s2, OPT_NSTATE * sizeof *s2);
+        lk_optim_report rep;
+        for (int clip_on = 0; clip_on < 2; clip_on++) {
+            opt.max_grad_norm = clip_on ? 0.5 : -1;
+            BAD(lk_optim_step(&opt, p, g, s1, s2, &rep), LK_ERR_NUMERIC);
+            int want_seg = k == 2 ? 1 : 2, want_el = k == 2 ? 16 : 7;
+            EXPECT(rep.bad_segment == want_seg && rep.bad_element == want_el,
+                   "reported segment %d element %lld, expected %d / %d", rep.bad_segment,
+                   (long long)rep.bad_element, want_seg, want_el);
+            char want[64];
+            snprintf(want, sizeof want, "segment %d", want_seg);
+            EXPECT(strstr(lk_last_error(), want) && strstr(lk_last_error(), "not finite"),
+                   "message does not name %s: %s", want, lk_last_error());
+            EXPECT(!memcmp(p, p0, OPT_N * sizeof *p) && !memcmp(g, g0, OPT_N * sizeof *g) &&
+                       !memcmp(s1, s10, OPT_NSTATE * sizeof *s1) &&
+                       !memcmp(s2, s20, OPT_NSTATE * sizeof *s2),
+                   "a refused step wrote to the arenas");
+            EXPECT(groups[0].step == 0 && groups[1].step == 3, "a refused step advanced steps");
+        }
+        BAD(lk_optim_clip_grad_norm(g, OPT_N, opt_segs, 3, 0.5, &rep), LK_ERR_NUMERIC);
+        EXPECT(!memcmp(g, g0, OPT_N * sizeof *g), "a refused clip wrote to the gradients");
+        BAD(lk_optim_grad_norm(g, OPT_N, opt_segs, 3, &rep), LK_ERR_NUMERIC);
+        EXPECT(rep.bad_segment == (k == 2 ? 1 : 2), "grad_norm reported segment %d",
+               rep.bad_segment);
+    }
+    /* Huge finite gradients are not mistaken for overflow (squares summed in double). */
+    for (int64_t j = 0; j < OPT_N; j++) g[j] = 3e38f;
+    lk_optim_report rep;
+    OK(lk_optim_grad_norm(g, OPT_N, opt_segs, 3, &rep));
+    EXPECT(fabs(rep.grad_norm - (double)3e38f * sqrt(817.0)) <= 1e-12 * rep.grad_norm, "norm %g",
+           rep.grad_norm);
+    OK(lk_optim_clip_grad_norm(g, OPT_N, opt_segs, 3, 2.0, &rep));
+    double sum = 0;
+    for (int64_t j = 0; j < OPT_N; j++)
+        if (opt_in_segment(j)) sum += (double)g[j] * g[j];
+    EXPECT(fabs(sqrt(sum) - 2.0) < 1e-5, "clipped norm %g, expected 2", sqrt(sum));
+    return 1;
+}
+
+/* The norm, the clipped gradients and a whole step are bitwise the same on 1 and 2
+ * threads (sizes above the parallel threshold, segments of odd lengths). */
+static int test_optim_threads(void) {
+    NEED(lk_optim_step, "optim.c");
+    NEED(lk_optim_clip_grad_norm, "optim.c");
+    enum { NS = 4 };
+    const int64_t counts[NS] = {70001, 3, 52347, 90113};
+    lk_optim_segment segs[NS];
+    int64_t off = 5, soff = 0;
+    for (int s = 0; s < NS; s++) {
+        segs[s] = (lk_optim_segment){.param_offset = off, .count = counts[s],
+                                     .state_offset = soff, .group = s % 2, .no_decay = s == 1};
+        off += counts[s] + 11;
+        soff += counts[s];
+    }
+    const int64_t n = off;
+    float *g = frand((size_t)n, -3, 3), *p = frand((size_t)n, -1, 1);
+    float *gs[2], *ps[2], *ms[2], *vs[2];
+    double norms[2][2];
+    const int threads0 = lk_get_num_threads();
+    for (int t = 0; t < 2; t++) {
+        gs[t] = fbuf((size_t)n), ps[t] = fbuf((size_t)n);
+        ms[t] = fbuf((size_t)soff), vs[t] = fbuf((size_t)soff);
+        memcpy(gs[t], g, (size_t)n * sizeof *g);
+        memcpy(ps[t], p, (size_t)n * sizeof *p);
+        lk_set_num_threads(t + 1);
+        int here = lk_omp_threads_here();
+        lk_optim_report rep;
+        lk_status st = lk_optim_clip_grad_norm(gs[t], n, segs, NS, 10.0, &rep);
+        norms[t][0] = rep.grad_norm;
+        lk_optim_group groups[2];
+        lk_optim_group_defaults(&groups[0], LK_OPTIM_ADAMW);
+        lk_optim_group_defaults(&groups[1], LK_OPTIM_ADAMW);
+        groups[1].lr = 3e-3;
+        lk_optim opt = {.kind = LK_OPTIM_ADAMW, .num_params = n, .num_state = soff,
+                        .segments = segs, .num_segments = NS, .groups = groups, .num_groups = 2,
+                        .max_grad_norm = 5.0};
+        if (st == LK_OK) st = lk_optim_step(&opt, ps[t], gs[t], ms[t], vs[t], &rep);
+        norms[t][1] = rep.grad_norm;
+        lk_set_num_threads(threads0);
+        OK(st);
+        EXPECT(here == t + 1, "OpenMP runs %d threads, expected %d", here, t + 1);
+    }
+    EXPECT(!memcmp(norms[0], norms[1], sizeof norms[0]),
+           "norms differ between 1 and 2 threads: %.17g %.17g / %.17g %.17g", norms[0][0],
+           norms[1][0], norms[0][1], norms[1][1]);
+    EXPECT(!memcmp(gs[0], gs[1], (size_t)n * sizeof *g), "clipped gradients differ");
+    EXPECT(!memcmp(ps[0], ps[1], (size_t)n * sizeof *p), "parameters differ");
+    EXPECT(!memcmp(ms[0], ms[1], (size_t)soff * sizeof *p) &&
+               !memcmp(vs[0], vs[1], (size_t)soff * sizeof *p),
+           "optimizer state differs");
+    double sum = 0;
+    for (int s = 0; s < NS; s++)
+        for (int64_t i = 0; i < counts[s]; i++) {
+            double v = g[segs[s].param_offset + i];
+            sum += v * v;
+        }
+    EXPECT(fabs(norms[0][0] - sqrt(sum)) <= 1e-12 * sqrt(sum), "norm %.17g, reference %.17g",
+           norms[0][0], sqrt(sum));
+    return 1;
+}
+
+/* Bad arguments fail with LK_ERR_ARG and a message, writing nothing. */
+static int test_optim_bad(void) {
+    NEED(lk_optim_step, "optim.c");
+    NEED(lk_optim_clip_grad_norm, "optim.c");
+    NEED(lk_optim_grad_norm, "optim.c");
+    lk_optim_group groups[2];
+    lk_optim_group_defaults(&groups[0], LK_OPTIM_ADAM);
+    groups[1] = groups[0];
+    lk_optim_segment segs[3];
+    memcpy(segs, opt_segs, sizeof segs);
+    lk_optim good = {.kind = LK_OPTIM_ADAM, .num_params = OPT_N, .num_state = OPT_NSTATE,
+                     .segments = segs, .num_segments = 3, .groups = groups, .num_groups = 2,
+                     .max_grad_norm = -1};
+    float *p = frand(OPT_N, -1, 1), *g = frand(OPT_N, -1, 1);
+    float *s1 = fbuf(OPT_NSTATE), *s2 = fbuf(OPT_NSTATE);
+    float *p0 = fbuf(OPT_N), *g0 = fbuf(OPT_N);
+    memcpy(p0, p, OPT_N * sizeof *p);
+    memcpy(g0, g, OPT_N * sizeof *g);
+    lk_optim o;
+    lk_optim_report rep;
+    BAD(lk_optim_step(NULL, p, g, s1, s2, &rep), LK_ERR_ARG);
+    o = good, o.kind = (lk_optim_kind)7;
+    BAD(lk_optim_step(&o, p, g, s1, s2, &rep), LK_ERR_ARG);
+    BAD(lk_optim_step(&good, NULL, g, s1, s2, &rep), LK_ERR_ARG);
+    BAD(lk_optim_step(&good, p, NULL, s1, s2, &rep), LK_ERR_ARG);
+    BAD(lk_optim_step(&good, p, g, s1, NULL, &rep), LK_ERR_ARG);
+    o = good, o.num_params = 899; /* segment 2 ends at 900 */
+    BAD(lk_optim_step(&o, p, g, s1, s2, &rep), LK_ERR_ARG);
+    o = good, o.num_state = 816;
+    BAD(lk_optim_step(&o, p, g, s1, s2, &rep), LK_ERR_ARG);
+    o = good, o.num_groups = 1; /* segments name group 1 */
+    BAD(lk_optim_step(&o, p, g, s1, s2, &rep), LK_ERR_ARG);
+    o = good, o.max_grad_norm = NAN;
+    BAD(lk_optim_step(&o, p, g, s1, s2, &rep), LK_ERR_ARG);
+    segs[1].param_offset = 300; /* overlaps segment 0 */
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    EXPECT(strstr(lk_last_error(), "segment 1"), "message: %s", lk_last_error());
+    BAD(lk_optim_grad_norm(g, OPT_N, segs, 3, &rep), LK_ERR_ARG);
+    segs[1] = opt_segs[1], segs[1].state_offset = 299; /* state overlaps segment 0's */
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    segs[1] = opt_segs[1], segs[1].count = -1;
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    segs[1] = opt_segs[1], segs[1].group = -1;
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    segs[1] = opt_segs[1], segs[1].no_decay = 2;
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    segs[1] = opt_segs[1];
+    const struct {
+        double *field;
+        double value;
+    } bad_values[] = {
+        {&groups[1].lr, -1e-3}, {&groups[1].lr, NAN},          {&groups[1].lr, INFINITY},
+        {&groups[1].weight_decay, -0.1}, {&groups[1].beta1, 1.0}, {&groups[1].beta1, -0.1},
+        {&groups[1].beta2, 1.0},  {&groups[1].beta2, NAN},     {&groups[1].eps, -1e-8},
+    };
+    for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
+        double keep = *bad_values[i].field;
+        *bad_values[i].field = bad_values[i].value;
+        lk_clear_error();
+        lk_status st = lk_optim_step(&good, p, g, s1, s2, &rep);
+        *bad_values[i].field = keep;
+        EXPECT(st == LK_ERR_ARG && strstr(lk_last_error(), "group 1"),
+               "bad group value %zu: %s (%s)", i, lk_status_str(st), lk_last_error());
+    }
+    groups[1].step = -1;
+    BAD(lk_optim_step(&good, p, g, s1, s2, &rep), LK_ERR_ARG);
+    groups[1].step = 0;
+    /* SGD: Nesterov needs momentum and no dampening; momentum needs its buffer. */
+    lk_optim_group_defaults(&groups[0], LK_OPTIM_SGD);
+    lk_optim_group_defaults(&groups[1], LK_OPTIM_SGD);
+    o = good, o.kind = LK_OPTIM_SGD;
+    OK(lk_optim_step(&o, p, g, NULL, NULL, &rep)); /* no momentum: no state needed */
+    o.num_state = 0;                                /* nor state offsets checked */
+    OK(lk_optim_step(&o, p, g, NULL, NULL, &rep));
+    o.num_state = OPT_NSTATE;
+    memcpy(p0, p, OPT_N * sizeof *p);
+    groups[1].nesterov = 1;
+    BAD(lk_optim_step(&o, p, g, s1, NULL, &rep), LK_ERR_ARG);
+    groups[1].momentum = 0.9, groups[1].dampening = 0.1;
+    BAD(lk_optim_step(&o, p, g, s1, NULL, &rep), LK_ERR_ARG);
+    groups[1].dampening = 0;
+    BAD(lk_optim_step(&o, p, g, NULL, NULL, &rep), LK_ERR_ARG);
+    groups[1].momentum = -0.5, groups[1].nesterov = 0;
+    BAD(lk_optim_step(&o, p, g, s1, NULL, &rep), LK_ERR_ARG);
+    EXPECT(!memcmp(p, p0, OPT_N * sizeof *p) && !memcmp(g, g0, OPT_N * sizeof *g),
+           "a refused call wrote to the arenas");
+    BAD(lk_optim_clip_grad_norm(g, OPT_N, opt_segs, 3, -1.0, &rep), LK_ERR_ARG);
+    BAD(lk_optim_clip_grad_norm(NULL, OPT_N, opt_segs, 3, 1.0, &rep), LK_ERR_ARG);
+    BAD(lk_optim_grad_norm(g, OPT_N, NULL, 3, &rep), LK_ERR_ARG);
+    BAD(lk_optim_grad_norm(g, OPT_N, opt_segs, -1, &rep), LK_ERR_ARG);
+    /* Empty: no segments, NULL arenas. */
+    o = good, o.num_params = 0, o.num_state = 0, o.num_segments = 0, o.segments = NULL;
+    OK(lk_optim_step(&o, NULL, NULL, NULL, NULL, NULL));
+    OK(lk_optim_grad_norm(NULL, 0, NULL, 0, &rep));
+    EXPECT(rep.grad_norm == 0.0, "empty norm %g", rep.grad_norm);
+    return 1;
+}
+
 /* -------------------------------------------------------------------- main */
 typedef struct {
     const char *name;
@@ -1701,6 +2100,10 @@ static const test_case tests[] = {
     {"dropout", test_dropout},
     {"stochdepth", test_stochdepth},
     {"xent", test_xent},
+    {"optim_sgd", test_optim_sgd},
+    {"optim_adam", test_optim_adam},
+    {"optim_nonfinite", test_optim_nonfinite},
+    {"optim_threads", test_optim_threads},
     {"conv2d_bad", test_conv2d_bad},
     {"batchnorm_bad", test_batchnorm_bad},
     {"activation_bad", test_activation_bad},
@@ -1708,6 +2111,7 @@ static const test_case tests[] = {
     {"linear_bad", test_linear_bad},
     {"chmul_bad", test_chmul_bad},
     {"softmax_bad", test_softmax_bad},
+    {"optim_bad", test_optim_bad},
 };
 
 int main(int argc, char **argv) {
