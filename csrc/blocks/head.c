@@ -126,7 +126,8 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
     if (hd->kind == LK_HEAD_LINEAR) {
         hd->need_dz = hd->need_dfeat;
         LK_TRY(lk_gpool_init(&hd->gap, LK_POOL_AVG, n, c, h, w, hd->need_dfeat));
-        return lk_linear_init(&hd->cls, n, c, hd->k, 1, bwd, hd->need_dfeat);
+        return lk_linear_init(&hd->cls, &(lk_linear_cfg){.n = n, .in = c, .out = hd->k, .bias = 1,
+                                                    .train = bwd, .need_dx = hd->need_dfeat});
     }
     const int *tr = hd->trainable;
     hd->need_dz = hd->need_dfeat || (has_channel(hd) && tr[LK_HM_CHANNEL]) ||
@@ -136,8 +137,10 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
     const int att_bwd = bwd && hd->need_dz;
     if (has_channel(hd)) {
         LK_TRY(lk_gpool_init(&hd->gmp, LK_POOL_MAX, n, c, h, w, att_bwd));
-        LK_TRY(lk_linear_init(&hd->fc1, 2 * n, c, c8, 1, att_bwd, 1));
-        LK_TRY(lk_linear_init(&hd->fc2, 2 * n, c8, c, 1, att_bwd, 1));
+        LK_TRY(lk_linear_init(&hd->fc1, &(lk_linear_cfg){.n = 2 * n, .in = c, .out = c8, .bias = 1,
+                                                         .train = att_bwd, .need_dx = 1}));
+        LK_TRY(lk_linear_init(&hd->fc2, &(lk_linear_cfg){.n = 2 * n, .in = c8, .out = c, .bias = 1,
+                                                         .train = att_bwd, .need_dx = 1}));
         LK_TRY(lk_act_init(&hd->relu1, LK_ACT_RELU, 2 * (int64_t)n * c8, att_bwd));
         LK_TRY(lk_act_init(&hd->relu2, LK_ACT_RELU, 2 * (int64_t)n * c, att_bwd));
         LK_TRY(lk_act_init(&hd->gate, LK_ACT_SIGMOID, (int64_t)n * c, att_bwd));
@@ -151,7 +154,8 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
     }
     if (has_attn_pool(hd)) {
         LK_REQUIRE(npos <= 0x7fffffff, "head: %lld positions are too many", (long long)npos);
-        LK_TRY(lk_linear_init(&hd->attn, (int)npos, c, 1, 0, att_bwd, 1));
+        LK_TRY(lk_linear_init(&hd->attn, &(lk_linear_cfg){.n = (int)npos, .in = c, .out = 1,
+                                                          .train = att_bwd, .need_dx = 1}));
         LK_TRY(lk_softmax_init(&hd->softmax, n, h * w, att_bwd));
     }
     lk_bn_mode bm = !bwd ? LK_BN_EVAL : tr[LK_HM_BN] ? LK_BN_TRAIN : LK_BN_FROZEN;
@@ -160,9 +164,12 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
                     .mode = bm, .need_dx = hd->need_dz};
     if (bm == LK_BN_FROZEN && !hd->need_dz) bc.mode = LK_BN_EVAL; /* nothing passes through */
     LK_TRY(lk_bn_init(&hd->bn, &bc));
-    LK_TRY(lk_linear_init(&hd->fc, n, c, t, 1, bwd, hd->need_dz || tr[LK_HM_BN]));
+    LK_TRY(lk_linear_init(&hd->fc, &(lk_linear_cfg){.n = n, .in = c, .out = t, .bias = 1,
+                                                    .train = bwd,
+                                                    .need_dx = hd->need_dz || tr[LK_HM_BN]}));
     LK_TRY(lk_act_init(&hd->relu_fc, LK_ACT_RELU, (int64_t)n * t, bwd));
-    return lk_linear_init(&hd->out, n, t, hd->k, 1, bwd, 1);
+    return lk_linear_init(&hd->out, &(lk_linear_cfg){.n = n, .in = t, .out = hd->k, .bias = 1,
+                                                     .train = bwd, .need_dx = 1});
 }
 
 void lk_head_bind(lk_head *hd, lk_arena *a) {

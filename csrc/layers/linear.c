@@ -10,10 +10,12 @@
 
 #include "lk_layers.h"
 
-lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int train, int need_dx) {
+lk_status lk_linear_init(lk_linear *L, const lk_linear_cfg *cfg) {
     memset(L, 0, sizeof *L);
-    *L = (lk_linear){.n = n, .in = in, .out = out, .bias = !!bias, .train = !!train,
-                     .need_dx = !!need_dx};
+    const int n = cfg->n, in = cfg->in, out = cfg->out, train = !!cfg->train,
+              need_dx = !!cfg->need_dx;
+    *L = (lk_linear){.n = n, .in = in, .out = out, .bias = !!cfg->bias, .train = train,
+                     .need_dx = need_dx};
     LK_REQUIRE(n > 0 && in > 0 && out > 0,
                "linear: sizes must be positive (n=%d in=%d out=%d)", n, in, out);
 
@@ -52,7 +54,14 @@ lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int tra
         pd = NULL;
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
         LK_TRY_GOTO(lk_mem(&L->m_dw, w_md));
-        if (L->bias) LK_TRY_GOTO(lk_mem(&L->m_db, b_md));
+        if (L->bias) {
+            LK_TRY_GOTO(lk_mem(&L->m_db, b_md));
+            L->db_tmp = lk_alloc(sizeof(float) * (size_t)out);
+            if (!L->db_tmp) {
+                st = LK_FAIL(LK_ERR_NOMEM, "linear: [%d] bias-gradient scratch", out);
+                goto done;
+            }
+        }
     }
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -112,16 +121,9 @@ lk_status lk_linear_backward(lk_linear *L, float *dx, float *dw, float *db, cons
         int nargs = 3;
         if (L->bias) {
             /* The primitive always produces the bias gradient: when the caller
-             * skips db it goes to a scratch buffer. */
-            float *db_buf = db ? db : lk_alloc(sizeof(float) * (size_t)L->out);
-            if (!db_buf) return LK_FAIL(LK_ERR_NOMEM, "linear backward: bias-gradient buffer");
-            lk_status st = lk_mem_set(L->m_db, db_buf);
-            if (st == LK_OK) {
-                args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_BIAS, L->m_db};
-                st = lk_prim_exec(&L->bwd_w, nargs, args);
-            }
-            if (!db) lk_free(db_buf);
-            return st;
+             * skips db it goes to the layer's scratch. */
+            LK_TRY(lk_mem_set(L->m_db, db ? db : L->db_tmp));
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_DIFF_BIAS, L->m_db};
         }
         return lk_prim_exec(&L->bwd_w, nargs, args);
     }
@@ -133,6 +135,7 @@ void lk_linear_free(lk_linear *L) {
     lk_prim_free(&L->fwd);
     lk_prim_free(&L->bwd_d);
     lk_prim_free(&L->bwd_w);
+    lk_free(L->db_tmp);
     dnnl_memory_t *mems[] = {&L->m_x, &L->m_y, &L->m_w, &L->m_b,
                              &L->m_dx, &L->m_dy, &L->m_dw, &L->m_db};
     for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);

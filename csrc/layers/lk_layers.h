@@ -134,13 +134,21 @@ lk_status lk_gpool_backward(lk_gpool *L, float *dx, const float *dy);
 void lk_gpool_free(lk_gpool *L);
 
 /* ---------------------------------------------------------------- linear.c */
+typedef struct lk_linear_cfg {
+    int n, in, out;   /* x [N, IN], y [N, OUT], w [OUT, IN] */
+    int bias;         /* has a bias [OUT] */
+    int train;        /* plan backward primitives */
+    int need_dx;      /* (train) compute the input gradient */
+} lk_linear_cfg;
+
 typedef struct lk_linear {
     int n, in, out, bias, train, need_dx;
     lk_prim fwd, bwd_d, bwd_w;
+    float *db_tmp;    /* [OUT] bias gradient when the caller skips db */
     dnnl_memory_t m_x, m_y, m_w, m_b, m_dx, m_dy, m_dw, m_db;
 } lk_linear;
 
-lk_status lk_linear_init(lk_linear *L, int n, int in, int out, int bias, int train, int need_dx);
+lk_status lk_linear_init(lk_linear *L, const lk_linear_cfg *cfg);
 /* y [N, OUT] = x [N, IN] w^T [IN, OUT] + b [OUT]. */
 lk_status lk_linear_forward(lk_linear *L, float *y, const float *x, const float *w, const float *b);
 lk_status lk_linear_backward(lk_linear *L, float *dx, float *dw, float *db, const float *dy,

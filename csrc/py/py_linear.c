@@ -29,7 +29,8 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args) {
     if (!yp) return NULL;
     if (lk_py_shape(y, "y", 2, (npy_intp[]){xd[0], wd[0]}) < 0) return NULL;
     lk_linear L;
-    lk_status st = lk_linear_init(&L, (int)xd[0], (int)xd[1], (int)wd[0], bp != NULL, 0, 0);
+    lk_status st = lk_linear_init(&L, &(lk_linear_cfg){.n = (int)xd[0], .in = (int)xd[1],
+                                                         .out = (int)wd[0], .bias = bp != NULL});
     if (st == LK_OK) LK_PY_CALL(st, lk_linear_forward(&L, yp, xp, wp, bp));
     lk_linear_free(&L);
     if (st != LK_OK) return lk_py_raise(st);
@@ -56,8 +57,9 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
     if (PyErr_Occurred()) return NULL;
     if (dbp && lk_py_shape(db, "db", 1, (npy_intp[]){wd[0]}) < 0) return NULL;
     lk_linear L;
-    lk_status st = lk_linear_init(&L, (int)xd[0], (int)xd[1], (int)wd[0], dbp != NULL, 1,
-                                  dxp != NULL);
+    lk_status st = lk_linear_init(&L, &(lk_linear_cfg){.n = (int)xd[0], .in = (int)xd[1],
+                                                         .out = (int)wd[0], .bias = dbp != NULL,
+                                                         .train = 1, .need_dx = dxp != NULL});
     if (st == LK_OK) LK_PY_CALL(st, lk_linear_backward(&L, dxp, dwp, dbp, dyp, xp, wp));
     lk_linear_free(&L);
     if (st != LK_OK) return lk_py_raise(st);

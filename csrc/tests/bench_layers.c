@@ -207,7 +207,8 @@ static void bench_linear(const char *op, int in, int out) {
     if (!wanted(op)) return;
     lk_linear L;
     double t0 = now_ms();
-    CK(lk_linear_init(&L, g_batch, in, out, 1, 1, 1));
+    CK(lk_linear_init(&L, &(lk_linear_cfg){.n = g_batch, .in = in, .out = out, .bias = 1,
+                                           .train = 1, .need_dx = 1}));
     double plan = now_ms() - t0;
     float *x = rnd((size_t)g_batch * in, -1, 1), *w = rnd((size_t)out * in, -0.1f, 0.1f);
     float *b = rnd(out, 0, 0), *y = rnd((size_t)g_batch * out, 0, 0);

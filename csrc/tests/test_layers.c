@@ -990,7 +990,8 @@ static int test_pooling_bad(void) {
 
 /* ------------------------------------------------------------------ linear */
 static int linear_case_body(lk_linear *L, int n, int in, int out, int bias, int need_dx) {
-    OK(lk_linear_init(L, n, in, out, bias, 1, need_dx));
+    OK(lk_linear_init(L, &(lk_linear_cfg){
+            .n = n, .in = in, .out = out, .bias = bias, .train = 1, .need_dx = need_dx}));
     float *x = frand((size_t)n * in, -1, 1), *w = frand((size_t)out * in, -1, 1);
     float *b = bias ? frand(out, -1, 1) : NULL, *y = fbuf((size_t)n * out);
     float *dy = frand((size_t)n * out, -1, 1), *dx = fbuf((size_t)n * in);
@@ -1034,20 +1035,24 @@ static int test_linear(void) {
 }
 
 static int linear_bad_body(lk_linear *L) {
-    BAD(lk_linear_init(L, 2, 0, 3, 1, 1, 1), LK_ERR_ARG);
+    BAD(lk_linear_init(L, &(lk_linear_cfg){
+            .n = 2, .in = 0, .out = 3, .bias = 1, .train = 1, .need_dx = 1}), LK_ERR_ARG);
     lk_linear_free(L);
-    BAD(lk_linear_init(L, -1, 4, 3, 1, 1, 1), LK_ERR_ARG);
+    BAD(lk_linear_init(L, &(lk_linear_cfg){
+            .n = -1, .in = 4, .out = 3, .bias = 1, .train = 1, .need_dx = 1}), LK_ERR_ARG);
     lk_linear_free(L);
     float *x = frand(8, -1, 1), *w = frand(12, -1, 1), *b = frand(3, -1, 1), *y = fbuf(6);
     BAD(lk_linear_forward(L, y, x, w, b), ANY_ERR); /* zeroed struct */
-    OK(lk_linear_init(L, 2, 4, 3, 1, 0, 0));
+    OK(lk_linear_init(L, &(lk_linear_cfg){
+            .n = 2, .in = 4, .out = 3, .bias = 1, .train = 0, .need_dx = 0}));
     BAD(lk_linear_forward(L, NULL, x, w, b), LK_ERR_ARG);
     BAD(lk_linear_forward(L, y, x, NULL, b), LK_ERR_ARG);
     BAD(lk_linear_forward(L, y, x, w, NULL), LK_ERR_ARG); /* bias layer without b */
     OK(lk_linear_forward(L, y, x, w, b));
     BAD(lk_linear_backward(L, x, w, b, y, x, w), ANY_ERR); /* forward-only plan */
     lk_linear_free(L);
-    OK(lk_linear_init(L, 2, 4, 3, 1, 1, 0));
+    OK(lk_linear_init(L, &(lk_linear_cfg){
+            .n = 2, .in = 4, .out = 3, .bias = 1, .train = 1, .need_dx = 0}));
     BAD(lk_linear_backward(L, x, w, b, y, x, w), ANY_ERR); /* dx without need_dx */
     BAD(lk_linear_backward(L, NULL, w, b, NULL, x, w), LK_ERR_ARG);
     lk_linear_free(L);
@@ -1065,7 +1070,8 @@ static int test_linear_bad(void) {
     int ok = linear_bad_body(&L);
     lk_linear_free(&L);
     for (int i = 0; ok && i < 3; i++) {
-        lk_status s = lk_linear_init(&L, 4, 16, 2, 1, 1, 1);
+        lk_status s = lk_linear_init(&L, &(lk_linear_cfg){
+            .n = 4, .in = 16, .out = 2, .bias = 1, .train = 1, .need_dx = 1});
         lk_linear_free(&L);
         if (s != LK_OK) ok = failf(__LINE__, "init/free cycle %d: %s", i, lk_last_error());
     }

@@ -1,6 +1,7 @@
 /* Whole-model C test, built with the sanitizers by run_sanitized.sh: both
- * architectures forward and backward (train and eval), a re-plan to another size,
- * error paths, and a clean shutdown so LeakSanitizer sees every allocation. */
+ * architectures with every head, forward and backward (train and eval) under every
+ * policy, frozen features, gradient accumulation, a re-plan to another size, error
+ * paths, and a clean shutdown so LeakSanitizer sees every allocation. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,10 +52,17 @@ static void init_params(lk_model *m) {
     }
 }
 
+static lk_status create(lk_model **m, const char *arch, const char *head, int k,
+                        lk_policy policy) {
+    lk_model_cfg cfg = {.arch = arch, .head = head, .num_classes = k, .dropout = -1.f,
+                        .sd_prob = -1.f, .policy = policy};
+    return lk_model_create(m, &cfg);
+}
+
 static void run_arch(const char *arch) {
     enum { K = 3 };
     lk_model *m = NULL;
-    CHECK(lk_model_create(&m, arch, K) == LK_OK, "%s: create", arch);
+    CHECK(create(&m, arch, "linear", K, LK_POLICY_ALL) == LK_OK, "%s: create", arch);
     if (!m) return;
     init_params(m);
     int sizes[2][3] = {{2, 40, 48}, {3, 36, 36}};
@@ -64,9 +72,11 @@ static void run_arch(const char *arch) {
         float x[3 * 3 * 48 * 48], dx[3 * 3 * 48 * 48], logits[3 * K], dl[3 * K];
         for (size_t i = 0; i < nx; i++) x[i] = urand();
         for (int i = 0; i < n * K; i++) dl[i] = urand();
-        CHECK(lk_model_forward(m, logits, x, n, h, w, 1, 7) == LK_OK, "%s: train forward", arch);
+        CHECK(lk_model_forward(m, logits, NULL, x, n, h, w, LK_FWD_TRAIN | LK_FWD_INPUT_GRAD, 7) ==
+                  LK_OK,
+              "%s: train forward", arch);
         CHECK(all_finite(logits, (size_t)n * K), "%s: finite train logits", arch);
-        CHECK(lk_model_backward(m, dx, dl) == LK_OK, "%s: backward", arch);
+        CHECK(lk_model_backward(m, dx, dl, 0) == LK_OK, "%s: backward", arch);
         CHECK(all_finite(dx, nx), "%s: finite input gradient", arch);
         int64_t np_;
         float *g = lk_model_grads(m, &np_);
@@ -74,17 +84,18 @@ static void run_arch(const char *arch) {
         double norm = 0;
         for (int64_t i = 0; i < np_; i++) norm += (double)g[i] * g[i];
         CHECK(norm > 0, "%s: non-zero gradients", arch);
-        CHECK(lk_model_forward(m, logits, x, n, h, w, 0, 0) == LK_OK, "%s: eval forward", arch);
+        CHECK(lk_model_forward(m, logits, NULL, x, n, h, w, 0, 0) == LK_OK, "%s: eval forward",
+              arch);
         CHECK(all_finite(logits, (size_t)n * K), "%s: finite eval logits", arch);
-        CHECK(lk_model_backward(m, dx, dl) == LK_ERR_STATE, "%s: backward after eval refused",
+        CHECK(lk_model_backward(m, dx, dl, 0) == LK_ERR_STATE, "%s: backward after eval refused",
               arch);
     }
     float x1[3 * 40 * 40], l1[K];
     memset(x1, 0, sizeof x1);
-    CHECK(lk_model_forward(m, l1, x1, 1, 40, 40, 1, 0) == LK_ERR_ARG, "%s: batch 1 train refused",
-          arch);
-    CHECK(lk_model_forward(m, l1, x1, 1, 8, 40, 0, 0) == LK_ERR_ARG, "%s: tiny image refused",
-          arch);
+    CHECK(lk_model_forward(m, l1, NULL, x1, 1, 40, 40, LK_FWD_TRAIN, 0) == LK_ERR_ARG,
+          "%s: batch 1 train refused", arch);
+    CHECK(lk_model_forward(m, l1, NULL, x1, 1, 8, 40, 0, 0) == LK_ERR_ARG,
+          "%s: tiny image refused", arch);
     CHECK(lk_model_set_regularization(m, 1.5f, 0.f) == LK_ERR_ARG, "%s: bad dropout refused",
           arch);
     lk_model_free(m);
@@ -100,20 +111,21 @@ static void run_injected_failures(void) {
     for (int i = 0; i < N * K; i++) dl[i] = urand();
     for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
         lk_model *m = NULL;
-        if (lk_model_create(&m, "efficientnet_v2_s", K) != LK_OK) {
+        if (create(&m, "efficientnet_v2_s", "multi_attention", K, LK_POLICY_LAST_BLOCK) != LK_OK) {
             CHECK(0, "create for failure injection");
             return;
         }
         init_params(m);
         for (int train = 0; train <= 1; train++) {
             lk_debug_fail_prim_init_after(ks[j]);
-            lk_status st = lk_model_forward(m, logits, x, N, H, W, train, 1);
+            unsigned flags = train ? LK_FWD_TRAIN : 0;
+            lk_status st = lk_model_forward(m, logits, NULL, x, N, H, W, flags, 1);
             lk_debug_fail_prim_init_after(-1);
             CHECK(st == LK_ERR_DNNL && strstr(lk_last_error(), "injected"),
                   "injected failure %d (train=%d) reported", ks[j], train);
-            CHECK(lk_model_backward(m, NULL, dl) == LK_ERR_STATE,
+            CHECK(lk_model_backward(m, NULL, dl, 0) == LK_ERR_STATE,
                   "no backward after a failed plan");
-            CHECK(lk_model_forward(m, logits, x, N, H, W, train, 1) == LK_OK,
+            CHECK(lk_model_forward(m, logits, NULL, x, N, H, W, flags, 1) == LK_OK,
                   "plans again after injected failure %d", ks[j]);
             CHECK(all_finite(logits, N * K), "finite logits after recovery");
         }
@@ -121,12 +133,76 @@ static void run_injected_failures(void) {
     }
 }
 
+/* Every head under every policy: train step, frozen parameters untouched, frozen
+ * features + a start from them equal to the full network, accumulation. */
+static void run_heads(const char *arch) {
+    enum { K = 2, N = 3, H = 64, W = 48 };
+    static const char *heads[] = {"linear", "multi_attention", "channel_attention",
+                                  "spatial_attention"};
+    static const lk_policy pols[] = {LK_POLICY_ALL, LK_POLICY_LAST_BLOCK, LK_POLICY_HEAD};
+    static float x[N * 3 * H * W], feats[N * 1536 * 32 * 32];
+    float logits[N * K], logits2[N * K], dl[N * K];
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = urand();
+    for (int i = 0; i < N * K; i++) dl[i] = urand();
+    for (int hh = 0; hh < 4; hh++) {
+        lk_model *m = NULL;
+        if (create(&m, arch, heads[hh], K, LK_POLICY_DEFAULT) != LK_OK) {
+            CHECK(0, "%s/%s: create", arch, heads[hh]);
+            continue;
+        }
+        init_params(m);
+        int64_t np_;
+        float *g = lk_model_grads(m, &np_);
+        for (int p = 0; p < 3; p++) {
+            CHECK(lk_model_set_policy(m, pols[p]) == LK_OK, "set policy");
+            int c, fh, fw;
+            CHECK(lk_model_features_shape(m, H, W, &c, &fh, &fw) == LK_OK, "features shape");
+            CHECK(lk_model_forward(m, logits, feats, x, N, H, W, LK_FWD_TRAIN, 5) == LK_OK,
+                  "%s/%s policy %d: train forward", arch, heads[hh], p);
+            CHECK(all_finite(logits, N * K), "finite logits");
+            CHECK(lk_model_backward(m, NULL, dl, 0) == LK_OK, "%s/%s policy %d: backward", arch,
+                  heads[hh], p);
+            int frozen_zero = 1, some_grad = 0;
+            for (int i = 0; i < lk_model_num_tensors(m); i++) {
+                const lk_tensor_desc *t = lk_model_tensor(m, i);
+                if (t->kind != LK_TENSOR_PARAM) continue;
+                const float *gi = lk_model_tensor_grad(m, i);
+                for (int64_t k = 0; k < t->numel; k++) {
+                    if (!lk_model_tensor_trainable(m, i) && gi[k] != 0.f) frozen_zero = 0;
+                    if (lk_model_tensor_trainable(m, i) && gi[k] != 0.f) some_grad = 1;
+                }
+            }
+            CHECK(frozen_zero && some_grad && all_finite(g, (size_t)np_),
+                  "%s/%s policy %d: gradients only for trainable tensors", arch, heads[hh], p);
+            /* The same step started from the returned features. */
+            CHECK(lk_model_forward(m, logits2, NULL, feats, N, fh, fw,
+                                   LK_FWD_TRAIN | LK_FWD_FROM_FEATURES, 5) == LK_OK,
+                  "forward from features");
+            CHECK(memcmp(logits, logits2, sizeof logits) == 0,
+                  "%s/%s policy %d: from features == full network", arch, heads[hh], p);
+            CHECK(lk_model_backward(m, NULL, dl, 1) == LK_OK, "accumulating backward");
+            CHECK(lk_model_backward(m, logits, dl, 0) == LK_ERR_ARG,
+                  "input gradient refused when not planned");
+            CHECK(lk_model_frozen_features(m, feats, x, N, H, W) == LK_OK, "frozen features");
+            CHECK(all_finite(feats, (size_t)N * c * fh * fw), "finite features");
+        }
+        lk_model_free(m);
+    }
+}
+
 int main(void) {
     lk_model *m = NULL;
-    CHECK(lk_model_create(&m, "resnet50", 2) == LK_ERR_ARG && !m, "unknown arch refused");
-    CHECK(lk_model_create(&m, "efficientnet_b3", 0) == LK_ERR_ARG && !m, "0 classes refused");
+    CHECK(create(&m, "resnet50", "linear", 2, LK_POLICY_DEFAULT) == LK_ERR_ARG && !m,
+          "unknown arch refused");
+    CHECK(create(&m, "efficientnet_b3", "linear", 0, LK_POLICY_DEFAULT) == LK_ERR_ARG && !m,
+          "0 classes refused");
+    CHECK(create(&m, "efficientnet_b3", "transformer", 2, LK_POLICY_DEFAULT) == LK_ERR_ARG && !m,
+          "unknown head refused");
+    CHECK(lk_model_create(&m, NULL) == LK_ERR_ARG && !m, "NULL configuration refused");
     run_arch("efficientnet_v2_s");
     run_arch("efficientnet_b3");
+    run_heads("efficientnet_b3");
+    run_heads("efficientnet_v2_s");
     run_injected_failures();
     lk_shutdown();
     printf("%d passed, %d failed\n", passed, failed);
