@@ -89,7 +89,11 @@ def test_parameter_views_are_zero_copy():
     flat = m.flat_parameters()
     assert all(np.shares_memory(p, flat) for p in params.values())
     assert sum(p.size for p in params.values()) == flat.size == m.num_parameters()
-    params["classifier.1.bias"][:] += 1.0  # writing the view changes the C model
+    with pytest.raises(ValueError, match="read-only"):
+        params["classifier.1.bias"][:] += 1.0  # views are read-only by default
+    with m.writable() as w:  # writing a writable view changes the C model
+        assert np.shares_memory(w["classifier.1.bias"], params["classifier.1.bias"])
+        w["classifier.1.bias"][:] += 1.0
     np.testing.assert_allclose(m(x), before + 1.0, rtol=1e-5, atol=1e-5)
     grads = dict(m.named_grads())
     assert all(np.shares_memory(g, m.flat_grads()) for g in grads.values())

@@ -124,6 +124,16 @@ def _check_train_step(ref, m, x, labels, trainable_prefixes=None, noise_factor=N
             assert int(ours[name]) == int(t), name
 
 
+def _check_eval(ref: torch.nn.Module, m: M.EfficientNet, x: np.ndarray) -> None:
+    """Eval logits of ours against the float64 reference."""
+    ref.eval()
+    m.eval()
+    with torch.no_grad():
+        want = ref.double()(torch.from_numpy(x.astype(np.float64))).numpy()
+    ref.float()
+    assert _rel(m(x), want) < LOGIT_RTOL, f"eval logits at {x.shape}"
+
+
 @pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
 def test_multi_attention_parity_eval_and_train(arch):
     head, k = "multi_attention", 3
@@ -134,13 +144,8 @@ def test_multi_attention_parity_eval_and_train(arch):
     # amplifies float32 rounding (torch float32 itself is 3e-4 off float64 there).
     for n, h, w in [(4, 64, 64), (3, 72, 56)]:
         x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
-        ref.eval()
-        m.eval()
         for xb in (x[:1], x):  # batch 1 and > 1 in eval
-            with torch.no_grad():
-                want = ref.double()(torch.from_numpy(xb.astype(np.float64))).numpy()
-            ref.float()
-            assert _rel(m(xb), want) < LOGIT_RTOL, f"eval logits at {xb.shape}"
+            _check_eval(ref, m, xb)
         ref.train()
         m.train()
         _check_train_step(ref, m, x, rng.integers(0, k, n))
@@ -153,12 +158,7 @@ def test_ablation_heads_parity(head):
     m = _ours_from(ref, arch, head, k, "all")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 3, 72, 56)).astype(np.float32)
-    ref.eval()
-    m.eval()
-    with torch.no_grad():
-        want = ref.double()(torch.from_numpy(x.astype(np.float64))).numpy()
-    ref.float()
-    assert _rel(m(x), want) < LOGIT_RTOL
+    _check_eval(ref, m, x)
     ref.train()
     m.train()
     _check_train_step(ref, m, x, rng.integers(0, k, 3))

@@ -67,18 +67,23 @@ typedef struct lk_reg {
     lk_status st;
 } lk_reg;
 
+/* Make room for one more element in a growing table; 0 when out of memory. */
+static int table_grow(void **items, int *cap, int count, size_t size) {
+    if (count < *cap) return 1;
+    int n = *cap ? 2 * *cap : 128;
+    void *p = realloc(*items, size * (size_t)n);
+    if (!p) return 0;
+    *items = p;
+    *cap = n;
+    return 1;
+}
+
 static void reg_unit(lk_reg *r, int *trainable, int piece) {
     lk_model *m = r->m;
     if (r->st != LK_OK || r->pass != 0) return;
-    if (m->nunits == m->ucap) {
-        int cap = m->ucap ? 2 * m->ucap : 128;
-        lk_unit_ref *u = realloc(m->units, sizeof *u * (size_t)cap);
-        if (!u) {
-            r->st = LK_FAIL(LK_ERR_NOMEM, "unit table");
-            return;
-        }
-        m->units = u;
-        m->ucap = cap;
+    if (!table_grow((void **)&m->units, &m->ucap, m->nunits, sizeof *m->units)) {
+        r->st = LK_FAIL(LK_ERR_NOMEM, "unit table");
+        return;
     }
     m->units[m->nunits] = (lk_unit_ref){.trainable = trainable, .piece = piece};
     r->unit = m->nunits++;
@@ -89,15 +94,9 @@ static void reg_tensor(lk_reg *r, float **data, float **grad, lk_tensor_kind kin
     lk_model *m = r->m;
     if (r->st != LK_OK) return;
     if (r->pass == 0) {
-        if (m->ntensors == m->cap) {
-            int cap = m->cap ? 2 * m->cap : 256;
-            lk_tensor_desc *t = realloc(m->tensors, sizeof *t * (size_t)cap);
-            if (!t) {
-                r->st = LK_FAIL(LK_ERR_NOMEM, "tensor table");
-                return;
-            }
-            m->tensors = t;
-            m->cap = cap;
+        if (!table_grow((void **)&m->tensors, &m->cap, m->ntensors, sizeof *m->tensors)) {
+            r->st = LK_FAIL(LK_ERR_NOMEM, "tensor table");
+            return;
         }
         lk_tensor_desc *t = &m->tensors[m->ntensors++];
         memset(t, 0, sizeof *t);
