@@ -475,7 +475,9 @@ static void bind_piece(lk_model *m, int p, lk_arena *a) {
  * region (p - start) % 2 and reads its input from the other. The rest bind in order. */
 static void plan_bind(lk_model *m, lk_arena *a) {
     const int train = m->pflags & LK_FWD_TRAIN, last = last_piece(m);
-    const int split = train ? m->boundary : last; /* first piece bound in order */
+    /* First piece bound in order: every piece with a backward keeps its activations
+     * (with the input gradient that is every piece: it passes through the prefix). */
+    const int split = !train ? last : (m->pflags & LK_FWD_INPUT_GRAD) ? m->start : m->boundary;
     const size_t n = (size_t)m->pn;
     m->x = lk_arena_take(a, n * m->ph * m->pw * (size_t)piece_in_channels(m, m->start));
     size_t region = 0;
