@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# oneDNN {ours_any.get('onednn', '?')} ISA {ours_any.get('isa', '?')}; "
         f"torch {tor_any.get('torch', '?')}"
     )
-    print(
-        "| policy | trainable | ours img/s | torch img/s | ratio | peak RSS ours / torch MiB |"
-    )
+    print("| policy | trainable | ours img/s | torch img/s | ratio | peak RSS ours / torch MiB |")
     print("|---|---|---|---|---|---|")
     for p in policies:
         o, t = results.get(("ours", p)), results.get(("torch", p))
