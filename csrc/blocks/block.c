@@ -118,7 +118,7 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         LK_TRY(lk_cba_forward(&b->u[i], h, lk_unit_version(v, b->u[i].trainable)));
         h = b->u[i].out;
         if (i == b->se_after) {
-            LK_TRY(lk_se_forward(&b->se, h));
+            LK_TRY(lk_se_forward(&b->se, h, lk_unit_version(v, b->se.trainable)));
             h = b->se.out;
         }
     }

@@ -78,10 +78,10 @@ static void spatial_bind(lk_spatial_att *s, lk_arena *a, size_t npos) {
 }
 
 /* map = s->a[3] [N, H, W] from cs [N, H, W, 2]. */
-static lk_status spatial_forward(lk_spatial_att *s, const float *cs) {
+static lk_status spatial_forward(lk_spatial_att *s, const float *cs, uint64_t version) {
     const float *x = cs;
     for (int i = 0; i < LK_SPATIAL_CONVS; i++) {
-        LK_TRY(lk_conv2d_forward(&s->conv[i], s->z[i], x, s->w[i], NULL, 0));
+        LK_TRY(lk_conv2d_forward(&s->conv[i], s->z[i], x, s->w[i], NULL, version));
         LK_TRY(lk_act_forward(&s->act[i], s->a[i], s->z[i]));
         x = s->a[i];
     }
@@ -256,7 +256,8 @@ void lk_head_bind(lk_head *hd, lk_arena *a) {
 
 /* -------------------------------------------------------------------- forward */
 
-lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t seed) {
+lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t seed,
+                          const lk_versions *v) {
     const int n = hd->n, c = hd->c;
     const int64_t s = (int64_t)hd->h * hd->w, nc = (int64_t)n * c, ns = (int64_t)n * s;
     lk_head_buffers *b = &hd->b;
@@ -284,14 +285,16 @@ lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t s
     }
     if (has_spatial1(hd)) {
         LK_TRY(lk_chanstat_forward(b->cs, b->argmax, x, ns, c));
-        LK_TRY(spatial_forward(&hd->sp[0], b->cs));
+        const uint64_t ver1 = lk_unit_version(v, hd->trainable[LK_HM_SPATIAL1]);
+        LK_TRY(spatial_forward(&hd->sp[0], b->cs, ver1));
         LK_TRY(lk_spatial_mul_forward(b->fs, x, hd->sp[0].a[3], ns, c));
         LK_TRY(lk_gpool_forward(&hd->gap, b->g1, b->fs));
     } else {
         LK_TRY(lk_gpool_forward(&hd->gap, b->g1, x));
     }
     if (has_spatial2(hd)) {
-        LK_TRY(spatial_forward(&hd->sp[1], b->cs));
+        const uint64_t ver2 = lk_unit_version(v, hd->trainable[LK_HM_SPATIAL2]);
+        LK_TRY(spatial_forward(&hd->sp[1], b->cs, ver2));
         LK_TRY(lk_gpool_forward(&hd->gap_map, b->g2, hd->sp[1].a[3]));
     }
     if (has_attn_pool(hd)) {

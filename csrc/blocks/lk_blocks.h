@@ -115,7 +115,8 @@ typedef struct lk_se {
 
 lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w);
 void lk_se_bind(lk_se *s, lk_arena *a);
-lk_status lk_se_forward(lk_se *s, const float *x);
+/* `version`: of the SE's weights (their reorder is cached by it; 0 = always reorder). */
+lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
                          const lk_grad_scratch *g);

@@ -136,7 +136,8 @@ void lk_head_setup(lk_head *hd, lk_head_kind kind, int c, int k, float dropout);
 lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in);
 void lk_head_bind(lk_head *hd, lk_arena *a);
 /* logits [N, K] from f [N, H, W, C]; dropout from `seed` when a backward is planned. */
-lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t seed);
+lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t seed,
+                          const lk_versions *v);
 /* dfeat [N, H, W, C] (NULL unless need_dfeat) and trainable parameter gradients. */
 lk_status lk_head_backward(lk_head *hd, float *dfeat, const float *dlogits, const float *f);
 void lk_head_free(lk_head *hd);

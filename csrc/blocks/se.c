@@ -38,11 +38,11 @@ void lk_se_bind(lk_se *s, lk_arena *a) {
     s->dsmall = s->mode != LK_MODE_EVAL ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
 }
 
-lk_status lk_se_forward(lk_se *s, const float *x) {
+lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version) {
     LK_TRY(lk_gpool_forward(&s->pool, s->pooled, x));
-    LK_TRY(lk_conv2d_forward(&s->fc1, s->z1, s->pooled, s->p.w1, s->p.b1, 0));
+    LK_TRY(lk_conv2d_forward(&s->fc1, s->z1, s->pooled, s->p.w1, s->p.b1, version));
     LK_TRY(lk_act_forward(&s->act1, s->a1, s->z1));
-    LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, 0));
+    LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, version));
     LK_TRY(lk_act_forward(&s->act2, s->gate, s->z2));
     return lk_chmul_forward(&s->mul, s->out, x, s->gate);
 }

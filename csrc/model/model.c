@@ -653,7 +653,7 @@ static lk_status forward(lk_model *m, float *logits, float *features, const floa
     }
     if (m->boundary == last_piece(m) && features) LK_TRY(emit_features(m, features, x));
     if (prefix_only) return LK_OK;
-    LK_TRY(lk_head_forward(&m->head, logits, piece_in(m, last_piece(m)), seed * 1000003ULL));
+    LK_TRY(lk_head_forward(&m->head, logits, piece_in(m, last_piece(m)), seed * 1000003ULL, v));
     if (train && trainable_floats(m) > 0) {
         lk_model_bump_version(m, 0); /* batch statistics moved the running ones */
         m->fwd_ready = 1;
