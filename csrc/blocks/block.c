@@ -57,34 +57,24 @@ static const float *unit_input(const lk_block *b, int i, const float *x) {
     return b->se_after == i - 1 ? b->se.out : b->u[i - 1].out;
 }
 
-/* A unit trains when the plan trains and its parameters do; a frozen one passes the
- * gradient on (FROZEN) only when something before it needs it, else runs as EVAL. */
-static lk_mode unit_mode(int train, int trainable, int grad_in) {
-    if (!train) return LK_MODE_EVAL;
-    if (trainable) return LK_MODE_TRAIN;
-    return grad_in ? LK_MODE_FROZEN : LK_MODE_EVAL;
-}
-
 lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
                         int iw) {
     b->n = o->n;
     b->ih = ih;
     b->iw = iw;
     b->need_dx = train && grad_in;
-    b->mode = !train ? LK_MODE_EVAL
-              : lk_block_trainable(b) ? LK_MODE_TRAIN
-              : grad_in ? LK_MODE_FROZEN : LK_MODE_EVAL;
+    b->mode = lk_unit_mode(train, lk_block_trainable(b), grad_in);
     int h = ih, w = iw;
     int grad = grad_in; /* a gradient is wanted at the current point of the chain */
     for (int i = b->first; i < b->nu; i++) {
         lk_cba *u = &b->u[i];
         u->need_dx = train && grad;
-        LK_TRY(lk_cba_plan(u, o, unit_mode(train, u->trainable, grad), h, w));
+        LK_TRY(lk_cba_plan(u, o, lk_unit_mode(train, u->trainable, grad), h, w));
         grad = grad || u->trainable;
         h = u->oh;
         w = u->ow;
         if (i == b->se_after) {
-            LK_TRY(lk_se_plan(&b->se, o, unit_mode(train, b->se.trainable, grad), h, w));
+            LK_TRY(lk_se_plan(&b->se, o, lk_unit_mode(train, b->se.trainable, grad), h, w));
             grad = grad || b->se.trainable;
         }
     }

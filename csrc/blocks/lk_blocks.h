@@ -26,6 +26,15 @@
  *  TRAIN:  batch-statistics BN (running statistics updated), every gradient. */
 typedef enum lk_mode { LK_MODE_EVAL = 0, LK_MODE_FROZEN = 1, LK_MODE_TRAIN = 2 } lk_mode;
 
+/* The mode of a unit in a plan: it trains when the plan trains and its parameters do;
+ * a frozen one passes the gradient on (FROZEN) only when something before it needs it
+ * (`grad_in`), else it runs as at inference (EVAL). */
+static inline lk_mode lk_unit_mode(int train, int trainable, int grad_in) {
+    if (!train) return LK_MODE_EVAL;
+    if (trainable) return LK_MODE_TRAIN;
+    return grad_in ? LK_MODE_FROZEN : LK_MODE_EVAL;
+}
+
 /* Plan-wide sizes and BatchNorm constants. */
 typedef struct lk_plan_opts {
     int n;

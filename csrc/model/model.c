@@ -508,10 +508,7 @@ static void plan_bind(lk_model *m, lk_arena *a) {
 
 static lk_status plan_cba(lk_cba *u, const lk_plan_opts *o, int train, int grad, int *h, int *w) {
     u->need_dx = train && grad;
-    lk_mode mode = !train ? LK_MODE_EVAL
-                   : u->trainable ? LK_MODE_TRAIN
-                   : grad ? LK_MODE_FROZEN : LK_MODE_EVAL;
-    LK_TRY(lk_cba_plan(u, o, mode, *h, *w));
+    LK_TRY(lk_cba_plan(u, o, lk_unit_mode(train, u->trainable, grad), *h, *w));
     *h = u->oh;
     *w = u->ow;
     return LK_OK;

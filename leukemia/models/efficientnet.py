@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import _ext
-from .._util import is_int
+from .._util import is_int, matches_prefix
 from ..io import LoadReport, StateDictError, load_weights, match_state_dict, save_weights
 
 ARCHS = ("efficientnet_b3", "efficientnet_v2_s")
@@ -56,13 +56,6 @@ def _glorot_uniform(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     fan_in, fan_out = shape[1] * field, shape[0] * field
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape)
-
-
-def _matches(name: str, prefix: str) -> bool:
-    """`prefix` selects `name` at a module boundary ("features.1" is not "features.10")."""
-    if name == prefix:
-        return True
-    return name.startswith(prefix if prefix.endswith(".") else prefix + ".")
 
 
 class EfficientNet:
@@ -267,10 +260,11 @@ class EfficientNet:
             if not isinstance(policy, (list, tuple)) or not all(isinstance(p, str) for p in policy):
                 raise TypeError(f"policy must be a name or a list of str prefixes, got {policy!r}")
             for prefix in policy:
-                if not any(_matches(t[0], prefix) for t in self._tensors if t[2]):
+                if not any(matches_prefix(t[0], prefix) for t in self._tensors if t[2]):
                     raise ValueError(f"policy prefix {prefix!r} matches no parameter")
             flags = np.array(
-                [t[2] and any(_matches(t[0], p) for p in policy) for t in self._tensors], np.uint8
+                [t[2] and any(matches_prefix(t[0], p) for p in policy) for t in self._tensors],
+                np.uint8,
             )
             self._m.set_trainable(flags)
             self._policy = tuple(policy)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import _ext
+from .._util import matches_prefix
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -64,14 +65,6 @@ def _real(v: object, what: str) -> float:
     if not math.isfinite(f):
         raise ValueError(f"{what} must be finite, got {v!r}")
     return f
-
-
-def _prefix_matches(name: str, prefix: str) -> bool:
-    """Whole dotted components: "features.1" matches "features.1.0.weight" but not
-    "features.10.weight"; a prefix ending in "." matches anything that starts with it."""
-    if not name.startswith(prefix):
-        return False
-    return len(name) == len(prefix) or prefix.endswith(".") or name[len(prefix)] == "."
 
 
 def _as_prefixes(prefix: object, where: str) -> tuple[str, ...]:
@@ -147,7 +140,7 @@ class Optimizer:
         for gi, (prefixes, _) in enumerate(specs):
             matched = False
             for name, _, _ in params:
-                if any(_prefix_matches(name, p) for p in prefixes):
+                if any(matches_prefix(name, p) for p in prefixes):
                     matched = True
                     member.setdefault(name, gi)
             if not matched:
