@@ -39,3 +39,23 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Number of threads the C core uses."""
     return int(_ext().get_num_threads())
+
+
+_LAZY = {
+    "fit": "leukemia.train",
+    "Trainer": "leukemia.train",
+    "TrainConfig": "leukemia.train",
+    "evaluate": "leukemia.evaluation",
+    "predict": "leukemia.evaluation",
+    "load_run": "leukemia.evaluation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`leukemia.fit`, `leukemia.Trainer`, `leukemia.evaluate`... imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, name)
+    raise AttributeError(f"module 'leukemia' has no attribute {name!r}")

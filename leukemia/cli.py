@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["COMMANDS", "Command", "CLIError", "build_parser", "command", "main", "register"]
 
 
@@ -372,6 +374,364 @@ def _info(args: argparse.Namespace) -> int:
                 f"{arch:18s} {m.num_parameters():>11,} parameters (1000 classes), "
                 f"default input {m.default_size}x{m.default_size}"
             )
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+_ARCH_CHOICES = ("b3", "v2s", "efficientnet_b3", "efficientnet_v2_s")
+_HEAD_CHOICES = ("multi_attention", "linear", "channel_attention", "spatial_attention")
+
+
+def _memory(text: str) -> str:
+    from .train.cache import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="data folder (C-NMC layout, ALL-IDB2 or class folders); optional with --resume",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--arch", choices=_ARCH_CHOICES, default=None, help="backbone (default b3)")
+    p.add_argument(
+        "--head",
+        choices=_HEAD_CHOICES,
+        default=None,
+        help="classification head (default multi_attention)",
+    )
+    p.add_argument(
+        "--policy",
+        default=None,
+        metavar="P",
+        help="what trains: last_block (default for attention heads), head, all, or "
+        "comma-separated state_dict prefixes",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="W",
+        help="'imagenet' (torchvision's published file) or a weights file; "
+        "default: random initialisation",
+    )
+    p.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N")
+    p.add_argument("--batch-size", type=_int_at_least(2), default=None, metavar="B")
+    p.add_argument(
+        "--size",
+        type=_int_in(16, 2048),
+        default=None,
+        metavar="S",
+        help="input side in pixels (default: the architecture's, 300 / 384)",
+    )
+    p.add_argument("--lr", type=_positive_float, default=None, help="head learning rate")
+    p.add_argument(
+        "--backbone-lr",
+        type=_positive_float,
+        default=None,
+        help="learning rate of the trainable backbone layers (default lr/10)",
+    )
+    p.add_argument("--weight-decay", type=_positive_float, default=None)
+    p.add_argument("--label-smoothing", type=_positive_float, default=None)
+    p.add_argument(
+        "--class-weights",
+        choices=("balanced", "none"),
+        default=None,
+        help="loss weights per class (default balanced)",
+    )
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random augmentation (enables the feature cache)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="frozen-prefix feature cache (default auto)",
+    )
+    p.add_argument(
+        "--cache-memory",
+        type=_memory,
+        default=None,
+        metavar="BYTES",
+        help="memory for the feature cache, e.g. 2GiB; the rest spills to disk",
+    )
+    p.add_argument(
+        "--patience",
+        type=_int_at_least(1),
+        default=None,
+        metavar="E",
+        help="early stopping after E epochs without a better val weighted F1",
+    )
+    p.add_argument(
+        "--split",
+        choices=("patient", "image"),
+        default=None,
+        help="patient-wise (default) or image-level (LEAKY) validation split",
+    )
+    p.add_argument("--val-fraction", type=_fraction, default=None, metavar="F")
+    p.add_argument("--seed", type=_int_at_least(0), default=None, metavar="K")
+    p.add_argument(
+        "--threads", type=_int_at_least(1), default=None, metavar="T", help="threads of the C core"
+    )
+    p.add_argument(
+        "--workers", type=_int_at_least(0), default=None, metavar="W", help="image-loading threads"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_int_at_least(0),
+        default=None,
+        metavar="STEPS",
+        help="also save last.ckpt every STEPS steps",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--force", action="store_true", help="replace an earlier run in RUN_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_options(args: argparse.Namespace) -> dict:
+    """TrainConfig fields the user gave (defaults stay the config's, so --resume only
+    compares what was typed)."""
+    names = {
+        "arch": "arch",
+        "head": "head",
+        "weights": "weights",
+        "epochs": "epochs",
+        "batch_size": "batch_size",
+        "size": "size",
+        "lr": "lr",
+        "backbone_lr": "backbone_lr",
+        "weight_decay": "weight_decay",
+        "label_smoothing": "label_smoothing",
+        "patience": "patience",
+        "split": "split",
+        "val_fraction": "val_fraction",
+        "seed": "seed",
+        "threads": "threads",
+        "workers": "loader_workers",
+        "checkpoint_every": "checkpoint_every",
+        "cache_memory": "cache_memory",
+    }
+    out = {field: getattr(args, a) for a, field in names.items() if getattr(args, a) is not None}
+    if args.policy is not None:
+        parts = [p.strip() for p in args.policy.split(",") if p.strip()]
+        out["policy"] = (
+            parts[0] if len(parts) == 1 and parts[0] in ("last_block", "head", "all") else parts
+        )
+    if args.class_weights is not None:
+        out["class_weights"] = None if args.class_weights == "none" else "balanced"
+    if args.no_augment:
+        out["augment"] = False
+    if args.cache is not None:
+        out["cache"] = {"auto": "auto", "on": True, "off": False}[args.cache]
+    return out
+
+
+def _print_evaluation(run_dir: Path, quiet: bool) -> None:
+    from .evaluation import evaluate, load_run
+    from .train.rundir import write_json
+
+    run = load_run(run_dir)
+    report = evaluate(run, progress=not quiet)
+    write_json(run_dir / "evaluation.json", report.to_dict())
+    print(report)
+
+
+@command(
+    "train",
+    "fine-tune an EfficientNet on a data folder (patient-wise validation)",
+    _train_arguments,
+    "Train a model on DATA, holding out whole subjects for validation (patient-wise; "
+    "--split image is allowed but LEAKY), with AdamW, a cosine schedule with warm-up and "
+    "class weights. RUN_DIR receives config.json, split.json, the history (JSON, CSV, PNG) "
+    "and the best and last checkpoints. Ctrl-C stops at the next step and saves; "
+    "--resume continues exactly.",
+)
+def _train(args: argparse.Namespace) -> int:
+    from .train import Trainer, TrainingInterrupted
+
+    options = _train_options(args)
+    if args.resume and args.force:
+        raise CLIError("--resume and --force exclude each other")
+    if args.data is None and not args.resume:
+        raise CLIError("DATA is required (except with --resume)")
+    if args.data is not None and not Path(args.data).exists():
+        raise CLIError(f"{args.data} does not exist")
+    if options.get("split") == "image":
+        print(
+            "WARNING: --split image puts cells of the same subjects on both sides: the "
+            "validation scores will be inflated (LEAKY).",
+            file=sys.stderr,
+        )
+    trainer = Trainer(progress=not args.quiet, **options)
+    try:
+        result = trainer.fit(
+            args.data,
+            out=None if args.resume else args.out,
+            resume=args.out if args.resume else None,
+            force=args.force,
+        )
+    except TrainingInterrupted as exc:
+        print(f"leukemia: {exc}", file=sys.stderr)
+        return 130
+    h = result.history
+    if h:
+        print(
+            f"Trained {len(h)} epochs; best validation weighted F1 {result.best_score:.4f} at "
+            f"epoch {result.best_epoch}{' (early stop)' if result.stopped_early else ''}."
+        )
+    print(f"Run directory: {result.run_dir}")
+    _print_evaluation(result.run_dir, args.quiet)
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory of `leukemia train`")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="data folder to evaluate on (default: the run's held-out subjects)",
+    )
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B")
+    p.add_argument("--workers", type=_int_at_least(0), default=1, metavar="W")
+    p.add_argument(
+        "--allow-leak",
+        action="store_true",
+        help="keep subjects that were on the run's training side (LEAKY)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "evaluate",
+    "metrics of a trained run on held-out subjects, with per-subject results",
+    _evaluate_arguments,
+    "Evaluate RUN_DIR's best (or last) checkpoint on the held-out subjects of its split, "
+    "or on the labelled images of DATA; subjects the run trained on are excluded and "
+    "named (leakage) unless --allow-leak. Prints accuracy, weighted F1, ROC AUC, "
+    "sensitivity/specificity, the confusion matrix and per-subject accuracy.",
+)
+def _evaluate(args: argparse.Namespace) -> int:
+    from .data.datasets import load_dataset
+    from .evaluation import evaluate, load_run
+    from .train.rundir import write_json
+
+    run = load_run(args.run, args.checkpoint)
+    samples = None
+    description = ""
+    if args.data is not None:
+        if not Path(args.data).exists():
+            raise CLIError(f"{args.data} does not exist")
+        ds = load_dataset(args.data)
+        samples = ds.labelled()
+        if not samples:
+            raise CLIError(f"{args.data} holds no labelled images")
+        description = f"{run.run_dir} ({run.checkpoint.name}) on {args.data}"
+    report = evaluate(
+        run,
+        samples,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.quiet,
+        allow_leak=args.allow_leak,
+        description=description,
+    )
+    print(report)
+    if args.json:
+        write_json(Path(args.json), report.to_dict())
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory of `leukemia train`")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="CSV", help="predictions file")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B")
+    p.add_argument("--workers", type=_int_at_least(0), default=1, metavar="W")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _image_files(items: Sequence[str]) -> list[Path]:
+    from .data.datasets import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not found:
+                raise CLIError(f"{p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CLIError(f"{p} does not exist")
+    return files
+
+
+@command(
+    "predict",
+    "class probabilities per image from a trained run, as CSV",
+    _predict_arguments,
+    "Run RUN_DIR's model on image files (folders are searched recursively) and write one "
+    "row per image: path, the probability of each class, and the predicted class.",
+)
+def _predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from .evaluation import load_run, predict
+    from .io.atomic import atomic_write
+
+    files = _image_files(args.images)
+    run = load_run(args.run, args.checkpoint)
+    probs = predict(
+        run, files, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet
+    )
+    names = list(run.class_names)[: probs.shape[1]]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", *(f"p_{n}" for n in names), "predicted"])
+    for f, p in zip(files, probs, strict=True):
+        w.writerow([str(f), *(f"{v:.6f}" for v in p), names[int(p.argmax())]])
+    with atomic_write(args.out, "w") as fh:
+        fh.write(buf.getvalue())
+    counts = np.bincount(probs.argmax(1), minlength=len(names))
+    print(
+        f"Wrote {len(files)} predictions to {args.out} ("
+        + ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True))
+        + ")"
+    )
     return 0
 
 
