@@ -21,6 +21,7 @@ import numpy as np
 from .. import _ext
 from .._util import is_int, matches_prefix
 from ..io import LoadReport, StateDictError, load_weights, match_state_dict, save_weights
+from .pretrained import imagenet_weights
 
 ARCHS = ("efficientnet_b3", "efficientnet_v2_s")
 HEADS = ("linear", "multi_attention", "channel_attention", "spatial_attention")
@@ -64,7 +65,10 @@ class EfficientNet:
     Args:
         arch: "efficientnet_b3" or "efficientnet_v2_s".
         num_classes: size of the classifier output.
-        weights: optional checkpoint (.pth or .safetensors) to load.
+        weights: optional checkpoint (.pth or .safetensors) to load, or "imagenet":
+            torchvision's ImageNet file for `arch`, found in the local caches or
+            downloaded (see `leukemia.models.pretrained.imagenet_weights`). A file
+            literally named "imagenet" can be given as "./imagenet".
         strict: how to load `weights`: True (every key must match), False (load the
             intersection) or None (default: the fine-tuning case, strict except that a
             classifier of another size, or an ImageNet classifier when the model has an
@@ -109,6 +113,9 @@ class EfficientNet:
         for name, v in (("dropout", dropout), ("stochastic_depth_prob", stochastic_depth_prob)):
             if v is not None:
                 _check_rate(name, v)
+        if isinstance(weights, str) and weights == "imagenet":
+            # Before the model is built, so that a missing file fails fast.
+            weights = imagenet_weights(arch)
         num_classes = int(num_classes)
         self.arch = arch
         self.head = head
@@ -526,7 +533,8 @@ def efficientnet_b3(
     seed: int = 0,
     **kwargs: Any,
 ) -> EfficientNet:
-    """EfficientNet-B3 (torchvision layout; default input 300x300). Keyword arguments
+    """EfficientNet-B3 (torchvision layout; default input 300x300). `weights`: a checkpoint path
+    or "imagenet" (torchvision's ImageNet file). Keyword arguments
     `head`, `policy`, `dropout`, `stochastic_depth_prob`: see EfficientNet."""
     return EfficientNet("efficientnet_b3", num_classes, weights, strict, seed, **kwargs)
 
@@ -538,6 +546,7 @@ def efficientnet_v2_s(
     seed: int = 0,
     **kwargs: Any,
 ) -> EfficientNet:
-    """EfficientNetV2-S (torchvision layout; default input 384x384). Keyword arguments
+    """EfficientNetV2-S (torchvision layout; default input 384x384). `weights`: a checkpoint path
+    or "imagenet" (torchvision's ImageNet file). Keyword arguments
     `head`, `policy`, `dropout`, `stochastic_depth_prob`: see EfficientNet."""
     return EfficientNet("efficientnet_v2_s", num_classes, weights, strict, seed, **kwargs)
