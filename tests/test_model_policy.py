@@ -560,3 +560,20 @@ def test_image_gradient_through_the_frozen_prefix(arch, policy):
     if out.returncode < 0:
         pytest.fail(f"the core crashed with signal {-out.returncode}:\n{out.stderr[-3000:]}")
     assert out.returncode == 0 and "image gradient ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_frozen_features_at_one_by_one_spatial_size():
+    """At 32 px B3's prefix output is 1x1, where NHWC and NCHW coincide and oneDNN makes
+    no reorder: frozen_features and from_features must still match the full pass."""
+    for policy in ("last_block", "head"):
+        m = M.efficientnet_b3(num_classes=2, head="multi_attention", policy=policy, seed=0)
+        x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+        f = m.frozen_features(x)
+        assert f.shape[2:] == (1, 1)
+        m.eval()
+        full = m.forward(x)
+        assert np.array_equal(m.forward(f, from_features=True), full)
+        m.train()
+        logits, feats = m.forward(x, seed=3, return_features=True)
+        assert np.array_equal(feats, f)
+        assert np.array_equal(m.forward(f, seed=3, from_features=True), logits)

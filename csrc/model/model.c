@@ -613,6 +613,12 @@ static lk_status plan(lk_model *m, int n, int h, int w, unsigned flags) {
 
 static lk_status run_reorder(lk_prim *P, dnnl_memory_t from, dnnl_memory_t to, const float *src,
                              float *dst) {
+    if (!P->p) { /* equal layouts (NHWC is NCHW at 1x1 spatial): lk_reorder_init made none */
+        const_dnnl_memory_desc_t md;
+        LK_DNNL(dnnl_memory_get_memory_desc(from, &md));
+        memcpy(dst, src, dnnl_memory_desc_get_size(md));
+        return LK_OK;
+    }
     LK_TRY(lk_mem_set(from, src));
     LK_TRY(lk_mem_set(to, dst));
     const dnnl_exec_arg_t r[] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};

@@ -207,7 +207,8 @@ def plot_history(history: list[dict[str, Any]], title: str) -> bytes:
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy")
+    ax1.set_ylabel("cross-entropy (log scale)")
+    ax1.set_yscale("log")
     ax1.set_title("loss")
     ax1.legend()
     for key, label in (
