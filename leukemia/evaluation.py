@@ -159,6 +159,7 @@ class Evaluation:
     samples: list[Sample]
     leaked_subjects: list[str] = field(default_factory=list)
     description: str = ""
+    leaky: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,12 +168,18 @@ class Evaluation:
             "subject_accuracy": self.subject_accuracy,
             "subjects": self.subjects,
             "leaked_subjects": self.leaked_subjects,
+            "leaky": self.leaky,
         }
 
     def __str__(self) -> str:
         m = self.metrics
         lines = [f"Evaluation: {self.description}" if self.description else "Evaluation"]
-        if self.leaked_subjects:
+        if self.leaky:
+            lines.append(
+                f"WARNING: LEAKY: {len(self.leaked_subjects)} subject(s) are also on the "
+                "training side (image-level split); these scores are inflated."
+            )
+        elif self.leaked_subjects:
             lines.append(
                 f"NOTE: {len(self.leaked_subjects)} subject(s) were on the training side and "
                 f"are excluded: {', '.join(self.leaked_subjects)}"
@@ -226,14 +233,21 @@ def evaluate(
     leakage: they are excluded and listed (``allow_leak=True`` keeps them).
     """
     leaked: list[str] = []
+    leaky = False
     names: tuple[str, ...] = CLASS_NAMES
     if isinstance(model, Run):
         names = model.class_names
+        train_subjects = model.training_subjects()
         if samples is None:
             samples = model.validation_samples()
             description = description or f"{model.run_dir}: held-out subjects of its split"
-        train_subjects = model.training_subjects()
-        if not allow_leak and train_subjects:
+            if model.split is not None and model.split.get("leaky"):
+                # the run was trained on a leaky split on purpose: report it as such
+                allow_leak = True
+        if allow_leak:
+            leaked = sorted({s.subject for s in samples if s.subject in train_subjects})
+            leaky = bool(leaked)
+        elif train_subjects:
             leaked = sorted({s.subject for s in samples if s.subject in train_subjects})
             samples = [s for s in samples if s.subject not in train_subjects]
     if samples is None:
@@ -273,7 +287,16 @@ def evaluate(
         )
     subject_accuracy = float(np.mean([r["call"] == r["label"] for r in rows]))
     return Evaluation(
-        metrics, rows, subject_accuracy, names, probs, labels, list(samples), leaked, description
+        metrics,
+        rows,
+        subject_accuracy,
+        names,
+        probs,
+        labels,
+        list(samples),
+        leaked,
+        description,
+        leaky,
     )
 
 

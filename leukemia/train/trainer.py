@@ -212,7 +212,7 @@ class Trainer:
             data.root = _common_root([s.path for s in data.train + data.val])
         return data
 
-    def _check_data(self, data: _Data, cfg: TrainConfig) -> int:
+    def _check_data(self, data: _Data, cfg: TrainConfig, quiet: bool = False) -> int:
         for side, samples in (("training", data.train), ("validation", data.val)):
             if not samples:
                 raise TrainingError(f"the {side} side holds no images")
@@ -238,7 +238,7 @@ class Trainer:
                 f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training "
                 "images; lower it"
             )
-        if data.leaky or data.kind == "image-level":
+        if (data.leaky or data.kind == "image-level") and not quiet:
             self._say(
                 "WARNING: image-level split: the same subjects are on both sides, so "
                 "validation scores are inflated (LEAKY)."
@@ -303,7 +303,7 @@ class Trainer:
             run_dir = prepare_run_dir(resume, resume=True, force=False)
             saved = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
             _check_resume_config(saved, cfg, given)
-            cfg = saved.replace(**{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE})
+            cfg = saved.replace(**{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE & given})
             record = read_json(run_dir / "split.json")
             if train is None:
                 tr, va = read_split(record)
@@ -324,8 +324,9 @@ class Trainer:
             if train is None:
                 raise TypeError("fit() needs training data (or resume=RUN_DIR)")
             data = self._data(train, val, cfg)
+            self._check_data(data, cfg)  # before anything is written
             run_dir = prepare_run_dir(out or _default_run_dir(cfg), resume=False, force=force)
-        num_classes = self._check_data(data, cfg)
+        num_classes = self._check_data(data, cfg, quiet=True)
         self.config = cfg
         old_threads = get_num_threads()
         if cfg.threads is not None:
