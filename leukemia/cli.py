@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +163,6 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-_SYNTH_DIRS = ("training_data", "validation_data", "testing_data")
-
-
 @command(
     "synth",
     "write a synthetic data set in the C-NMC 2019 layout",
@@ -181,14 +176,6 @@ def _synth(args: argparse.Namespace) -> int:
     from .data.synthetic import write_cnmc
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise CLIError(f"{out} is not empty; choose another folder or pass --force")
-    # Render into a hidden sibling and move it into place at the end, so that an
-    # interrupted or failed run leaves OUT as it was.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -200,26 +187,25 @@ def _synth(args: argparse.Namespace) -> int:
             desc="rendering",
             leave=False,
         )
+    # write_cnmc checks OUT (links, files in the way, permissions, another run writing
+    # there) before it writes anything, renders into a hidden folder inside OUT, removes
+    # those of killed runs, and swaps the three folders in all together or not at all.
     try:
         res = write_cnmc(
-            tmp,
+            out,
             args.subjects,
             args.cells_per_subject,
             args.size,
             args.seed,
             workers=args.workers,
             progress=(lambda done, total: bar.update(1)) if bar else None,
+            overwrite=args.force,
         )
-        out.mkdir(exist_ok=True)
-        for name in _SYNTH_DIRS:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            if (tmp / name).exists():
-                os.replace(tmp / name, out / name)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     finally:
         if bar is not None:
             bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     n_all = sum(1 for s in res.subjects if s.label == 1)
     rate = res.n_images / max(res.seconds, 1e-9) * 60
     print(

@@ -20,15 +20,23 @@ Supported layouts (see :func:`detect_layout`):
 ``all-idb2``
     ``ImXXX_Y.tif`` (``Y`` = 1 blast, 0 normal), directly in the root or in ``img/``.
 ``folders``
-    ``<class>/*.{bmp,png,jpg,jpeg,tif,tiff}`` with one folder per class, optionally
-    ``<class>/<subject>/*.png`` to carry subject ids.
+    ``<class>/*.{bmp,png,jpg,jpeg,tif,tiff,gif,webp}`` with one folder per class, optionally
+    ``<class>/<subject>/*.png`` to carry subject ids.  Files without one of these
+    extensions are identified by their content; each real file counts once however many
+    links reach it.
+
+Limits: an image may hold at most :data:`MAX_PIXELS` pixels, with sides at most
+:data:`MAX_ASPECT` times apart (checked from the header, before decoding), and a labels
+CSV at most :data:`MAX_CSV_BYTES` bytes.  Larger files are reported, not decoded.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +55,10 @@ __all__ = [
     "BadImage",
     "Dataset",
     "DatasetError",
+    "ImageError",
+    "MAX_ASPECT",
+    "MAX_CSV_BYTES",
+    "MAX_PIXELS",
     "Sample",
     "check_image",
     "detect_layout",
@@ -67,7 +79,15 @@ HEM = 0
 CLASS_NAMES: tuple[str, ...] = ("hem", "all")
 """Class names indexed by label."""
 
-IMAGE_EXTENSIONS = frozenset({".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"})
+MAX_PIXELS = 1 << 26
+"""Largest image accepted, in pixels (67 Mpx, e.g. 8192 x 8192: 192 MiB as RGB).  Checked
+from the header before decoding; below Pillow's own decompression-bomb limit."""
+MAX_ASPECT = 100
+"""Largest ratio of an image's long side to its short side.  Microscope images are near
+square; a 4 x 30000 strip is not a cell, and cropping it to a square keeps 0.01 %."""
+MAX_CSV_BYTES = 64 << 20
+"""Largest labels CSV read (C-NMC's has 1,867 rows, about 70 kB)."""
 CNMC_FOLDS = ("fold_0", "fold_1", "fold_2")
 PRELIM = "prelim"
 FINAL = "final"
@@ -105,6 +125,23 @@ _CLASS_ALIASES = {
 
 class DatasetError(ValueError):
     """A data set cannot be read at all (missing folder, no images, malformed CSV)."""
+
+
+class ImageError(DatasetError):
+    """An image file cannot be used.  The message names the file and the reason.
+
+    Attributes:
+        path: the file.
+        reason: the same short text :func:`check_image` gives ("truncated: ...").
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        return type(self), (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -222,13 +259,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image to a ``uint8`` array of shape (H, W, 3), RGB.
 
     Any mode Pillow can convert is converted; use :func:`check_image` to reject files
-    whose mode is not RGB.  Raises ``OSError`` (or a subclass) for unreadable files.
+    whose mode is not RGB.  Raises :class:`ImageError` naming the file and the reason for
+    anything that cannot be decoded, also for images over :data:`MAX_PIXELS` pixels or
+    with sides more than :data:`MAX_ASPECT` times apart (refused before decoding).
     """
-    with Image.open(path) as im:
-        im.load()
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8)
+    reason, array = _decode(Path(path), None, "array")
+    if reason is not None:
+        raise ImageError(path, reason)
+    return array  # type: ignore[return-value]
 
 
 _MODE_NAMES = {
@@ -271,28 +309,72 @@ def check_image(
     """Decode ``path`` (a path or str) fully and say what, if anything, is wrong with it.
 
     Returns ``(reason, hash)``: ``reason`` is None for a usable image, otherwise a short
-    text ("empty file (0 bytes)", "truncated: ...", "mode L (grayscale), expected RGB");
-    ``hash`` is :func:`image_hash` of a usable image when ``want_hash``.
+    text ("empty file (0 bytes)", "truncated: ...", "mode L (grayscale), expected RGB",
+    "aspect ratio 1:7500 ..."); ``hash`` is :func:`image_hash` of a usable image when
+    ``want_hash``.  Never raises for a bad file, whatever its bytes.
     """
-    path = Path(path)
-    if path.is_dir():
-        return "a folder, not an image file", None
-    if not path.exists():
-        return "missing file (broken link?)", None
+    reason, h = _decode(Path(path), tuple(modes), "hash" if want_hash else "check")
+    return reason, h
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    """Why an image of this size is refused before decoding, or None."""
+    if width < 1 or height < 1:
+        return f"image is {width}x{height} pixels"
+    if width * height > MAX_PIXELS:
+        return (
+            f"image is {width}x{height} = {width * height} pixels, more than "
+            f"MAX_PIXELS = {MAX_PIXELS}"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        long, short = max(width, height), min(width, height)
+        return (
+            f"aspect ratio 1:{long / short:.0f} ({width}x{height} pixels) is beyond 1:"
+            f"{MAX_ASPECT}; not a cell image"
+        )
+    return None
+
+
+def _decode(
+    path: Path, modes: tuple[str, ...] | None, want: str
+) -> tuple[str | None, np.ndarray | None]:
+    """Open and decode ``path``; return ``(reason, None)`` if it cannot be used, else
+    ``(None, result)`` with the RGB array (``want="array"``), the hash (``"hash"``) or
+    None (``"check"``).  ``modes`` None accepts any mode (converted to RGB)."""
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)", None
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing file (broken link?)", None
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}", None
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file", None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+        return "not a regular file", None
+    if st.st_size == 0:
+        return "empty file (0 bytes)", None
+    try:
         with Image.open(path) as im:
+            problem = _size_problem(*im.size)
+            if problem is not None:
+                return problem, None
             im.load()
-            if im.mode not in modes:
+            if modes is not None and im.mode not in modes:
                 kind = _MODE_NAMES.get(im.mode, "unsupported")
                 return f"mode {im.mode} ({kind}), expected {'/'.join(modes)}", None
             if im.width < 2 or im.height < 2:
                 return f"image is only {im.width}x{im.height} pixels", None
-            return None, (image_hash(im) if want_hash else None)
+            if want == "hash":
+                return None, image_hash(im)
+            if want == "array":
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
+                return None, np.asarray(rgb, dtype=np.uint8)
+            return None, None
     except UnidentifiedImageError:
         return "not a readable image (unknown or corrupt header)", None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except MemoryError:
+        return "too large to decode (out of memory)", None
+    except Exception as exc:  # noqa: BLE001 - a decoder fed arbitrary bytes may raise anything
         text = str(exc).strip() or type(exc).__name__
         if "truncated" in text.lower() or "not enough data" in text.lower():
             return f"truncated: {text}", None
@@ -379,7 +461,7 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
         return "cnmc"
     if _idb2_files(root):
         return "all-idb2"
-    if any(_images_in(d) or any(_images_in(s) for s in _class_dirs(d)) for d in _class_dirs(root)):
+    if any(_has_images(d) for d in _class_dirs(root)):
         return "folders"
     expected = "; ".join(LAYOUTS.values())
     raise DatasetError(
@@ -388,18 +470,55 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
 
 
 def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
-    """``new_names -> (Patient_ID, label)`` from the preliminary-test labels CSV."""
+    """``new_names -> (Patient_ID, label)`` from the preliminary-test labels CSV.
+
+    Every problem (unreadable, too large, not UTF-8, malformed CSV, bad rows) is a
+    :class:`DatasetError` naming the file and, where there is one, the line.
+    """
+    try:
+        size = csv_path.stat().st_size
+        if size > MAX_CSV_BYTES:
+            raise DatasetError(
+                f"{csv_path}: {size} bytes, more than MAX_CSV_BYTES = {MAX_CSV_BYTES} "
+                "for a labels CSV"
+            )
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{csv_path}: cannot read: {exc.strerror or exc}") from None
+    return _parse_prelim_csv(data, csv_path)
+
+
+def _parse_prelim_csv(data: bytes, csv_path: str | os.PathLike[str]) -> dict[str, tuple[str, int]]:
+    """Parse the bytes of a C-NMC preliminary-test labels CSV (``Patient_ID,new_names,labels``).
+
+    Returns ``new_names -> (Patient_ID, label)``.  ``csv_path`` only names the file in
+    errors.  Raises :class:`DatasetError` with ``file:line`` for text that is not UTF-8,
+    malformed CSV (e.g. a field over the ``csv`` module's limit), missing columns, labels
+    other than 0/1, a name listed twice, or a label contradicting the class in Patient_ID.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark, as Excel writes
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DatasetError(
+            f"{csv_path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+            f"{column}); save the file as UTF-8"
+        ) from None
     rows: dict[str, tuple[str, int]] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         need = {"Patient_ID", "new_names", "labels"}
         cols = {c.strip() for c in (reader.fieldnames or [])}
         if not need <= cols:
             raise DatasetError(
                 f"{csv_path}: expected columns Patient_ID,new_names,labels, "
-                f"found {','.join(sorted(cols)) or 'none'}"
+                f"found {','.join(sorted(cols))[:200] or 'none'}"
             )
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
+            lineno = reader.line_num
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
             try:
                 label = int(row["labels"])
@@ -407,11 +526,11 @@ def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
                     raise ValueError
             except ValueError:
                 raise DatasetError(
-                    f"{csv_path}:{lineno}: label {row['labels']!r} is not 0 or 1"
+                    f"{csv_path}:{lineno}: label {row['labels'][:40]!r} is not 0 or 1"
                 ) from None
             name = row["new_names"]
             if name in rows:
-                raise DatasetError(f"{csv_path}:{lineno}: {name!r} is listed twice")
+                raise DatasetError(f"{csv_path}:{lineno}: {name[:80]!r} is listed twice")
             parsed = parse_cnmc_name(row["Patient_ID"])
             if parsed is not None and parsed[1] != label:
                 raise DatasetError(
@@ -419,6 +538,9 @@ def _read_prelim_csv(csv_path: Path) -> dict[str, tuple[str, int]]:
                     f"in Patient_ID {row['Patient_ID']!r}"
                 )
             rows[name] = (row["Patient_ID"], label)
+    except csv.Error as exc:
+        line = reader.reader.line_num  # DictReader.line_num lags on a failed row
+        raise DatasetError(f"{csv_path}:{line}: malformed CSV: {exc}") from None
     return rows
 
 
@@ -539,6 +661,87 @@ def read_all_idb2(
     return Dataset(root, "all-idb2", samples, bad, CLASS_NAMES, hashes)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to, or None if it cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _listing(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(images, others, subdirs)`` of ``folder`` in natural order: entries with an image
+    extension (hidden or not, folders too, so that verification reports them), other
+    non-hidden files, and non-hidden sub-folders.  Raises OSError if it cannot be listed."""
+    images, others, subdirs = [], [], []
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(p)
+        elif p.name.startswith("."):
+            continue  # hidden files and folders (.DS_Store, .git) are not data
+        elif p.is_dir():
+            subdirs.append(p)
+        else:
+            others.append(p)
+    key = lambda q: _natural(q.name)  # noqa: E731
+    return sorted(images, key=key), sorted(others, key=key), sorted(subdirs, key=key)
+
+
+def _sniff(path: Path) -> str | None:
+    """None if Pillow recognises the content of ``path`` (no known extension) as an image,
+    otherwise the reason it is not one.  Reads the header only."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing file (broken link?)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    try:
+        with Image.open(path):
+            return None
+    except UnidentifiedImageError:
+        return "not an image file (no image extension, content not recognised)"
+    except Exception:  # noqa: BLE001 - recognised but broken: verification says why
+        return None
+
+
+@dataclass
+class _Folder:
+    """One folder of a class-folder tree with its files sorted out."""
+
+    path: Path
+    files: list[Path]  # images, and extension-less files recognised as images
+    rejected: list[BadImage]  # non-image files
+    subdirs: list[Path]
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.files)
+
+
+def _scan(folder: Path) -> _Folder:
+    try:
+        images, others, subdirs = _listing(folder)
+    except OSError as exc:
+        return _Folder(folder, [], [BadImage(folder, f"cannot list: {exc.strerror or exc}")], [])
+    files, rejected = list(images), []
+    for p in others:
+        reason = _sniff(p)
+        if reason is None:
+            files.append(p)
+        else:
+            rejected.append(BadImage(p, reason))
+    files.sort(key=lambda q: _natural(q.name))
+    return _Folder(folder, files, rejected, subdirs)
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` or one of its sub-folders holds images (a class folder)."""
+    top = _scan(folder)
+    return top.has_images or any(_scan(s).has_images for s in top.subdirs)
+
+
 def read_folders(
     root: str | os.PathLike[str],
     *,
@@ -552,16 +755,58 @@ def read_folders(
     Folder names ``all``/``blast``/``1`` map to label 1 and ``hem``/``normal``/``0`` to 0;
     any other names are numbered in sorted order (or in the order of ``class_names``).
     Subject ids come from ``<class>/<subject>/`` folders or from C-NMC-style file names.
+
+    Nothing in a class folder is left out silently: files with an image extension
+    (:data:`IMAGE_EXTENSIONS`) and files without one that Pillow recognises are images;
+    other files and folders below ``<class>/<subject>/`` are listed in ``Dataset.bad``
+    with the reason; hidden files without an image extension (``.DS_Store``) are skipped.
+    Each real file and folder is read once: a second path to it through a symbolic link
+    (a link cycle, a subject folder linked under another id, a file linked into two
+    classes) is reported in ``Dataset.bad`` instead, and the path without links is kept.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    dirs = [
-        d for d in _class_dirs(root) if _images_in(d) or any(_images_in(s) for s in _class_dirs(d))
-    ]
-    if not dirs:
+    bad: list[BadImage] = []
+    classes = []
+    for d in _class_dirs(root):
+        top = _scan(d)
+        subs = [_scan(s) for s in top.subdirs]
+        if top.has_images or any(s.has_images for s in subs):
+            classes.append((top, subs))
+    if not classes:
         raise _no_images(root, "folders")
-    names = [d.name for d in dirs]
+
+    # Folders reachable without a symbolic link win over links to them, wherever they are.
+    direct = [root] + [
+        f.path
+        for top, subs in classes
+        if not top.path.is_symlink()
+        for f in (top, *subs)
+        if not f.path.is_symlink()
+    ]
+    real: dict[tuple[int, int], Path] = {}
+    for folder in direct:
+        key = _file_id(folder)
+        if key is not None:
+            real.setdefault(key, folder)
+
+    visited: dict[tuple[int, int], Path] = {}
+
+    def first_visit(folder: Path) -> bool:
+        """False (and reported) if ``folder`` is a second path to a folder read elsewhere."""
+        key = _file_id(folder)
+        if key is None:
+            return True
+        owner = real.get(key) or visited.setdefault(key, folder)
+        if owner == folder:
+            return True
+        where = _rel(owner, root) if owner != root else "the data set's root"
+        bad.append(BadImage(folder, f"the same folder as {where} (through a symbolic link)"))
+        return False
+
+    kept = [(top, subs) for top, subs in classes if first_visit(top.path)]
+    names = [top.path.name for top, _ in kept]
     if class_names is not None:
         missing = set(names) - set(class_names)
         if missing:
@@ -577,16 +822,48 @@ def read_folders(
         mapping = {n: i for i, n in enumerate(sorted(names))}
         out_names = tuple(sorted(names))
     samples: list[Sample] = []
-    for d in dirs:
-        label = mapping[d.name]
-        for p in _images_in(d):
+    for top, subs in kept:
+        label = mapping[top.path.name]
+        bad += top.rejected
+        for p in top.files:
             parsed = parse_cnmc_name(p.name)
             samples.append(Sample(p, label, parsed[0] if parsed else None, None))
-        for sub in _class_dirs(d):
-            samples += [Sample(p, label, sub.name, None) for p in _images_in(sub)]
-    bad: list[BadImage] = []
+        for sub in subs:
+            if not first_visit(sub.path):
+                continue
+            bad += sub.rejected
+            samples += [Sample(p, label, sub.path.name, None) for p in sub.files]
+            for deeper in sub.subdirs:
+                if first_visit(deeper):
+                    bad.append(
+                        BadImage(
+                            deeper,
+                            "folder not read: images go in <class>/ or <class>/<subject>/",
+                        )
+                    )
+    samples = _drop_linked_duplicates(samples, bad, root)
     samples, hashes = _verify(samples, bad, verify, modes, workers)
     return Dataset(root, "folders", samples, bad, out_names, hashes)
+
+
+def _drop_linked_duplicates(samples: list[Sample], bad: list[BadImage], root: Path) -> list[Sample]:
+    """One sample per real file: a path that is not a link if there is one, else the first.
+    The other paths go to ``bad``."""
+    keep: dict[tuple[int, int], Sample] = {}
+    for s in samples:
+        key = _file_id(s.path)
+        cur = keep.get(key) if key is not None else s
+        if cur is None or (cur.path.is_symlink() and not s.path.is_symlink()):
+            keep[key] = s  # type: ignore[index]
+    out = []
+    for s in samples:
+        key = _file_id(s.path)
+        if key is None or keep[key] is s:
+            out.append(s)
+        else:
+            other = _rel(keep[key].path, root)
+            bad.append(BadImage(s.path, f"the same file as {other} (a link); counted once"))
+    return out
 
 
 _READERS = {"cnmc": read_cnmc, "all-idb2": read_all_idb2, "folders": read_folders}

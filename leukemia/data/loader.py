@@ -21,7 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .datasets import BadImage, Sample, load_image
+from .._util import is_int
+from .datasets import BadImage, ImageError, Sample, load_image
 
 __all__ = ["DataLoader", "LoaderError"]
 
@@ -30,6 +31,45 @@ TransformFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 class LoaderError(RuntimeError):
     """A sample could not be decoded or transformed; the message names the file."""
+
+
+def _check_count(value: object, name: str, low: int) -> int:
+    """``value`` as an int >= low: TypeError unless an integer (not a bool), else ValueError."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if int(value) < low:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _transformed(x: object, path: object) -> np.ndarray:
+    """What a transform returned, checked: a real-valued float (C, H, W) array."""
+    if x is None:
+        raise LoaderError(
+            f"{path}: the transform returned None, expected a float32 array (3, H, W) "
+            "(does a step forget to return its result?)"
+        )
+    if not isinstance(x, np.ndarray):
+        raise LoaderError(
+            f"{path}: the transform returned a {type(x).__name__}, expected a float32 "
+            "numpy array (3, H, W)"
+        )
+    if isinstance(x, np.ma.MaskedArray):
+        raise LoaderError(f"{path}: the transform returned a masked array; pass plain data")
+    if x.dtype.kind != "f":
+        raise LoaderError(
+            f"{path}: the transform returned {x.dtype} {x.shape}, expected float32 (3, H, W)"
+            + (" (end the pipeline with Normalize)" if x.dtype == np.uint8 else "")
+        )
+    if x.ndim != 3:
+        raise LoaderError(f"{path}: the transform returned shape {x.shape}, expected (3, H, W)")
+    return x
 
 
 class DataLoader:
@@ -44,7 +84,8 @@ class DataLoader:
         seed: base seed for shuffling and augmentation.
         num_workers: worker threads; 0 loads in the calling thread.
         drop_last: drop a final batch smaller than ``batch_size``.
-        prefetch: batches prepared ahead of the consumer (at least ``num_workers``).
+        prefetch: batches prepared ahead of the consumer (raised to ``num_workers``, and
+            to 1, if lower).
         loader: image decoder, ``path -> uint8 (H, W, 3)`` (default :func:`load_image`).
         on_error: ``"raise"`` (default) stops the epoch with :class:`LoaderError` naming the
             file; ``"skip"`` leaves an undecodable image out of its batch, records it in
@@ -53,6 +94,13 @@ class DataLoader:
 
     Each ``for`` loop over the loader is one epoch; the epoch counter advances on every
     new iteration, or set it with :meth:`set_epoch`.
+
+    Arguments are checked here: counts must be ints (``TypeError`` for ``2.5`` or
+    ``True``, ``ValueError`` below their minimum), flags bools, ``transform`` and
+    ``loader`` callables.  A transform that returns anything but a float array of shape
+    (C, H, W) (``None``, a list, a uint8 image without :class:`Normalize`) stops the epoch
+    with :class:`LoaderError` naming the file, whatever ``on_error`` says: that is a bug
+    in the pipeline, not a bad image.
     """
 
     def __init__(
@@ -71,10 +119,16 @@ class DataLoader:
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        batch_size = _check_count(batch_size, "batch_size", 1)
+        num_workers = _check_count(num_workers, "num_workers", 0)
+        prefetch = _check_count(prefetch, "prefetch", 0)
+        seed = _check_count(seed, "seed", 0)
+        shuffle = _check_flag(shuffle, "shuffle")
+        drop_last = _check_flag(drop_last, "drop_last")
+        if not callable(transform):
+            raise TypeError(f"transform must be callable(image, rng), got {transform!r}")
+        if not callable(loader):
+            raise TypeError(f"loader must be callable(path), got {loader!r}")
         self.samples = list(samples)
         self.transform = transform
         self.batch_size = batch_size
@@ -98,7 +152,7 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (order and augmentation depend on it)."""
-        self._next_epoch = epoch
+        self._next_epoch = _check_count(epoch, "epoch", 0)
 
     def order(self, epoch: int) -> np.ndarray:
         """Sample indices in the order epoch ``epoch`` visits them."""
@@ -121,11 +175,14 @@ class DataLoader:
                     self.loader(s.path), np.random.default_rng([self.seed, epoch, int(i)])
                 )
             except Exception as exc:
+                why = exc.reason if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
                 if self.on_error == "raise":
-                    raise LoaderError(f"{s.path}: {type(exc).__name__}: {exc}") from exc
+                    raise LoaderError(f"{s.path}: {why}") from exc
                 with self._lock:
-                    self.bad.append(BadImage(s.path, f"{type(exc).__name__}: {exc}"))
+                    self.bad.append(BadImage(s.path, why))
                 continue
+            # A wrong return value is a bug in the pipeline, not a bad image: never skipped.
+            x = _transformed(x, s.path)
             if images is None:
                 images = np.empty((len(indices), *x.shape), np.float32)
             elif x.shape != images.shape[1:]:

@@ -23,16 +23,24 @@ segmentation mask and given per-pixel noise at the output size.
 :func:`write_cnmc` writes ``training_data/fold_{0,1,2}/{all,hem}/UID_...bmp``,
 ``validation_data/C-NMC_test_prelim_phase_data/{1,2,..}.bmp`` with
 ``C-NMC_test_prelim_phase_data_labels.csv`` and the unlabelled
-``testing_data/C-NMC_test_final_phase_data/``; subjects never span two folds.
+``testing_data/C-NMC_test_final_phase_data/``; subjects never span two folds.  It renders
+into a hidden temporary folder inside the output folder and moves the three folders into
+place only when everything is written, so a failed or interrupted run leaves the output
+as it was; temporary folders of runs that were killed are removed by the next run.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import re
 import shutil
+import socket
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +53,13 @@ from PIL import Image, ImageFilter
 from .datasets import ALL, CLASS_NAMES, HEM
 
 __all__ = ["SubjectStyle", "SynthResult", "make_subjects", "render_cell", "write_cnmc"]
+
+_CNMC_DIRS = ("training_data", "validation_data", "testing_data")
+_TMP_PREFIX = ".synth-tmp-"
+_TMP_NAME = re.compile(r"^\.synth-tmp-(\d+)-[A-Za-z0-9_]+$")
+_MARKER = ".leukemia-synth"  # in each temporary folder: who made it, where and when
+_OLD = ".old"  # in a temporary folder: the replaced folders, until they are deleted
+_STALE_SECONDS = 7 * 24 * 3600  # a temporary folder of a process on another host
 
 _RENDER_RES = 160
 _HEMA_OD = np.array([0.75, 1.45, 0.47], np.float32)  # purple nuclear stain, OD per unit
@@ -276,6 +291,137 @@ def _assign_folds(subjects: list[SubjectStyle], seed: int) -> dict[str, str]:
     return folds
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a pid we cannot ask about): not ours to judge
+    return True
+
+
+def _temporaries(root: Path) -> list[tuple[Path, dict]]:
+    """Temporary folders that a write_cnmc made in ``root``: the name pattern, a real
+    folder of this user, and a readable marker naming the process."""
+    found = []
+    for p in root.iterdir():
+        if not _TMP_NAME.match(p.name) or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            if p.stat().st_uid != os.getuid():
+                continue
+            info = json.loads((p / _MARKER).read_text(encoding="utf-8"))
+            int(info["pid"]), str(info["host"]), float(info["started"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not made by us, or not recognisably: leave it alone
+        found.append((p, info))
+    return found
+
+
+def _is_live(info: dict) -> bool:
+    """Whether the run that made a temporary folder may still be running."""
+    if info["host"] != socket.gethostname():
+        return time.time() - float(info["started"]) < _STALE_SECONDS
+    return _pid_alive(int(info["pid"]))
+
+
+def _remove_stale(root: Path) -> None:
+    """Delete the temporary folders of dead runs (SIGKILL, power loss) in ``root``, and
+    refuse to go on while another live run is writing there."""
+    for tmp, info in _temporaries(root):
+        if _is_live(info):
+            raise ValueError(
+                f"{root} is being written by another leukemia synth (process {info['pid']} "
+                f"on {info['host']}, temporary folder {tmp.name}); wait for it to finish"
+            )
+        old = tmp / _OLD
+        if old.is_dir() and any(old.iterdir()):
+            warnings.warn(
+                f"{tmp} holds folders of an earlier data set that an interrupted run did "
+                f"not put back; move them into {root} or delete {tmp}",
+                stacklevel=3,
+            )
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_output(root: Path, overwrite: bool) -> bool:
+    """Validate the output folder before anything is written or replaced; True if it must
+    be created.  Every problem is a ValueError naming the path."""
+    if root.is_symlink() and not root.exists():
+        raise ValueError(f"{root} is a broken symbolic link")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder")
+    if not root.exists():
+        return True
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"{root}: no permission to write in this folder")
+    _remove_stale(root)
+    if any(root.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{root} is not empty; pass overwrite=True (leukemia synth --force) to replace "
+            "its data set"
+        )
+    for name in _CNMC_DIRS:
+        _check_replaceable(root / name)
+    return False
+
+
+def _check_replaceable(path: Path) -> None:
+    """ValueError unless ``path`` is absent or a real folder this process can move aside
+    and delete (a link, a file in the way, or a folder without write permission is
+    refused before anything changes)."""
+    if path.is_symlink():
+        raise ValueError(
+            f"{path} is a symbolic link; overwriting replaces only real folders (remove the "
+            "link, or write the data set elsewhere)"
+        )
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is in the way: it is not a folder")
+
+    def unreadable(exc: OSError) -> None:
+        raise ValueError(f"{exc.filename}: cannot be listed, so it cannot be replaced") from None
+
+    for dirpath, _, _ in os.walk(path, onerror=unreadable):
+        if not os.access(dirpath, os.W_OK | os.X_OK):
+            raise ValueError(f"{dirpath}: no permission to delete its contents")
+
+
+def _swap_in(root: Path, tmp: Path) -> None:
+    """Move the three folders rendered in ``tmp`` into ``root``, replacing root's: first
+    the old ones into ``tmp/.old``, then the new ones in.  If any move fails, the moves
+    done are undone, so root holds either the old or the new data set, never a mix."""
+    for name in _CNMC_DIRS:  # the folder may have changed while rendering
+        _check_replaceable(root / name)
+    old = tmp / _OLD
+    old.mkdir()
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for name in _CNMC_DIRS:
+            if (root / name).exists():
+                os.rename(root / name, old / name)
+                moved.append((root / name, old / name))
+        for name in _CNMC_DIRS:
+            os.rename(tmp / name, root / name)
+            moved.append((tmp / name, root / name))
+    except BaseException as exc:
+        failed = []
+        for src, dst in reversed(moved):
+            try:
+                os.rename(dst, src)
+            except OSError as undo_exc:
+                failed.append(f"{dst} -> {src}: {undo_exc}")
+        if failed:
+            raise RuntimeError(
+                f"replacing the data set in {root} failed ({exc}) and so did putting "
+                f"back: {'; '.join(failed)}. The earlier folders are in {old}"
+            ) from exc
+        raise
+
+
 def write_cnmc(
     out: str | os.PathLike[str],
     n_subjects: int = 12,
@@ -289,10 +435,18 @@ def write_cnmc(
 ) -> SynthResult:
     """Render a synthetic data set into ``out`` in the C-NMC 2019 layout.
 
+    The images are rendered into a hidden temporary folder inside ``out`` and moved into
+    place at the end, so a failed or interrupted run leaves ``out`` as it was.  The
+    temporary folders of runs that were killed (their process is gone) are deleted first;
+    while another run is writing into ``out``, this one is refused.
+
     Args:
         out: output folder; created if missing. A folder that already holds files is
-            refused unless ``overwrite`` (then the three C-NMC sub-folders are replaced,
-            so no stale images or CSV rows of an earlier data set remain).
+            refused unless ``overwrite``: then the three C-NMC sub-folders are replaced
+            (all three or none), so no stale images or CSV rows of an earlier data set
+            remain.  Everything is checked before anything is replaced: a sub-folder that
+            is a symbolic link, a file in its place, or one that cannot be deleted is a
+            ValueError and nothing changes.
         n_subjects: subjects (about 2/3 ALL, at least one of each class if >= 2).
         cells_per_subject: images per subject.
         size: image side in pixels (C-NMC: 450).
@@ -311,12 +465,46 @@ def write_cnmc(
         raise ValueError(f"size must be in 8..4096, got {size}")
     t0 = time.perf_counter()
     root = Path(out)
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{root} is not empty; pass overwrite=True to replace its data set")
-        for name in ("training_data", "validation_data", "testing_data"):
-            if (root / name).is_dir():
-                shutil.rmtree(root / name)
+    created = _check_output(root, overwrite)
+    if created:
+        root.mkdir(parents=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=root))
+    done_ok = False
+    try:
+        marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        (tmp / _MARKER).write_text(json.dumps(marker), encoding="utf-8")
+        subjects, folds, n_jobs = _render_cnmc(
+            tmp, n_subjects, cells_per_subject, size, seed, workers, progress
+        )
+        _swap_in(root, tmp)
+        done_ok = True
+    finally:
+        old = tmp / _OLD
+        if done_ok or not (old.is_dir() and any(old.iterdir())):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done_ok and created:
+            try:
+                root.rmdir()  # only if still empty
+            except OSError:
+                pass
+    if tmp.exists():
+        warnings.warn(f"could not delete the temporary folder {tmp}", stacklevel=2)
+    counts: dict[str, int] = {}
+    for st in subjects:
+        counts[folds[st.subject]] = counts.get(folds[st.subject], 0) + cells_per_subject
+    return SynthResult(root, subjects, folds, n_jobs, time.perf_counter() - t0, counts)
+
+
+def _render_cnmc(
+    root: Path,
+    n_subjects: int,
+    cells_per_subject: int,
+    size: int,
+    seed: int,
+    workers: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[SubjectStyle], dict[str, str], int]:
+    """Write the three C-NMC folders into the empty folder ``root``."""
     train = root / "training_data"
     prelim_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     final_dir = root / "testing_data" / "C-NMC_test_final_phase_data"
@@ -386,7 +574,4 @@ def write_cnmc(
                 done += 1
                 if progress:
                     progress(done, len(jobs))
-    counts: dict[str, int] = {}
-    for st in subjects:
-        counts[folds[st.subject]] = counts.get(folds[st.subject], 0) + cells_per_subject
-    return SynthResult(root, subjects, folds, len(jobs), time.perf_counter() - t0, counts)
+    return subjects, folds, len(jobs)

@@ -33,6 +33,7 @@ __all__ = [
     "RandomRot90",
     "RandomRotation",
     "Resize",
+    "ResizedCenterCrop",
     "StainJitter",
     "Transform",
     "eval_transform",
@@ -43,6 +44,9 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_MAX_SIDE = 16384
+"""Largest output side a size may name (and Resize may produce)."""
 
 _RESAMPLE = {
     "nearest": Image.NEAREST,
@@ -78,9 +82,9 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 def _check_size(size: object, name: str = "size") -> None:
     """ValueError unless ``size`` is a positive int or a pair of positive ints."""
-    ok = is_int(size) and 0 < int(size) <= 16384  # type: ignore[arg-type]
+    ok = is_int(size) and 0 < int(size) <= _MAX_SIDE  # type: ignore[arg-type]
     if not ok and isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
-        ok = all(is_int(v) and 0 < int(v) <= 16384 for v in size)
+        ok = all(is_int(v) and 0 < int(v) <= _MAX_SIDE for v in size)
     if not ok:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
 
@@ -118,8 +122,21 @@ class Compose(Transform):
         return image
 
 
+def _resized_shape(h: int, w: int, size: int | Sequence[int]) -> tuple[int, int]:
+    """Output (height, width) of resizing h x w: shorter side to ``size``, or exactly."""
+    if is_int(size):
+        s = size / min(h, w)  # type: ignore[operator]
+        return max(1, round(h * s)), max(1, round(w * s))
+    return _pair(size)
+
+
 class Resize(Transform):
-    """Resize so that the shorter side is ``size`` (int) or to exactly (H, W)."""
+    """Resize so that the shorter side is ``size`` (int) or to exactly (H, W).
+
+    An output side longer than 16384 pixels is refused (a 4 x 30000 strip resized to a
+    300-pixel shorter side would be 300 x 2,250,000): crop first, or use
+    :class:`ResizedCenterCrop`, which resizes only the part it keeps.
+    """
 
     def __init__(self, size: int | Sequence[int], interpolation: str = "bilinear") -> None:
         _check_size(size)
@@ -130,15 +147,25 @@ class Resize(Transform):
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         _check_image(image)
         h, w = image.shape[:2]
-        if is_int(self.size):
-            s = self.size / min(h, w)
-            oh, ow = max(1, round(h * s)), max(1, round(w * s))
-        else:
-            oh, ow = _pair(self.size)
+        oh, ow = _resized_shape(h, w, self.size)
         if (oh, ow) == (h, w):
             return image
+        if max(oh, ow) > _MAX_SIDE:
+            raise ValueError(
+                f"Resize({self.size}) of a {h}x{w} image would give {oh}x{ow} pixels (at most "
+                f"{_MAX_SIDE} per side); crop first, or use ResizedCenterCrop / "
+                "eval_transform, which resize only the part they keep"
+            )
         im = Image.fromarray(image).resize((ow, oh), _RESAMPLE[self.interpolation])
         return np.asarray(im)
+
+
+def _center_span(n: int, t: int) -> tuple[int, int, int, int]:
+    """Centre crop of length t from n: (start, length kept, pad before, pad after), padding
+    with black when n < t, as CenterCrop does."""
+    if n >= t:
+        return (n - t) // 2, t, 0, 0
+    return 0, n, (t - n) // 2, t - n - (t - n) // 2
 
 
 class CenterCrop(Transform):
@@ -158,6 +185,78 @@ class CenterCrop(Transform):
             h, w = image.shape[:2]
         top, left = (h - th) // 2, (w - tw) // 2
         return image[top : top + th, left : left + tw]
+
+
+_FULL_RESIZE_PIXELS = 1 << 22
+"""ResizedCenterCrop resizes the whole image (as Resize) up to this many output pixels
+(12 MiB as RGB); beyond, only the part it keeps."""
+
+# Half-width in input pixels per unit of scale of each filter (Pillow's supports).
+_SUPPORT = {"nearest": 0.5, "bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
+
+
+class ResizedCenterCrop(Transform):
+    """``CenterCrop(crop)`` of ``Resize(size)`` with memory and time bounded by the output.
+
+    When the resized image would hold at most 4 Mpx (any near-square image at network
+    sizes) it is computed as ``Resize`` then ``CenterCrop``, pixel for pixel.  Beyond that
+    (a 4 x 30000 strip resized to a 300-pixel shorter side would be 300 x 2,250,000) only
+    the kept region is resampled, from the input rows and columns it needs, through
+    ``PIL.Image.resize(..., box=...)`` with the full resize's scale.  The result then
+    matches the full resize closely (mean error well under a grey level, a few levels at
+    most where a cubic or Lanczos lobe clips between passes), not bit for bit: Pillow
+    keeps the box in single precision and may order its two 1-D passes differently for
+    the smaller input ("nearest" may pick the neighbouring pixel where a sampling point
+    falls on a pixel edge).
+
+    Args:
+        size: shorter side after resizing (int) or exact (H, W).
+        crop: centre crop (int or (H, W)); defaults to ``size``.
+        interpolation: as :class:`Resize`.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        crop: int | Sequence[int] | None = None,
+        interpolation: str = "bilinear",
+    ) -> None:
+        _check_size(size)
+        _check_size(size if crop is None else crop, "crop")
+        _check_interpolation(interpolation)
+        self.size = size
+        self.crop = size if crop is None else crop
+        self.interpolation = interpolation
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_image(image)
+        h, w = image.shape[:2]
+        oh, ow = _resized_shape(h, w, self.size)
+        th, tw = _pair(self.crop)
+        if (oh, ow) == (h, w) or oh * ow <= _FULL_RESIZE_PIXELS:
+            full = Resize(self.size, self.interpolation)(image, rng)
+            return CenterCrop(self.crop)(full, rng)
+        top, kh, pad_t, pad_b = _center_span(oh, th)
+        left, kw, pad_l, pad_r = _center_span(ow, tw)
+        y0, y1, by0, by1 = self._window(h, oh, top, kh)
+        x0, x1, bx0, bx1 = self._window(w, ow, left, kw)
+        part = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        out = np.asarray(
+            part.resize((kw, kh), _RESAMPLE[self.interpolation], box=(bx0, by0, bx1, by1))
+        )
+        if pad_t or pad_b or pad_l or pad_r:
+            out = np.pad(out, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)))
+        return out
+
+    def _window(self, n: int, n_out: int, start: int, length: int) -> tuple[int, int, float, float]:
+        """Input range [lo, hi) that output pixels start..start+length of an n -> n_out
+        resize read (filter support plus a margin, so that no filter is clipped where the
+        full resize's is not), and the box edges relative to lo."""
+        scale = n / n_out
+        b0, b1 = start * scale, (start + length) * scale
+        reach = _SUPPORT[self.interpolation] * max(scale, 1.0) + 2
+        lo, hi = max(0, math.floor(b0 - reach)), min(n, math.ceil(b1 + reach))
+        return lo, hi, b0 - lo, b1 - lo
 
 
 class RandomResizedCrop(Transform):
@@ -389,8 +488,12 @@ class Normalize(Transform):
 def eval_transform(
     size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Compose:
-    """Deterministic evaluation pipeline: resize shorter side, centre crop, normalise."""
-    return Compose([Resize(size), CenterCrop(size), Normalize(mean, std)])
+    """Deterministic evaluation pipeline: resize shorter side, centre crop, normalise.
+
+    :class:`ResizedCenterCrop`: the pixels of ``Resize(size)`` then ``CenterCrop(size)``,
+    with memory and time bounded by the output for any input shape.
+    """
+    return Compose([ResizedCenterCrop(size), Normalize(mean, std)])
 
 
 def train_transform(

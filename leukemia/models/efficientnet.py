@@ -517,6 +517,10 @@ def _check_rate(name: str, v: object) -> None:
 def _check_input(x: object, name: str, channels: int) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):
+        # The core would read the data under the mask, which the finite check below skips.
+        raise TypeError(f"{name} is a masked array; pass {name}.filled(value) or plain data")
+    x = x.view(np.ndarray)  # other subclasses: check and pass the data the core reads
     if x.dtype != np.float32:
         raise TypeError(f"{name} must have dtype float32, got {x.dtype}")
     if x.ndim != 4 or x.shape[1] != channels:
