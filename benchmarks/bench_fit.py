@@ -40,6 +40,7 @@ CONFIGS = {
 
 def child(args: argparse.Namespace) -> None:
     import leukemia
+    import leukemia.train
 
     options = json.loads(args.child)
     if options.get("threads") == -1:
@@ -65,9 +66,7 @@ def child(args: argparse.Namespace) -> None:
     t = leukemia.train.Trainer(callback=cb, **common, **options)
     result = t.fit(args.data, out=os.path.join(args.tmp, "run"), force=True)
     timing = result.timing
-    last = rows[-1]
-    per_epoch_images = last["train_img_per_s"] * 0  # filled below from the timing
-    # the second epoch is the measured one (the first warms caches and plans)
+    last = rows[-1]  # the second epoch is the measured one (the first warms up)
     print(
         json.dumps(
             {
@@ -78,7 +77,6 @@ def child(args: argparse.Namespace) -> None:
                 "loader_work_s_total": timing["load_work_s"],
                 "compute_s_total": timing["compute_s"],
                 "images_total": timing["images"],
-                "unused": per_epoch_images,
             }
         )
     )
@@ -114,16 +112,34 @@ def main() -> None:
             f"{args.arch} + multi_attention, policy last_block, {args.size}px, batch "
             f"{args.batch}, augmented 450px BMPs; epoch 2 of 2 measured"
         )
-        print(f"{'config':16s} {'img/s':>7s} {'epoch s':>8s} {'wait s':>7s} "
-              f"{'core s/img':>10s} {'loader s/img':>12s}")
+        print(
+            f"{'config':16s} {'img/s':>7s} {'epoch s':>8s} {'wait s':>7s} "
+            f"{'core s/img':>10s} {'loader s/img':>12s}"
+        )
         for name in args.configs.split(","):
             options, env = CONFIGS[name]
             run_env = dict(os.environ, **env)
             out = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(options), "--data",
-                 tmp + "/data", "--tmp", tmp, "--size", str(args.size), "--batch",
-                 str(args.batch), "--arch", args.arch],
-                env=run_env, capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    json.dumps(options),
+                    "--data",
+                    tmp + "/data",
+                    "--tmp",
+                    tmp,
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                    "--arch",
+                    args.arch,
+                ],
+                env=run_env,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if out.returncode != 0:
                 print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}")

@@ -597,7 +597,14 @@ class Trainer:
         return self._result(model, history, run_dir, state, cfg, timing)
 
     @staticmethod
-    def _result(model, history, run_dir, state, cfg, timing) -> FitResult:  # noqa: ANN001
+    def _result(
+        model: EfficientNet,
+        history: list[dict[str, Any]],
+        run_dir: Path,
+        state: dict[str, Any],
+        cfg: TrainConfig,
+        timing: dict[str, float],
+    ) -> FitResult:
         return FitResult(
             model,
             history,
@@ -609,7 +616,16 @@ class Trainer:
             dict(timing),
         )
 
-    def _save(self, path, model, opt, sched, state, history, cfg) -> None:  # noqa: ANN001
+    def _save(
+        self,
+        path: Path,
+        model: EfficientNet,
+        opt: AdamW,
+        sched: CosineWarmup,
+        state: dict[str, Any],
+        history: list[dict[str, Any]],
+        cfg: TrainConfig,
+    ) -> None:
         try:
             save_checkpoint(path, model, opt, sched, state, history, {"config": cfg.to_dict()})
         except OSError as exc:
@@ -676,19 +692,19 @@ class Trainer:
 
     def _train_epoch(
         self,
-        model,
-        opt,
-        sched,
-        loader,
-        cache,
-        pool,
-        state,
-        cfg,
-        class_weight,  # noqa: ANN001
-        steps,
-        timing,
-        run_dir,
-        history,  # noqa: ANN001
+        model: EfficientNet,
+        opt: AdamW,
+        sched: CosineWarmup,
+        loader: DataLoader,
+        cache: FeatureCache | None,
+        pool: ThreadPoolExecutor | None,
+        state: dict[str, Any],
+        cfg: TrainConfig,
+        class_weight: np.ndarray | None,
+        steps: int,
+        timing: dict[str, float],
+        run_dir: Path,
+        history: list[dict[str, Any]],
     ) -> bool:
         """Run the rest of the epoch in ``state``; False when Ctrl-C stopped it (saved)."""
         from tqdm.auto import tqdm
