@@ -272,3 +272,21 @@ def test_full_disk_while_saving_loses_nothing(
     assert (out / "best.ckpt").read_bytes() == saved["best"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporaries
     assert load_checkpoint(out / "last.ckpt").epoch == 1
+
+
+def test_early_stopping_and_best_selection(split, tmp_path: Path) -> None:
+    """With nothing able to change (lr 0, linear head only: no BatchNorm trains), the
+    validation weighted F1 never improves after epoch 1: patience 2 stops after epoch 3,
+    and the best model is epoch 1's."""
+    r = Trainer(
+        progress=False,
+        **_options(head="linear", policy="head", lr=0.0, backbone_lr=0.0, epochs=10, patience=2),
+    ).fit(split, out=tmp_path / "es")
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    assert r.stopped_early and r.best_epoch == 1
+    assert len({h["val_weighted_f1"] for h in r.history}) == 1
+    ck = load_checkpoint(tmp_path / "es" / "last.ckpt")
+    assert ck.meta["trainer"]["stopped_early"] is True
+    # resuming a finished run has nothing left to do and returns the same result
+    again = leukemia.fit(resume=tmp_path / "es", progress=False)
+    assert _no_timing(again.history) == _no_timing(r.history) and again.best_epoch == 1
