@@ -268,3 +268,42 @@ def test_demo_learns_from_scratch_patient_wise(
     assert not split["subjects"]["shared"]
     assert report["metrics"]["weighted_f1"] >= 0.8, report["metrics"]
     assert report["metrics"]["roc_auc"] >= 0.9, report["metrics"]
+
+
+def test_demo_uses_last_block_when_imagenet_weights_are_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ImageNet weights found, the demo fine-tunes with the study's policy (here a
+    stand-in file with torchvision's keys, returned by a patched lookup)."""
+    import leukemia.models.pretrained as pretrained
+    from leukemia.models import EfficientNet
+
+    weights = tmp_path / "b3.safetensors"
+    EfficientNet("efficientnet_b3", 1000, seed=4).save(weights)
+    monkeypatch.setattr(pretrained, "imagenet_weights", lambda arch, **kw: weights)
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--quiet",
+        "--subjects",
+        "6",
+        "--cells-per-subject",
+        "6",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "last_block" in text and "random initialisation" not in text
+    cfg = json.loads((out / "run" / "config.json").read_text())
+    assert cfg["config"]["policy"] == "last_block" and cfg["config"]["weights"] == str(weights)
+    # the backbone's frozen part is the file's, untouched by training
+    ck = load_checkpoint(out / "run" / "last.ckpt")
+    ref = EfficientNet("efficientnet_b3", 1000, seed=4).state_dict()
+    assert np.array_equal(ck.model["features.0.0.weight"], ref["features.0.0.weight"])
