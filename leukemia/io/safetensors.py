@@ -10,23 +10,29 @@ Layout of a file::
     [rest]     the byte buffer; data_offsets are relative to its first byte, all
                data is little-endian and C-contiguous.
 
-The reader trusts nothing: header length against the file size, JSON syntax, duplicate
-names, known dtypes, shape x itemsize == end - begin, offsets inside the buffer, tensors
-neither overlapping nor leaving gaps, and the buffer ending exactly with the last tensor.
+The reader trusts nothing: header length against the file size, JSON syntax and nesting
+depth, duplicate names, known dtypes, shapes NumPy can represent, shape x itemsize ==
+end - begin, offsets inside the buffer, tensors neither overlapping nor leaving gaps, and
+the buffer ending exactly with the last tensor. Every problem with the content raises
+:class:`~leukemia.io.CheckpointError` (a ``ValueError``) naming the file (and the tensor).
+Memory is bounded by the file: the header is at most 100 MB and every tensor's bytes are
+in the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from .atomic import atomic_write
+from .errors import CheckpointError, short_repr
 
 __all__ = ["load_safetensors", "save_safetensors", "read_safetensors_header"]
 
@@ -64,6 +70,12 @@ _NAMES: dict[np.dtype[Any], str] = {
 }
 _MAX_HEADER = 100_000_000  # same limit as the reference implementation
 _METADATA = "__metadata__"
+# A valid header nests 3 deep ({name: {"shape": [..]}}); json recurses per level and
+# would hit RecursionError (or, with a raised recursion limit, the C stack) on 100k.
+_MAX_NESTING = 8
+_MAX_NDIM = 32  # NumPy 1.x's limit
+_INT64_LIMIT = 2**63
+_CHUNK = 2**18
 
 
 def bfloat16_to_float32(words: np.ndarray) -> np.ndarray:
@@ -71,17 +83,89 @@ def bfloat16_to_float32(words: np.ndarray) -> np.ndarray:
     return (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def _fail(path: str, what: str) -> ValueError:
-    return ValueError(f"{path}: invalid safetensors file: {what}")
+def _fail(path: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: invalid safetensors file: {what}")
+
+
+@contextlib.contextmanager
+def _content_errors(name: str) -> Iterator[None]:
+    """Any error the file's content provokes below becomes a CheckpointError naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+        UnicodeError,
+        struct.error,
+    ) as exc:
+        raise _fail(name, f"{type(exc).__name__}: {short_repr(str(exc))}") from exc
+
+
+def _max_nesting(raw: bytes) -> int:
+    """How deep ``[``/``{`` nest in the JSON bytes ``raw``, brackets inside strings ignored.
+
+    Vectorised over 256 KiB chunks (a 100 MB header costs ~10 MiB and a second or two):
+    a quote ends or starts a string unless an odd run of backslashes precedes it, and
+    depth is the running sum of +1 per opening and -1 per closing bracket outside
+    strings. Where this reading of a malformed header differs from json's, json stops
+    with a syntax error at that point, so the result bounds how deep json recurses.
+    (UTF-8 continuation bytes never equal these ASCII bytes.)
+    """
+    data = np.frombuffer(raw, np.uint8)
+    depth = deepest = 0
+    in_string = 0  # 1 inside a string at the chunk start
+    carried = 0  # backslashes ending the previous chunk
+    for start in range(0, len(data), _CHUNK):
+        b = data[start : start + _CHUNK]
+        index = np.arange(len(b), dtype=np.int64)
+        # index of the last byte at or before each position that is not a backslash
+        last = np.maximum.accumulate(np.where(b == 0x5C, -1, index))
+        before = np.concatenate(([-1], last[:-1]))
+        run = index - 1 - before + np.where(before < 0, carried, 0)
+        quote = (b == 0x22) & (run % 2 == 0)
+        opened = np.cumsum(quote, dtype=np.int64) - quote + in_string  # quotes before each
+        outside = opened % 2 == 0
+        step = ((b == 0x5B) | (b == 0x7B)).astype(np.int64)
+        step -= (b == 0x5D) | (b == 0x7D)
+        running = np.cumsum(step * outside) + depth
+        deepest = max(deepest, int(running.max()))
+        depth = int(running[-1])
+        in_string = int(opened[-1] + quote[-1]) % 2
+        carried = carried + len(b) if last[-1] < 0 else len(b) - 1 - int(last[-1])
+    return deepest
+
+
+def _shape_error(shape: Any, itemsize: int) -> str | None:
+    """Why NumPy could not hold an array of ``shape`` (None if it can)."""
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        return f"shape {short_repr(shape)} is not a list of non-negative ints"
+    if len(shape) > _MAX_NDIM:
+        return f"shape has {len(shape)} dimensions, more than {_MAX_NDIM}"
+    if any(d >= _INT64_LIMIT for d in shape) or (
+        math.prod(max(d, 1) for d in shape) * itemsize >= _INT64_LIMIT
+    ):
+        return f"shape {short_repr(shape)} is too large for any array"
+    return None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r} in the JSON header")
+            raise ValueError(f"duplicate key {short_repr(key)} in the JSON header")
         out[key] = value
     return out
+
+
+def _quote(key: str) -> str:
+    """A tensor name for a message: whole unless absurdly long."""
+    return repr(key) if len(key) <= 300 else short_repr(key)
 
 
 def _is_int(x: Any) -> bool:
@@ -100,11 +184,20 @@ def read_safetensors_header(
         empty) and ``data_start`` the absolute file offset of the byte buffer.
 
     Raises:
-        ValueError: naming the file (and the tensor) for any inconsistency.
+        CheckpointError: (a ValueError) naming the file (and the tensor) for any
+            inconsistency.
+        OSError: the file cannot be opened.
     """
-    name = os.fspath(path)
-    file_size = os.path.getsize(name)
-    with open(name, "rb") as f:
+    name = os.fsdecode(os.fspath(path))
+    with _content_errors(name):
+        return _read_header(path, name)
+
+
+def _read_header(
+    path: str | os.PathLike[str], name: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise _fail(name, f"file is {file_size} bytes, too short for the 8-byte header size")
@@ -126,10 +219,15 @@ def read_safetensors_header(
         raise _fail(name, f"header is not UTF-8 ({exc})") from None
     if not text.startswith("{"):
         raise _fail(name, "header does not start with '{' (not a JSON object)")
+    if _max_nesting(raw) > _MAX_NESTING:
+        raise _fail(
+            name,
+            f"header is nested more than {_MAX_NESTING} levels deep; a valid header nests 3",
+        )
     try:
         header = json.loads(text, object_pairs_hook=_no_duplicates)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise _fail(name, f"header is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _fail(name, f"header is not valid JSON: {short_repr(str(exc))}") from None
     if not isinstance(header, dict):  # pragma: no cover - guarded by the '{' check
         raise _fail(name, "header is not a JSON object")
 
@@ -145,7 +243,7 @@ def read_safetensors_header(
     buffer_len = file_size - 8 - n
     entries: list[tuple[str, dict[str, Any]]] = []
     for key, info in header.items():
-        where = f"tensor {key!r}"
+        where = f"tensor {_quote(key)}"
         if not isinstance(info, dict):
             raise _fail(name, f"{where}: entry is not an object")
         extra = set(info) - {"dtype", "shape", "data_offsets"}
@@ -153,22 +251,25 @@ def read_safetensors_header(
         if missing:
             raise _fail(name, f"{where}: missing field(s) {sorted(missing)}")
         if extra:
-            raise _fail(name, f"{where}: unknown field(s) {sorted(extra)}")
+            raise _fail(name, f"{where}: unknown field(s) {short_repr(sorted(extra))}")
         dtype = info["dtype"]
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise _fail(
-                name, f"{where}: unknown or unsupported dtype {dtype!r} (known: {sorted(_DTYPES)})"
+                name,
+                f"{where}: unknown or unsupported dtype {short_repr(dtype)} "
+                f"(known: {sorted(_DTYPES)})",
             )
         shape = info["shape"]
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise _fail(name, f"{where}: shape {shape!r} is not a list of non-negative ints")
+        problem = _shape_error(shape, _DTYPES[dtype].itemsize)
+        if problem is not None:
+            raise _fail(name, f"{where}: {problem}")
         offsets = info["data_offsets"]
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(_is_int(o) and o >= 0 for o in offsets)
         ):
-            raise _fail(name, f"{where}: data_offsets {offsets!r} is not [begin, end]")
+            raise _fail(name, f"{where}: data_offsets {short_repr(offsets)} is not [begin, end]")
         begin, end = offsets
         if end < begin:
             raise _fail(name, f"{where}: data_offsets end {end} < begin {begin}")
@@ -194,13 +295,15 @@ def read_safetensors_header(
         begin, end = info["data_offsets"]
         if begin < position:
             raise _fail(
-                name, f"tensor {key!r}: data_offsets [{begin}, {end}] overlap tensor {previous!r}"
+                name,
+                f"tensor {_quote(key)}: data_offsets [{begin}, {end}] overlap tensor "
+                f"{_quote(previous)}",
             )
         if begin > position:
             raise _fail(
                 name,
-                f"tensor {key!r}: gap of {begin - position} bytes before data_offsets "
-                f"[{begin}, {end}] (after {previous!r})",
+                f"tensor {_quote(key)}: gap of {begin - position} bytes before data_offsets "
+                f"[{begin}, {end}] (after {_quote(previous)})",
             )
         position = end
         previous = key
@@ -233,15 +336,17 @@ def load_safetensors(
         ``(tensors, metadata)`` when ``with_metadata`` is true.
 
     Raises:
-        ValueError: the file is not valid safetensors (message names file and tensor).
+        CheckpointError: (a ValueError) the file is not valid safetensors; the message
+            names the file and the tensor.
+        OSError: the file cannot be opened.
     """
     target = np.dtype(dtype) if dtype is not None else None
     if target is not None and target.kind != "f":
         raise ValueError(f"load_safetensors: dtype must be a floating dtype, got {target}")
-    name = os.fspath(path)
-    entries, metadata, data_start = read_safetensors_header(name)
+    name = os.fsdecode(os.fspath(path))
+    entries, metadata, data_start = read_safetensors_header(path)
     out: dict[str, np.ndarray] = {}
-    with open(name, "rb") as f:
+    with open(path, "rb") as f, _content_errors(name):
         for key, info in entries.items():
             stored = _DTYPES[info["dtype"]]
             begin, end = info["data_offsets"]
@@ -250,9 +355,9 @@ def load_safetensors(
                 f.seek(data_start + begin)
                 got = f.readinto(memoryview(arr.reshape(-1).view(np.uint8)))
                 if got != end - begin:  # pragma: no cover - file shrank after the header check
-                    raise _fail(name, f"tensor {key!r}: file truncated inside its data")
+                    raise _fail(name, f"tensor {_quote(key)}: file truncated inside its data")
             if info["dtype"] == "BOOL" and arr.size and (arr.view(np.uint8) > 1).any():
-                raise _fail(name, f"tensor {key!r}: BOOL data holds bytes other than 0 and 1")
+                raise _fail(name, f"tensor {_quote(key)}: BOOL data holds bytes other than 0 and 1")
             if info["dtype"] == "BF16":
                 arr = bfloat16_to_float32(arr)
             elif not arr.dtype.isnative:  # big-endian host
