@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from .atomic import atomic_write
+from .errors import CheckpointError, UnsafePickleError
 from .keys import (
     KeyMappingError,
     detect_key_style,
@@ -21,7 +22,7 @@ from .keys import (
     timm_to_torchvision,
     torchvision_to_timm,
 )
-from .pth import CheckpointError, UnsafePickleError, load_pth, save_pth, unwrap_state_dict
+from .pth import load_pth, save_pth, unwrap_state_dict
 from .safetensors import load_safetensors, read_safetensors_header, save_safetensors
 from .state_dict import (
     LoadReport,

@@ -13,10 +13,32 @@ In ``data.pkl`` every tensor is ``torch._utils._rebuild_tensor_v2(storage, offse
 stride, requires_grad, backward_hooks[, metadata])`` and every storage is a *persistent
 id* ``("storage", torch.<Type>Storage, key, location, numel)``, numel in elements.
 
-:func:`load_pth` unpickles ``data.pkl`` with :class:`RestrictedUnpickler`, whose
-``find_class`` resolves only the handful of globals a state_dict needs, each to a
-harmless local stand-in; any other global (``os.system``, ``builtins.eval``, a model
-class, ...) raises :class:`UnsafePickleError` before anything is constructed.
+:func:`load_pth` runs ``data.pkl`` on :class:`~leukemia.io.unpickler.RestrictedUnpickler`,
+a small pickle machine of its own (not :mod:`pickle`'s): it knows only the opcodes a
+state_dict pickle uses, resolves only the handful of globals a state_dict needs, each to
+a harmless local stand-in, and refuses any other global (``os.system``, ``builtins.eval``,
+a model class, ...) with :class:`UnsafePickleError` before anything is constructed.
+
+Per-file budget
+---------------
+A small hostile file must not cost much memory or time, so every read is bounded, per
+file (a torchvision B3 state_dict needs ~22k opcodes and ~2 MiB of objects; with its
+AdamW state ~54k opcodes and ~5 MiB):
+
+* zip (constants here): entries must be stored or deflated and not encrypted; deflated
+  entries may inflate to at most ``MAX_INFLATE_RATIO`` (64) times their compressed size,
+  plus 1 MiB, summed over the file; ``data.pkl`` at most ``MAX_PICKLE_BYTES`` (256 MiB).
+* pickle (constants in :mod:`leukemia.io.unpickler`): at most ``MAX_PICKLE_OPCODES``
+  (5 million) opcodes and ``MAX_PICKLE_MEMORY`` (128 MiB, estimated) of objects,
+  containers nested at most ``MAX_PICKLE_NESTING`` (100) deep, no recursive containers,
+  dict keys whose hash the file cannot steer.
+* tensors (constant here): storages cost what the file holds; tensors that are copied out
+  of a storage (views, a second tensor on one storage, stride-0 expansions) may add at
+  most ``MAX_EXPANDED_BYTES`` (64 MiB) plus the size of the storages read.
+
+So reading a file of S bytes holds at most about 64 S + 256 MiB + 128 MiB + 64 MiB, and
+typically its own size plus a few MiB. Anything over budget is refused with a
+:class:`CheckpointError` that names the file and the budget.
 """
 
 from __future__ import annotations
@@ -25,7 +47,6 @@ import collections
 import io
 import math
 import os
-import pickle
 import struct
 import sys
 import zipfile
@@ -36,7 +57,18 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
+from .errors import CheckpointError, UnsafePickleError, short_repr
 from .safetensors import bfloat16_to_float32
+from .unpickler import (
+    _INT64_LIMIT,
+    _STORAGE_TYPES,
+    RestrictedUnpickler,
+    _rebuild_parameter,  # noqa: F401 - the stand-ins, for tests and introspection
+    _rebuild_tensor_v2,  # noqa: F401
+    _Storage,
+    _StorageType,
+    _Tensor,
+)
 
 __all__ = [
     "CheckpointError",
@@ -49,47 +81,12 @@ __all__ = [
 
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 
+# Per-file budget (see the module docstring).
+MAX_PICKLE_BYTES = 256 * 2**20
+MAX_INFLATE_RATIO = 64
+MAX_EXPANDED_BYTES = 64 * 2**20
+_INFLATE_ALLOWANCE = 2**20
 
-class CheckpointError(ValueError):
-    """A checkpoint file is malformed, truncated or of an unsupported kind."""
-
-
-class UnsafePickleError(CheckpointError, pickle.UnpicklingError):
-    """The pickle asked for a global outside the allow-list; nothing was executed."""
-
-
-class _StorageType:
-    """Stand-in for ``torch.<Name>Storage``: knows the element type of the raw bytes."""
-
-    __slots__ = ("name", "dtype", "bf16")
-
-    def __init__(self, name: str, dtype: str, bf16: bool = False) -> None:
-        self.name = name
-        self.dtype = np.dtype(dtype)
-        self.bf16 = bf16
-
-    def __repr__(self) -> str:
-        return f"torch.{self.name}"
-
-    def __setstate__(self, state: Any) -> None:
-        raise UnsafePickleError(f"refusing to set state on {self!r}")
-
-
-_STORAGE_TYPES: dict[str, _StorageType] = {
-    t.name: t
-    for t in (
-        _StorageType("FloatStorage", "<f4"),
-        _StorageType("DoubleStorage", "<f8"),
-        _StorageType("HalfStorage", "<f2"),
-        _StorageType("BFloat16Storage", "<u2", bf16=True),
-        _StorageType("LongStorage", "<i8"),
-        _StorageType("IntStorage", "<i4"),
-        _StorageType("ShortStorage", "<i2"),
-        _StorageType("CharStorage", "i1"),
-        _StorageType("ByteStorage", "u1"),
-        _StorageType("BoolStorage", "?"),
-    )
-}
 # NumPy dtype -> storage type used when writing.
 _WRITE_TYPES: dict[np.dtype[Any], _StorageType] = {
     np.dtype(np.float32): _STORAGE_TYPES["FloatStorage"],
@@ -104,181 +101,126 @@ _WRITE_TYPES: dict[np.dtype[Any], _StorageType] = {
 }
 
 
-class _Storage:
-    """One storage record, already converted to native byte order (and dtype)."""
+class _Budget:
+    """What one file has spent so far (bytes)."""
 
-    __slots__ = ("key", "stype", "data", "claimed")
+    __slots__ = ("inflated", "compressed", "storage_bytes", "copied")
 
-    def __init__(self, key: str, stype: _StorageType, data: np.ndarray) -> None:
-        self.key = key
-        self.stype = stype
-        self.data = data
-        self.claimed = False
-
-    def __setstate__(self, state: Any) -> None:
-        raise UnsafePickleError(f"refusing to set state on storage {self.key!r}")
+    def __init__(self) -> None:
+        self.inflated = 0  # bytes inflated from deflated zip entries
+        self.compressed = 0  # their compressed size
+        self.storage_bytes = 0  # storage records read
+        self.copied = 0  # tensor bytes copied out of storages
 
 
-class _Tensor:
-    """Result of a tensor rebuild inside the pickle; replaced by its array afterwards."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __setstate__(self, state: Any) -> None:
-        raise UnsafePickleError("refusing to set state on a tensor")
+# ------------------------------------------------------------------ after the pickle ran
 
 
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise CheckpointError(f"tensor {what} must be a tuple of non-negative ints, got {value!r}")
-    return value
+# Where a value sits in the unpickled tree: (parent, key) links, rendered only for errors.
+_Path = tuple[Any, Any] | None
 
 
-# Largest tensor that may be materialised from a smaller storage (expanded views).
-MAX_EXPANDED_BYTES = 64 * 2**20
+def _render(path: _Path) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{key}]" if type(key) is int else "/" + str(key)[:200])
+    return "".join(reversed(parts)).lstrip("/")
 
 
-def _rebuild_tensor_v2(
-    storage: Any,
-    storage_offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> _Tensor:
-    """Local stand-in for ``torch._utils._rebuild_tensor_v2``: a strided view, copied."""
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"tensor rebuilt from a non-storage object {type(storage)!r}")
-    if (
-        not isinstance(storage_offset, int)
-        or isinstance(storage_offset, bool)
-        or (storage_offset < 0)
-    ):
-        raise CheckpointError(f"bad storage offset {storage_offset!r}")
-    size = _int_tuple(size, "size")
-    stride = _int_tuple(stride, "stride")
-    if len(size) != len(stride):
-        raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
+def _materialize(t: _Tensor, path: _Path, budget: _Budget, source: str) -> np.ndarray:
+    """The array of a rebuilt tensor: its storage itself when it is all of it, else a copy."""
+    storage, offset, size, stride = t.storage, t.offset, t.size, t.stride
     data = storage.data
+    where = f"{source}: tensor {_render(path)!r}"
+    itemsize = data.itemsize
+    if (
+        offset >= _INT64_LIMIT
+        or any(n >= _INT64_LIMIT or s >= _INT64_LIMIT for n, s in zip(size, stride, strict=True))
+        or math.prod(max(n, 1) for n in size) * itemsize >= _INT64_LIMIT
+    ):
+        raise CheckpointError(
+            f"{where} has size {short_repr(size)}, stride {short_repr(stride)}, offset "
+            f"{short_repr(offset)}: too large for any array"
+        )
     numel = math.prod(size)
     if numel == 0:
-        return _Tensor(np.zeros(size, dtype=data.dtype))
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        return np.zeros(size, dtype=data.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= data.size:
         raise CheckpointError(
-            f"tensor of size {size}, stride {stride}, offset {storage_offset} reads element "
+            f"{where} of size {size}, stride {stride}, offset {offset} reads element "
             f"{last} of storage {storage.key!r}, which holds only {data.size}"
-        )
-    if numel > data.size and numel * data.itemsize > MAX_EXPANDED_BYTES:
-        # Stride-0 views can describe huge tensors over a tiny storage; a state_dict never
-        # needs that, and copying it out would exhaust memory.
-        raise CheckpointError(
-            f"tensor of size {size} (stride {stride}) would expand storage {storage.key!r} of "
-            f"{data.size} elements to {numel * data.itemsize} bytes; refused"
         )
     contiguous = [1] * len(size)
     for i in range(len(size) - 2, -1, -1):
         contiguous[i] = contiguous[i + 1] * size[i + 1]
     is_contiguous = all(n == 1 or s == c for n, s, c in zip(size, stride, contiguous, strict=True))
-    if is_contiguous and storage_offset == 0 and numel == data.size and not storage.claimed:
+    if is_contiguous and offset == 0 and numel == data.size and not storage.claimed:
         # The usual case: the tensor is its whole storage. Hand the buffer over, no copy.
         storage.claimed = True
-        return _Tensor(data.reshape(size))
+        return data.reshape(size)
+    nbytes = numel * itemsize
+    budget.copied += nbytes
+    allowed = MAX_EXPANDED_BYTES + budget.storage_bytes
+    if budget.copied > allowed:
+        # Stride-0 views and many views of one storage describe far more data than the
+        # file holds; a state_dict never needs that, and copying it out exhausts memory.
+        verb = "expand" if numel > data.size else "copy out of"
+        raise CheckpointError(
+            f"{where} of size {size} (stride {stride}) would {verb} storage "
+            f"{storage.key!r} of {data.size} elements into {nbytes} bytes; tensors copied "
+            f"out of storages would then hold {budget.copied} bytes, more than the per-file "
+            f"budget of {allowed} (MAX_EXPANDED_BYTES={MAX_EXPANDED_BYTES} plus the "
+            f"{budget.storage_bytes} bytes of storage read); refused"
+        )
     view = np.lib.stride_tricks.as_strided(
-        data[storage_offset:],
+        data[offset:],
         shape=size,
-        strides=tuple(s * data.itemsize for s in stride),
+        # a dimension of size 1 never steps: its stride may be anything in the file
+        strides=tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride, strict=True)),
         writeable=False,
     )
-    return _Tensor(np.array(view, order="C", copy=True))
+    return np.array(view, order="C", copy=True)
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
-    """Local stand-in for ``torch._utils._rebuild_parameter``: the tensor itself."""
-    if not isinstance(data, _Tensor):
-        raise CheckpointError(f"parameter rebuilt from a non-tensor object {type(data)!r}")
-    return data
+def _finish(obj: Any, budget: _Budget, source: str) -> Any:
+    """Turn the unpickled tree into plain dicts/lists/tuples with NumPy arrays.
 
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for torch's ``data.pkl`` that resolves only allow-listed globals.
-
-    Args:
-        file: binary file holding the pickle.
-        storage_loader: ``(key, storage_type, numel) -> _Storage`` callback that reads
-            ``data/<key>`` of the archive.
-        source: file name used in error messages.
+    Shared objects are converted once (a DAG with 2**60 paths stays 60 objects).
     """
+    done: dict[int, Any] = {}
 
-    def __init__(self, file: io.BufferedIOBase | io.BytesIO, storage_loader: Any, source: str):
-        super().__init__(file)
-        self._storage_loader = storage_loader
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see class docstring
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            allowed = ", ".join(f"{m}.{n}" for m, n in _ALLOWED_GLOBALS)
-            raise UnsafePickleError(
-                f"{self._source}: refusing to load global '{module}.{name}' from the pickle "
-                f"(only a plain state_dict of tensors can be loaded without torch; allowed: "
-                f"{allowed}). If the file is trusted, load it with torch and re-save "
-                "model.state_dict() (or convert it to safetensors)."
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
-        if (
-            not isinstance(pid, tuple)
-            or len(pid) != 5
-            or pid[0] != "storage"
-            or not isinstance(pid[1], _StorageType)
-            or not isinstance(pid[2], str)
-            or not isinstance(pid[4], int)
-            or isinstance(pid[4], bool)
-            or pid[4] < 0
-        ):
-            raise UnsafePickleError(
-                f"{self._source}: unsupported persistent id {pid!r} "
-                "(expected ('storage', torch.<Type>Storage, key, location, numel))"
+    def convert(o: Any, path: _Path) -> Any:
+        key = id(o)
+        if key in done:
+            return done[key]
+        t = type(o)
+        if t is _Tensor:
+            out: Any = _materialize(o, path, budget, source)
+        elif t is dict or t is collections.OrderedDict:
+            out = {k: convert(v, (path, k if type(k) is not int else str(k))) for k, v in o.items()}
+        elif t is list:
+            out = [convert(v, (path, i)) for i, v in enumerate(o)]
+        elif t is tuple:
+            out = tuple(convert(v, (path, i)) for i, v in enumerate(o))
+        elif t in (str, bytes, int, float, bool, set, frozenset) or o is None:
+            out = o  # sets and frozensets hold only checked keys (no tensors)
+        elif t is _Storage or t is _StorageType:
+            raise CheckpointError(f"{source}: the checkpoint holds a bare storage, not tensors")
+        else:
+            raise CheckpointError(
+                f"{source}: the checkpoint holds {short_repr(o)} at {_render(path)!r}, not data"
             )
-        return self._storage_loader(pid[2], pid[1], pid[4])
+        done[key] = out
+        return out
 
-
-def _replace_tensors(obj: Any) -> Any:
-    """Turn the unpickled object tree into plain dicts/lists with NumPy arrays."""
-    if isinstance(obj, _Tensor):
-        return obj.array
-    if isinstance(obj, dict):
-        return {k: _replace_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_replace_tensors(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_replace_tensors(v) for v in obj)
-    if isinstance(obj, (_Storage, _StorageType)):
-        raise CheckpointError("the checkpoint holds a bare storage, not tensors")
-    return obj
+    return convert(obj, None)
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+    return isinstance(obj, Mapping) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
     )
 
 
@@ -294,7 +236,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, np.ndar
         for key in _STATE_DICT_KEYS:
             if key in obj and _is_state_dict(obj[key]):
                 return dict(obj[key])
-        keys = ", ".join(repr(k) for k in list(obj)[:10])
+        keys = ", ".join(short_repr(k) for k in list(obj)[:10])
         raise CheckpointError(
             f"{source}: no state_dict found: expected a dict of tensors, or one under "
             f"{', '.join(map(repr, _STATE_DICT_KEYS))}; top-level keys are {keys}"
@@ -315,6 +257,25 @@ def _describe_non_zip(head: bytes) -> str:
     return "it is not a zip archive"
 
 
+# Errors that file *content* can provoke in zipfile, zlib, struct, NumPy or the code
+# here; all of them become one CheckpointError naming the file.
+_CONTENT_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RuntimeError,  # includes RecursionError and NotImplementedError
+    UnicodeError,
+)
+
+
 def load_pth(
     path: str | os.PathLike[str],
     dtype: np.dtype[Any] | type | None = None,
@@ -324,7 +285,8 @@ def load_pth(
     """Load a torch zip checkpoint (``torch.save`` of a state_dict) into NumPy arrays.
 
     No torch import and no pickle code execution: only the globals a state_dict needs
-    are resolved (see :class:`RestrictedUnpickler`).
+    are resolved (see :class:`RestrictedUnpickler`), and the memory and time a file can
+    cost are bounded per file (see the module docstring).
 
     Args:
         path: the ``.pth``/``.pt`` file.
@@ -340,24 +302,48 @@ def load_pth(
         its memory, with the tensor's shape; strided/offset views are materialised.
 
     Raises:
-        UnsafePickleError: the pickle references a global outside the allow-list.
-        CheckpointError: not a zip checkpoint, truncated zip, missing or short storage
-            record, inconsistent tensor geometry, no state_dict inside.
+        UnsafePickleError: the pickle references a global or an operation outside the
+            allow-list (a subclass of CheckpointError).
+        CheckpointError: anything else wrong with the content: not a zip checkpoint,
+            truncated or corrupt zip, unsupported zip entry, malformed pickle, missing or
+            short storage record, inconsistent tensor geometry, over the per-file budget,
+            no state_dict inside. The message starts with the file name.
+        OSError: the file cannot be opened.
     """
-    source = os.fspath(path)
+    source = os.fsdecode(os.fspath(path))
     target = np.dtype(dtype) if dtype is not None else None
     if target is not None and target.kind != "f":
         raise ValueError(f"load_pth: dtype must be a floating dtype, got {target}")
-    with open(source, "rb") as f:
+    with open(path, "rb") as f:
         head = f.read(512)
-    if not head.startswith(b"PK"):
-        raise CheckpointError(f"{source}: not a torch zip checkpoint: {_describe_non_zip(head)}")
+        if not head.startswith(b"PK"):
+            raise CheckpointError(
+                f"{source}: not a torch zip checkpoint: {_describe_non_zip(head)}"
+            )
+        try:
+            obj = _read_checkpoint(f, source, target)
+        except CheckpointError:
+            raise
+        except RecursionError:
+            raise CheckpointError(f"{source}: data.pkl is nested too deeply") from None
+        except _CONTENT_ERRORS as exc:
+            raise CheckpointError(
+                f"{source}: malformed checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
+    return unwrap_state_dict(obj, source) if unwrap else obj
+
+
+def _read_checkpoint(f: io.BufferedReader, source: str, target: np.dtype[Any] | None) -> Any:
+    f.seek(0)
+    file_size = os.fstat(f.fileno()).st_size
     try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{source}: broken or truncated zip archive ({exc})") from None
+    budget = _Budget()
     with zf:
-        pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        names = zf.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise CheckpointError(
                 f"{source}: expected exactly one '<archive>/data.pkl' in the zip, found "
@@ -365,10 +351,11 @@ def load_pth(
             )
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = "little"
-        if prefix + "byteorder" in zf.namelist():
-            byteorder = _read_member(zf, prefix + "byteorder", source).decode("ascii", "replace")
+        if prefix + "byteorder" in names:
+            raw_order = _read_member(zf, prefix + "byteorder", source, budget, file_size, 16)
+            byteorder = raw_order.decode("ascii", "replace")
             if byteorder not in ("little", "big"):
-                raise CheckpointError(f"{source}: unknown byteorder record {byteorder!r}")
+                raise CheckpointError(f"{source}: unknown byteorder record {short_repr(byteorder)}")
         storages: dict[str, _Storage] = {}
 
         def load_storage(key: str, stype: _StorageType, numel: int) -> _Storage:
@@ -376,52 +363,63 @@ def load_pth(
             if cached is not None:
                 if cached.stype is not stype:
                     raise CheckpointError(
-                        f"{source}: storage {key!r} is used as {cached.stype} and {stype}"
+                        f"{source}: storage {short_repr(key)} is used as {cached.stype} and {stype}"
                     )
                 return cached
-            storages[key] = _read_storage(zf, prefix, key, stype, numel, byteorder, target, source)
+            storages[key] = _read_storage(
+                zf, prefix, key, stype, numel, byteorder, target, source, budget, file_size
+            )
             return storages[key]
 
-        raw = _read_member(zf, pickles[0], source)
-        unpickler = RestrictedUnpickler(io.BytesIO(raw), load_storage, source)
-        try:
-            obj = unpickler.load()
-        except CheckpointError:
-            raise
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            TypeError,
-            AttributeError,
-            IndexError,
-            KeyError,
-            RecursionError,
-            MemoryError,
-        ) as exc:
-            raise CheckpointError(f"{source}: malformed data.pkl ({exc!r})") from None
+        raw = _read_member(zf, pickles[0], source, budget, file_size, MAX_PICKLE_BYTES)
+        obj = RestrictedUnpickler(raw, load_storage, source).load()
+        del raw
+    return _finish(obj, budget, source)
+
+
+def _check_member(info: zipfile.ZipInfo, source: str, budget: _Budget, file_size: int) -> None:
+    """Refuse entries that zipfile cannot read plainly, or that inflate past the budget."""
+    name = short_repr(info.filename)
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{source}: zip entry {name} is encrypted; torch never encrypts")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointError(
+            f"{source}: zip entry {name} uses compression method {info.compress_type}; only "
+            "stored and deflated entries are read (torch stores them)"
+        )
+    if info.compress_size > file_size:
+        raise CheckpointError(f"{source}: zip entry {name} claims more bytes than the file has")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"{source}: stored zip entry {name} has inconsistent sizes")
+        return
+    budget.inflated += info.file_size
+    budget.compressed += info.compress_size
+    allowed = MAX_INFLATE_RATIO * budget.compressed + _INFLATE_ALLOWANCE
+    if budget.inflated > allowed:
+        raise CheckpointError(
+            f"{source}: zip entry {name} would inflate {info.compress_size} bytes to "
+            f"{info.file_size}; deflated entries of this file would then inflate to "
+            f"{budget.inflated} bytes, more than MAX_INFLATE_RATIO={MAX_INFLATE_RATIO} times "
+            f"their compressed size plus {_INFLATE_ALLOWANCE} (a zip bomb?); refused"
+        )
+
+
+def _read_member(
+    zf: zipfile.ZipFile, name: str, source: str, budget: _Budget, file_size: int, limit: int
+) -> bytes:
     try:
-        obj = _replace_tensors(obj)
-    except RecursionError:
-        raise CheckpointError(f"{source}: data.pkl is nested too deeply") from None
-    return unwrap_state_dict(obj, source) if unwrap else obj
-
-
-# A state_dict pickle is small (torchvision's B3: ~100 KiB); refuse to inflate a
-# "zip bomb" entry into memory.
-MAX_PICKLE_BYTES = 256 * 2**20
-
-
-def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
-    try:
-        size = zf.getinfo(name).file_size
-        if name.endswith(".pkl") and size > MAX_PICKLE_BYTES:
-            raise CheckpointError(
-                f"{source}: zip entry {name!r} would inflate to {size} bytes, more than a "
-                f"state_dict pickle needs ({MAX_PICKLE_BYTES} bytes allowed)"
-            )
-        return zf.read(name)
+        info = zf.getinfo(name)
     except KeyError:
         raise CheckpointError(f"{source}: zip entry {name!r} is missing") from None
+    if info.file_size > limit:
+        raise CheckpointError(
+            f"{source}: zip entry {name!r} would inflate to {info.file_size} bytes, more than "
+            f"a checkpoint needs ({limit} bytes allowed)"
+        )
+    _check_member(info, source, budget, file_size)
+    try:
+        return zf.read(info)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise CheckpointError(f"{source}: zip entry {name!r} is corrupt ({exc})") from None
 
@@ -435,13 +433,15 @@ def _read_storage(
     byteorder: str,
     target: np.dtype[Any] | None,
     source: str,
+    budget: _Budget,
+    file_size: int,
 ) -> _Storage:
     name = f"{prefix}data/{key}"
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise CheckpointError(
-            f"{source}: storage record {name!r} ({stype}, {numel} elements) is missing"
+            f"{source}: storage record {short_repr(name)} ({stype}, {numel} elements) is missing"
         ) from None
     nbytes = numel * stype.dtype.itemsize
     if info.file_size != nbytes:
@@ -449,6 +449,8 @@ def _read_storage(
             f"{source}: storage record {name!r} holds {info.file_size} bytes, but {numel} "
             f"elements of {stype} need {nbytes}"
         )
+    _check_member(info, source, budget, file_size)
+    budget.storage_bytes += nbytes
     buf = np.empty(nbytes, dtype=np.uint8)
     view = memoryview(buf)
     try:
