@@ -473,7 +473,7 @@ def _read_storage(
         data = buf.view(native.newbyteorder("S")).astype(native)
     if stype.bf16:
         data = bfloat16_to_float32(data)
-    if stype.name == "BoolStorage" and data.size and (buf > 1).any():
+    if stype.name == "BoolStorage" and data.size and np.greater(buf, 1).any():
         raise CheckpointError(f"{source}: bool storage {name!r} holds bytes other than 0/1")
     if target is not None and data.dtype.kind == "f" and data.dtype != target:
         data = data.astype(target)

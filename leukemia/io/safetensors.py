@@ -117,6 +117,8 @@ def _max_nesting(raw: bytes) -> int:
     with a syntax error at that point, so the result bounds how deep json recurses.
     (UTF-8 continuation bytes never equal these ASCII bytes.)
     """
+    # ufuncs rather than ==, <: atheris' comparison hook leaks on arrays (tests/fuzz)
+    eq = np.equal
     data = np.frombuffer(raw, np.uint8)
     depth = deepest = 0
     in_string = 0  # 1 inside a string at the chunk start
@@ -125,14 +127,14 @@ def _max_nesting(raw: bytes) -> int:
         b = data[start : start + _CHUNK]
         index = np.arange(len(b), dtype=np.int64)
         # index of the last byte at or before each position that is not a backslash
-        last = np.maximum.accumulate(np.where(b == 0x5C, -1, index))
+        last = np.maximum.accumulate(np.where(eq(b, 0x5C), -1, index))
         before = np.concatenate(([-1], last[:-1]))
-        run = index - 1 - before + np.where(before < 0, carried, 0)
-        quote = (b == 0x22) & (run % 2 == 0)
+        run = index - 1 - before + np.where(np.less(before, 0), carried, 0)
+        quote = eq(b, 0x22) & eq(run % 2, 0)
         opened = np.cumsum(quote, dtype=np.int64) - quote + in_string  # quotes before each
-        outside = opened % 2 == 0
-        step = ((b == 0x5B) | (b == 0x7B)).astype(np.int64)
-        step -= (b == 0x5D) | (b == 0x7D)
+        outside = eq(opened % 2, 0)
+        step = (eq(b, 0x5B) | eq(b, 0x7B)).astype(np.int64)
+        step -= eq(b, 0x5D) | eq(b, 0x7D)
         running = np.cumsum(step * outside) + depth
         deepest = max(deepest, int(running.max()))
         depth = int(running[-1])
@@ -356,7 +358,7 @@ def load_safetensors(
                 got = f.readinto(memoryview(arr.reshape(-1).view(np.uint8)))
                 if got != end - begin:  # pragma: no cover - file shrank after the header check
                     raise _fail(name, f"tensor {_quote(key)}: file truncated inside its data")
-            if info["dtype"] == "BOOL" and arr.size and (arr.view(np.uint8) > 1).any():
+            if info["dtype"] == "BOOL" and arr.size and np.greater(arr.view(np.uint8), 1).any():
                 raise _fail(name, f"tensor {_quote(key)}: BOOL data holds bytes other than 0 and 1")
             if info["dtype"] == "BF16":
                 arr = bfloat16_to_float32(arr)
