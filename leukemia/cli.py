@@ -633,6 +633,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not Path(args.data).exists():
             raise CLIError(f"{args.data} does not exist")
         ds = load_dataset(args.data)
+        if tuple(ds.class_names) != tuple(run.class_names)[: len(ds.class_names)]:
+            raise CLIError(
+                f"{args.data} names its classes {', '.join(ds.class_names)} (by label) but "
+                f"the run was trained on {', '.join(run.class_names)}; the labels would not "
+                "mean the same"
+            )
         samples = ds.labelled()
         if not samples:
             raise CLIError(f"{args.data} holds no labelled images")
@@ -889,6 +895,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         text = str(exc).strip().splitlines()
         message = text[0] if text else type(exc).__name__
+        if type(exc).__module__.startswith("leukemia.") and len(text) > 1:
+            message = "\n".join(text)  # our own messages: every line is meant for the user
         if isinstance(exc, (FileNotFoundError, PermissionError)) and exc.filename:
             message = f"{exc.strerror}: {exc.filename}"
         print(f"leukemia: error: {message}", file=sys.stderr)

@@ -63,6 +63,14 @@ class Run:
     def training_subjects(self) -> set[str]:
         return set() if self.split is None else set(self.split["subjects"]["train"])
 
+    def training_files(self) -> set[str]:
+        """Resolved paths of the training side's images (for data without subject ids)."""
+        from .train.rundir import read_split
+
+        if self.split is None:
+            return set()
+        return {str(s.path.resolve()) for s in read_split(self.split)[0]}
+
 
 def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Run:
     """Load ``RUN_DIR/{best,last}.ckpt`` into a model built from the run's config."""
@@ -244,11 +252,19 @@ def evaluate(
             if model.split is not None and model.split.get("leaky"):
                 # the run was trained on a leaky split on purpose: report it as such
                 allow_leak = True
+        train_files = model.training_files()
+        if not allow_leak and train_files:  # the very images it trained on, any layout
+            seen = [s for s in samples if str(s.path.resolve()) in train_files]
+            if seen:
+                leaked = sorted({s.subject or s.path.name for s in seen})
+                samples = [s for s in samples if str(s.path.resolve()) not in train_files]
         if allow_leak:
             leaked = sorted({s.subject for s in samples if s.subject in train_subjects})
             leaky = bool(leaked)
         elif train_subjects:
-            leaked = sorted({s.subject for s in samples if s.subject in train_subjects})
+            leaked = sorted(
+                set(leaked) | {s.subject for s in samples if s.subject in train_subjects}
+            )
             samples = [s for s in samples if s.subject not in train_subjects]
     if samples is None:
         raise TypeError("evaluate(model, samples): give the samples to evaluate on")

@@ -176,14 +176,7 @@ def test_ctrl_c_saves_the_last_step_and_resume_finishes(data: Path, tmp_path: Pa
     assert "Traceback" not in stderr
     assert "stopped" in stderr and "--resume" in stderr
     ck = load_checkpoint(out / "last.ckpt")
-    state = ck.meta["trainer"]
-    steps = 0
-    assert state["global_step"] >= 1 and ck.epoch < 3
-    steps = state["global_step"]
-    # the checkpoint is the last finished step: its schedule position and the optimizer's
-    # step count agree with it
-    assert ck.meta["scheduler"]["last_epoch"] == steps
-    assert int(ck.optimizer["steps"].max()) == steps
+    assert ck.meta["trainer"]["global_step"] >= 1 and ck.epoch < 3
     done = subprocess.run(
         [sys.executable, "-m", "leukemia", "train", "--out", str(out), "--resume", "--quiet"],
         env=_env(),
@@ -194,7 +187,12 @@ def test_ctrl_c_saves_the_last_step_and_resume_finishes(data: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert load_checkpoint(out / "last.ckpt").epoch == 3
+    # the interrupted-and-resumed run ends where an uninterrupted one does
+    ref = tmp_path / "ref"
+    assert main(cmd[3:5] + ["--out", str(ref)] + cmd[7:]) == 0
+    a, b = load_checkpoint(out / "last.ckpt"), load_checkpoint(ref / "last.ckpt")
+    for k in a.model:
+        assert np.array_equal(a.model[k], b.model[k]), k
 
 
 def test_sigkill_while_checkpointing_never_leaves_a_bad_checkpoint(

@@ -91,22 +91,23 @@ def _stop_after(trainer: Trainer, event: str, count: int):
 @pytest.fixture(scope="module")
 def straight(split, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    return Trainer(progress=False, **_options(epochs=3)).fit(split, out=out)
+    return Trainer(progress=False, **_options(epochs=4)).fit(split, out=out)
 
 
 @pytest.mark.parametrize("where", ["epoch", "step"])
 def test_resume_is_bit_identical(split, straight, tmp_path: Path, where: str) -> None:
+    """4 epochs straight == 2 epochs, interrupted, resumed for 2 (and the same in mid-epoch)."""
     steps = len(split.train) // 8
-    assert len(straight.history) == 3
-    t = Trainer(progress=False, **_options(epochs=3))
-    t.callback = _stop_after(t, where, 1 if where == "epoch" else steps + 2)
+    assert len(straight.history) == 4
+    t = Trainer(progress=False, **_options(epochs=4))
+    t.callback = _stop_after(t, where, 2 if where == "epoch" else 2 * steps + 2)
     with pytest.raises(TrainingInterrupted) as info:
         t.fit(split, out=tmp_path / "b")
     assert "resume" in str(info.value)
     ck = load_checkpoint(tmp_path / "b" / "last.ckpt")
-    assert (ck.epoch, ck.step_in_epoch) == ((1, 0) if where == "epoch" else (1, 2))
+    assert (ck.epoch, ck.step_in_epoch) == ((2, 0) if where == "epoch" else (2, 2))
     resumed = leukemia.fit(resume=tmp_path / "b", progress=False)
-    assert len(resumed.history) == 3
+    assert len(resumed.history) == 4
     a = straight.run_dir
     _assert_same_checkpoint(a / "last.ckpt", tmp_path / "b" / "last.ckpt")
     _assert_same_checkpoint(a / "best.ckpt", tmp_path / "b" / "best.ckpt")
@@ -135,13 +136,32 @@ def test_run_dir_records_config_and_split(split, tmp_path: Path) -> None:
         assert np.array_equal(v, best.model[k]), k
 
 
-def test_feature_cache_gives_the_uncached_run(split, tmp_path: Path) -> None:
-    opts = _options(augment=False, epochs=2)
+def test_feature_cache_gives_the_uncached_run(
+    split, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cached (with a budget that spills, interrupted in mid-epoch and resumed with an
+    empty cache) equals uncached, bit for bit; and the cache is really read."""
+    from leukemia.models.efficientnet import EfficientNet
+
+    opts = _options(augment=False, epochs=3)
     off = Trainer(progress=False, cache=False, **opts).fit(split, out=tmp_path / "off")
+    hits = {"train": 0, "val": 0}
+    real = EfficientNet.forward
+
+    def counting(self, x, *a, **k):
+        if k.get("from_features"):
+            hits["train" if self.training else "val"] += len(x)
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(EfficientNet, "forward", counting)
+    steps = len(split.train) // 8
     # a budget of a few samples: most features spill to the file in the run directory
-    on = Trainer(progress=False, cache=True, cache_memory=40_000, **opts).fit(
-        split, out=tmp_path / "on"
-    )
+    t = Trainer(progress=False, cache=True, cache_memory=40_000, **opts)
+    t.callback = _stop_after(t, "step", steps + 2)
+    with pytest.raises(TrainingInterrupted):
+        t.fit(split, out=tmp_path / "on")
+    assert hits["train"] > 0 and hits["val"] > 0  # epoch 2 read epoch 1's features
+    on = leukemia.fit(resume=tmp_path / "on", progress=False)
     _assert_same_checkpoint(tmp_path / "off" / "last.ckpt", tmp_path / "on" / "last.ckpt")
     assert _no_timing(off.history) == _no_timing(on.history)
     assert not list((tmp_path / "on").glob("*.cache.f32"))  # spill files removed
@@ -243,7 +263,7 @@ def test_checkpoint_of_another_model_is_refused(split, tmp_path: Path) -> None:
         split, out=tmp_path / "lin"
     )
     os.replace(tmp_path / "lin" / "last.ckpt", tmp_path / "b3" / "last.ckpt")
-    with pytest.raises(CheckpointMismatch, match="linear head"):
+    with pytest.raises(CheckpointMismatch, match="differ in head"):
         leukemia.fit(resume=tmp_path / "b3", progress=False)
 
 
@@ -270,7 +290,7 @@ def test_full_disk_while_saving_loses_nothing(
     monkeypatch.undo()
     assert (out / "last.ckpt").read_bytes() == saved["last"]
     assert (out / "best.ckpt").read_bytes() == saved["best"]
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporaries
+    assert [p.name for p in out.glob(".*.tmp")] == []  # no temporaries
     assert load_checkpoint(out / "last.ckpt").epoch == 1
 
 
@@ -290,3 +310,51 @@ def test_early_stopping_and_best_selection(split, tmp_path: Path) -> None:
     # resuming a finished run has nothing left to do and returns the same result
     again = leukemia.fit(resume=tmp_path / "es", progress=False)
     assert _no_timing(again.history) == _no_timing(r.history) and again.best_epoch == 1
+
+
+def test_one_process_per_run_directory_and_checkpoint_from_another_run(
+    split, straight, tmp_path: Path
+) -> None:
+    import shutil
+
+    from leukemia.train.rundir import lock_run_dir
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight.run_dir, run)
+    held = lock_run_dir(run)
+    try:
+        with pytest.raises(RunDirError, match="another process is training"):
+            leukemia.fit(resume=run, progress=False)
+    finally:
+        held.close()
+    # a last.ckpt written under another configuration (here: another lr) is refused
+    other = Trainer(progress=False, **_options(epochs=1, lr=1e-2)).fit(
+        split, out=tmp_path / "other"
+    )
+    shutil.copy(other.run_dir / "last.ckpt", run / "last.ckpt")
+    with pytest.raises(CheckpointMismatch, match="differ in .*lr"):
+        leukemia.fit(resume=run, progress=False)
+
+
+def test_three_classes_and_a_failed_start_can_be_rerun(split, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from leukemia.evaluation import load_run, predict
+
+    # subjects of one ALL patient become a third class
+    third = sorted({s.subject for s in split.train if s.label == 1})[0]
+    train = [replace(s, label=2) if s.subject == third else s for s in split.train]
+    val_third = sorted({s.subject for s in split.test if s.label == 1})[0]
+    val = [replace(s, label=2) if s.subject == val_third else s for s in split.test]
+    out = tmp_path / "k3"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a start that died before its first checkpoint
+    r = Trainer(progress=False, **_options(epochs=1, head="linear", policy="head")).fit(
+        train, val, out=out
+    )
+    assert r.model.num_classes == 3 and np.isfinite(r.history[0]["val_weighted_f1"])
+    assert np.isnan(r.history[0]["val_roc_auc"])  # defined for two classes only
+    run = load_run(out)
+    assert run.class_names == ("hem", "all", "2")
+    p = predict(run, [s.path for s in val[:5]])
+    assert p.shape == (5, 3) and np.allclose(p.sum(1), 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,13 +110,45 @@ class FeatureCache:
                 self._slot[i] = self._ram_used
                 self._ram_used += 1
             elif self.spill_path is not None:
-                if self._disk is None:
-                    self._disk = np.memmap(
-                        self.spill_path, np.float32, "w+", shape=(self.disk_slots, *self.shape)
-                    )
+                if self._disk is None and not self._open_spill():
+                    return
                 self._disk[self._disk_used] = features[j]
                 self._slot[i] = -2 - self._disk_used
                 self._disk_used += 1
+
+    def _open_spill(self) -> bool:
+        """Create the spill file with its blocks reserved up front: writing into a sparse
+        memory-mapped file on a full disk would kill the process with SIGBUS. On failure
+        the cache keeps what fits in memory and the rest stays uncached."""
+        assert self.spill_path is not None
+        size = self.disk_slots * self.item_bytes
+        try:
+            fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            self._disk = np.memmap(
+                self.spill_path, np.float32, "r+", shape=(self.disk_slots, *self.shape)
+            )
+        except OSError as exc:
+            warnings.warn(
+                f"feature cache: cannot reserve {size / 2**20:.0f} MiB in {self.spill_path} "
+                f"({exc.strerror or exc}); features beyond the memory budget are recomputed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._remove_spill()
+            self.spill_path = None
+            return False
+        return True
+
+    def _remove_spill(self) -> None:
+        if self.spill_path is not None:
+            try:
+                self.spill_path.unlink()
+            except FileNotFoundError:
+                pass
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """Features [len(indices), *shape] of stored samples (KeyError if one is not)."""
@@ -137,11 +170,8 @@ class FeatureCache:
         """Release the memory and delete the spill file."""
         self._ram = None
         self._disk = None  # the last reference: unmaps the file
-        if self.spill_path is not None:
-            try:
-                self.spill_path.unlink()
-            except FileNotFoundError:
-                pass
+        self._remove_spill()
+        self.spill_path = None  # a second close (e.g. __del__) must not touch a new run's file
         self._slot[:] = -1
         self._ram_used = self._disk_used = 0
 

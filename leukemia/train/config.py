@@ -155,6 +155,11 @@ class TrainConfig:
         real("val_fraction", 0.01, 0.99)
         if self.cache not in ("auto", True, False):
             raise ValueError(f"cache must be 'auto', True or False, got {self.cache!r}")
+        if self.cache is True and self.augment:
+            raise ValueError(
+                "cache=True needs a deterministic training transform (augment=False): "
+                "augmented images differ every epoch"
+            )
         parse_bytes(self.cache_memory)
         if self.split not in ("patient", "image", "given"):
             raise ValueError(f"split must be 'patient', 'image' or 'given', got {self.split!r}")

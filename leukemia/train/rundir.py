@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
@@ -69,9 +70,11 @@ def prepare_run_dir(out: str | os.PathLike[str], resume: bool, force: bool) -> P
         if not (path / "last.ckpt").is_file():
             raise RunDirError(
                 f"{path} holds no checkpoint to resume from (the run stopped before its "
-                "first checkpoint); start it again with force"
+                "first checkpoint); start it again: the same command without resume"
             )
     else:
+        if path.is_dir() and _unfinished_start(path):
+            force = True  # a run that failed before its first checkpoint: nothing to keep
         if path.is_dir() and any(path.iterdir()):
             if not force:
                 raise RunDirError(
@@ -93,6 +96,51 @@ def prepare_run_dir(out: str | os.PathLike[str], resume: bool, force: bool) -> P
     except OSError as exc:
         raise RunDirError(f"run directory {path} is not writable: {exc.strerror}") from None
     return path
+
+
+def _unfinished_start(path: Path) -> bool:
+    """Only a run's own files and no checkpoint: a start that failed early."""
+    names = [p.name for p in path.iterdir()]
+    return (
+        bool(names)
+        and "last.ckpt" not in names
+        and all(
+            n in ARTEFACTS or (n.startswith(".") and (n.endswith(".tmp") or n == ".lock"))
+            for n in names
+        )
+    )
+
+
+class _RunLock:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+            self.fd = -1
+
+
+def lock_run_dir(path: Path) -> _RunLock:
+    """Hold ``RUN_DIR/.lock`` for the whole run (released when the process ends, however
+    it ends), so that two processes never train into one directory; then remove
+    temporaries that killed earlier writers of the run's files left behind."""
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunDirError(
+            f"another process is training in {path}; wait for it, stop it, or choose "
+            "another run directory"
+        ) from None
+    for p in path.glob(".*.tmp"):
+        if any(p.name.startswith(f".{name}.") for name in ARTEFACTS):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+    return _RunLock(fd)
 
 
 def write_json(path: Path, data: Any) -> None:

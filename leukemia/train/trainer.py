@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -41,9 +42,10 @@ from ..metrics import classification_report
 from ..models.efficientnet import EfficientNet
 from ..optim import AdamW, CosineWarmup
 from .cache import FeatureCache, parse_bytes
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointMismatch, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .rundir import (
+    lock_run_dir,
     prepare_run_dir,
     read_json,
     read_split,
@@ -223,6 +225,8 @@ class Trainer:
                     f"{unlabelled[0].path}"
                 )
         k = max(len(data.class_names), 1 + max(s.label for s in data.train + data.val))
+        names = tuple(data.class_names) + tuple(str(i) for i in range(len(data.class_names), k))
+        data.class_names = names
         counts = np.bincount([s.label for s in data.train], minlength=k)
         missing = [
             data.class_names[c] if c < len(data.class_names) else str(c)
@@ -239,7 +243,7 @@ class Trainer:
                 "images; lower it"
             )
         if (data.leaky or data.kind == "image-level") and not quiet:
-            self._say(
+            self._warn(
                 "WARNING: image-level split: the same subjects are on both sides, so "
                 "validation scores are inflated (LEAKY)."
             )
@@ -252,11 +256,18 @@ class Trainer:
 
             tqdm.write(text)
 
+    @staticmethod
+    def _warn(text: str) -> None:
+        """Shown even without progress output (stderr)."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._stop:  # second Ctrl-C: stop now (the checkpoints on disk are whole)
             raise KeyboardInterrupt
         self._stop = True
-        self._say("Ctrl-C: stopping after this step and saving (press again to abort)")
+        self._warn("Ctrl-C: stopping after this step and saving (press again to abort)")
 
     def stop(self) -> None:
         """Ask a running :meth:`fit` (e.g. in another thread) to stop at the next step and
@@ -320,6 +331,7 @@ class Trainer:
                 data = self._data(train, val, cfg)
                 _check_same_split(record, data)
             ckpt = load_checkpoint(run_dir / "last.ckpt")
+            _check_checkpoint_config(ckpt, saved, run_dir)
         else:
             if train is None:
                 raise TypeError("fit() needs training data (or resume=RUN_DIR)")
@@ -328,6 +340,7 @@ class Trainer:
             run_dir = prepare_run_dir(out or _default_run_dir(cfg), resume=False, force=force)
         num_classes = self._check_data(data, cfg, quiet=True)
         self.config = cfg
+        lock = lock_run_dir(run_dir)  # one process per run directory
         old_threads = get_num_threads()
         if cfg.threads is not None:
             set_num_threads(cfg.threads)
@@ -340,12 +353,14 @@ class Trainer:
             return self._fit(cfg, data, num_classes, run_dir, ckpt)
         finally:
             if handler_installed:
-                signal.signal(signal.SIGINT, previous)
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
             if cfg.threads is not None:
                 set_num_threads(old_threads)
+            lock.close()
 
-    def _build(self, cfg: TrainConfig, num_classes: int) -> EfficientNet:
-        weights = cfg.weights
+    def _build(self, cfg: TrainConfig, num_classes: int, resuming: bool) -> EfficientNet:
+        # a resumed run's weights all come from last.ckpt: the original file is not needed
+        weights = None if resuming else cfg.weights
         if weights == "imagenet":
             from ..models.pretrained import imagenet_weights
 
@@ -370,7 +385,7 @@ class Trainer:
         run_dir: Path,
         ckpt: Checkpoint | None,
     ) -> FitResult:
-        model = self._build(cfg, num_classes)
+        model = self._build(cfg, num_classes, resuming=ckpt is not None)
         size = cfg.size or model.default_size
         head_prefix = "classifier." if cfg.head == "linear" else "head."
         backbone_lr = cfg.lr / 10 if cfg.backbone_lr is None else cfg.backbone_lr
@@ -426,6 +441,12 @@ class Trainer:
         else:
             import leukemia
 
+            if cfg.weights is None and model.policy != "all":
+                self._warn(
+                    f"WARNING: no pretrained weights, yet policy {model.policy!r} freezes "
+                    "layers: they keep their random initialisation, which is not transfer "
+                    "learning. Use weights='imagenet' (--weights imagenet) or policy='all'."
+                )
             write_json(
                 run_dir / "config.json",
                 {
@@ -474,23 +495,20 @@ class Trainer:
 
         prefix_empty = model.features_shape(size, size) == (3, size, size)
         use_cache = cfg.cache is True or (cfg.cache == "auto" and not cfg.augment)
-        if cfg.cache is True and cfg.augment:
-            raise ValueError(
-                "cache=True needs a deterministic training transform (augment=False): "
-                "augmented images differ every epoch"
-            )
         budget = parse_bytes(cfg.cache_memory)
         fshape = model.features_shape(size, size)
+        # Validation images are never augmented: their frozen-prefix output is cached
+        # whenever there is a prefix (and the cache is not switched off).
+        use_val_cache = cfg.cache is not False and not prefix_empty
+        train_budget = budget // 2 if use_val_cache else budget
         train_cache = (
-            FeatureCache(len(data.train), fshape, budget // 2, run_dir / "train.cache.f32")
+            FeatureCache(len(data.train), fshape, train_budget, run_dir / "train.cache.f32")
             if use_cache
             else None
         )
-        # Validation images are never augmented: their frozen-prefix output is cached
-        # whenever there is a prefix (and the cache is not switched off).
         val_cache = (
-            FeatureCache(len(data.val), fshape, budget - budget // 2, run_dir / "val.cache.f32")
-            if cfg.cache is not False and not prefix_empty
+            FeatureCache(len(data.val), fshape, budget - train_budget, run_dir / "val.cache.f32")
+            if use_val_cache
             else None
         )
         title = (
@@ -531,7 +549,15 @@ class Trainer:
                     )
                 train_seconds = time.perf_counter() - t0
                 p = state["partial"]
-                val = self._validate(model, val_loader, val_cache, pool, data.class_names)
+                val = self._validate(model, val_loader, val_cache, pool, data.class_names, epoch)
+                if val is None:  # Ctrl-C during validation: save the finished epoch's steps
+                    self._save(run_dir / "last.ckpt", model, opt, sched, state, history, cfg)
+                    raise TrainingInterrupted(
+                        f"training stopped during the validation of epoch {epoch + 1}; saved "
+                        f"{run_dir / 'last.ckpt'} (validation reruns on resume); continue with "
+                        f"fit(resume={str(run_dir)!r}) or `leukemia train ... --resume`",
+                        self._result(model, history, run_dir, state, cfg, timing),
+                    )
                 row = {
                     "epoch": epoch + 1,
                     "lr": float(opt.param_groups[0]["lr"]),
@@ -558,10 +584,12 @@ class Trainer:
                     state["bad_epochs"] += 1
                     if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                         state["stopped_early"] = True
+                # history first: a kill between the writes leaves it ahead of last.ckpt,
+                # and the resumed epoch rewrites it
+                self._write_history(run_dir, history, title)
                 if improved:
                     self._save(run_dir / "best.ckpt", model, opt, sched, state, history, cfg)
                 self._save(run_dir / "last.ckpt", model, opt, sched, state, history, cfg)
-                write_history(run_dir, history, title)
                 self._say(
                     f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc "
                     f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc "
@@ -590,6 +618,8 @@ class Trainer:
             for c in (train_cache, val_cache):
                 if c is not None:
                     c.close()
+        if history:  # also after a kill between the history and checkpoint writes
+            self._write_history(run_dir, history, title)
         if state["best_epoch"]:
             best = load_checkpoint(run_dir / "best.ckpt")
             model.load_state_dict(best.model, strict=True)
@@ -632,6 +662,16 @@ class Trainer:
             raise TrainingError(
                 f"could not write {path}: {exc.strerror or exc}; the previous checkpoint "
                 "there is unchanged"
+            ) from exc
+
+    @staticmethod
+    def _write_history(run_dir: Path, history: list[dict[str, Any]], title: str) -> None:
+        try:
+            write_history(run_dir, history, title)
+        except OSError as exc:
+            raise TrainingError(
+                f"could not write the history in {run_dir}: {exc.strerror or exc}; the files "
+                "there are unchanged"
             ) from exc
 
     # --------------------------------------------------------------- epochs
@@ -811,8 +851,10 @@ class Trainer:
         cache: FeatureCache | None,
         pool: ThreadPoolExecutor | None,
         class_names: Sequence[str],
-    ) -> dict[str, float]:
-        """Validation metrics in inference semantics (running statistics, no dropout)."""
+        epoch: int,
+    ) -> dict[str, float] | None:
+        """Validation metrics in inference semantics (running statistics, no dropout);
+        None when Ctrl-C (or :meth:`stop`) interrupted it."""
         from tqdm.auto import tqdm
 
         n = len(loader.samples)
@@ -842,8 +884,16 @@ class Trainer:
                         logits = model.forward(feats, from_features=True)
                     else:
                         logits = model.forward(item[0])
+                    if not np.all(np.isfinite(logits)):
+                        raise TrainingError(
+                            f"the model gives NaN or infinite outputs on validation images "
+                            f"after epoch {epoch + 1} (e.g. {loader.samples[int(idx[0])].path});"
+                            " its weights diverged: lower the learning rate"
+                        )
                     probs[idx] = _softmax_ce(logits, labels[idx])[0]
                     bar.update(1)
+                    if self._stop:
+                        return None
         finally:
             model.train()
         nll = -np.log(np.maximum(probs[np.arange(n), labels], 1e-300))
@@ -882,13 +932,25 @@ def _check_resume_config(saved: TrainConfig, given: TrainConfig, keys: set[str])
         )
 
 
+def _check_checkpoint_config(ckpt: Checkpoint, saved: TrainConfig, run_dir: Path) -> None:
+    """last.ckpt must come from the run that config.json describes."""
+    theirs = ckpt.meta.get("config") or {}
+    mine = saved.to_dict()
+    diff = [k for k in mine if k not in RESUME_MAY_CHANGE and theirs.get(k) != mine[k]]
+    if diff:
+        raise CheckpointMismatch(
+            f"{ckpt.path} was written by another run than {run_dir / 'config.json'} "
+            f"describes (they differ in {', '.join(diff)}); resume cannot mix them"
+        )
+
+
 def _check_same_split(record: dict[str, Any], data: _Data) -> None:
-    theirs = {(Path(p).name, lab) for p, lab, _, _ in record["train"]}
-    mine = {(s.path.name, s.label) for s in data.train}
+    theirs = [(Path(p).name, lab) for p, lab, _, _ in record["train"]]
+    mine = [(s.path.name, s.label) for s in data.train]
     if theirs != mine:
         raise ValueError(
-            "resume: the training images differ from the run's split.json; resume with the "
-            "same data (or without data to use the recorded split)"
+            "resume: the training images (or their order) differ from the run's split.json; "
+            "resume with the same data (or without data to use the recorded split)"
         )
 
 
