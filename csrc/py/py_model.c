@@ -4,7 +4,7 @@
  * read-only unless asked for (writers must bump the version).
  *
  * Threads. One lock per model serialises every call that reads or changes its state
- * (forward, backward, policy, version, info) and the Python-level compound
+ * (forward, backward, policy, bump_version, info) and the Python-level compound
  * operations that hold it through acquire()/release() (state_dict, load_state_dict,
  * an optimizer step, writable()). Waiters queue in arrival order (fair: a thread
  * looping forward cannot starve a state_dict() from another thread) and wait with
