@@ -29,11 +29,26 @@ def build_info() -> dict[str, Any]:
     return _ext().build_info()
 
 
-def set_num_threads(n: int) -> None:
-    """Set the number of threads the C core (OpenMP / oneDNN) uses."""
+def set_num_threads(n: int) -> int:
+    """Set the number of threads the C core (OpenMP / oneDNN) uses; returns the count in
+    force. It is capped at what the OpenMP runtime will grant (`OMP_THREAD_LIMIT`, four
+    threads per available CPU, one with `OMP_MAX_ACTIVE_LEVELS=0`), with a
+    RuntimeWarning when `n` is above that. The count is process-wide: it applies in every
+    Python thread, and `OMP_NUM_THREADS` (clamped the same way) sets the initial value."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
-    _ext().set_num_threads(n)
+    got = int(_ext().set_num_threads(n))
+    if got != n:
+        import warnings
+
+        warnings.warn(
+            f"set_num_threads({n}): the OpenMP runtime grants at most {got} threads here "
+            "(OMP_THREAD_LIMIT, 4 per available CPU, or OMP_MAX_ACTIVE_LEVELS=0); using "
+            f"{got}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return got
 
 
 def get_num_threads() -> int:

@@ -5,10 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "oneapi/dnnl/dnnl_debug.h"
 
 static dnnl_engine_t lk_engine_;
@@ -68,42 +64,6 @@ void lk_shutdown(void) {
     }
 }
 
-/* The thread count is process-wide: OpenMP keeps it per thread, so every entry from
- * Python re-applies it in the calling thread (lk_thread_sync). 0 = OpenMP's default. */
-static _Atomic int lk_nthreads_ = 0;
-
-void lk_set_num_threads(int n) {
-    if (n <= 0) return;
-    lk_nthreads_ = n;
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
-}
-
-int lk_get_num_threads(void) {
-    int n = lk_nthreads_;
-#ifdef _OPENMP
-    return n > 0 ? n : omp_get_max_threads();
-#else
-    return n > 0 ? n : 1;
-#endif
-}
-
-int lk_omp_threads_here(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-void lk_thread_sync(void) {
-#ifdef _OPENMP
-    int n = lk_nthreads_;
-    if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
-#endif
-}
-
 static const char *lk_isa_name(dnnl_cpu_isa_t isa) {
     switch (isa) {
     case dnnl_cpu_isa_sse41: return "sse41";
@@ -157,6 +117,8 @@ lk_status lk_prim_init(lk_prim *P, dnnl_primitive_desc_t *pdp) {
     *pdp = NULL;
     memset(P, 0, sizeof *P);
     P->pd = pd;
+    /* oneDNN reads the thread count now and sizes the primitive's work by it. */
+    LK_TRY(lk_thread_enter());
     if (lk_fail_countdown_ >= 0 && lk_fail_countdown_-- == 0)
         return LK_FAIL(LK_ERR_DNNL, "injected primitive-creation failure (test hook)");
     LK_DNNL(dnnl_primitive_create(&P->p, pd));
@@ -178,6 +140,7 @@ lk_status lk_prim_exec(lk_prim *P, int nargs, const dnnl_exec_arg_t *args) {
     memcpy(all, args, sizeof(dnnl_exec_arg_t) * (size_t)nargs);
     if (P->scratch) all[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, P->scratch};
     dnnl_stream_t s = NULL;
+    LK_TRY(lk_thread_enter()); /* the team it asks for must be the one it gets */
     LK_TRY(lk_stream(&s));
     LK_DNNL(dnnl_primitive_execute(P->p, s, nargs, all));
     LK_DNNL(dnnl_stream_wait(s));

@@ -15,6 +15,7 @@
 
 #include "oneapi/dnnl/dnnl.h"
 #include "lk_status.h"
+#include "lk_threads.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -65,15 +66,6 @@ lk_status lk_stream(dnnl_stream_t *out);
 /* Release the engine and the calling thread's stream and scratchpad
  * (for leak-checked C tests; safe to call more than once). */
 void lk_shutdown(void);
-
-/* Threads used by oneDNN and the core's own OpenMP loops. */
-void lk_set_num_threads(int n);
-int lk_get_num_threads(void);
-/* Apply the process-wide thread count to the calling thread (cheap; called on every
- * entry from Python, whose threads each have their own OpenMP setting). */
-void lk_thread_sync(void);
-/* OpenMP's thread count in the calling thread (for tests of lk_thread_sync). */
-int lk_omp_threads_here(void);
 
 /* Build facts for leukemia.build_info(). */
 typedef struct lk_build_info {

@@ -38,13 +38,15 @@ int lk_py_shape(PyObject *obj, const char *name, int ndim, const npy_intp *expec
 /* Number of elements of an array argument. */
 npy_intp lk_py_size(PyObject *obj);
 
-/* Run a core call with the GIL released; on failure raise and return NULL path. */
-#define LK_PY_CALL(status_var, call) \
-    do {                             \
-        Py_BEGIN_ALLOW_THREADS       \
-        lk_thread_sync();            \
-        status_var = (call);         \
-        Py_END_ALLOW_THREADS         \
+/* Run a core call with the GIL released, after lk_thread_enter (the thread count in
+ * this thread, and the refusal in an unusable forked child); the caller raises on a
+ * failing status. */
+#define LK_PY_CALL(status_var, call)                        \
+    do {                                                    \
+        Py_BEGIN_ALLOW_THREADS                              \
+        status_var = lk_thread_enter();                     \
+        if (status_var == LK_OK) status_var = (call);       \
+        Py_END_ALLOW_THREADS                                \
     } while (0)
 
 /* Method tables of the binding files. */

@@ -8,24 +8,32 @@
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     lk_build_info info;
     lk_get_build_info(&info);
+    lk_fork_info fork;
+    lk_get_fork_info(&fork);
     char version[64];
     snprintf(version, sizeof version, "%d.%d.%d", info.dnnl_major, info.dnnl_minor,
              info.dnnl_patch);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i}", "onednn_version", version, "onednn_commit",
-                         info.dnnl_hash ? info.dnnl_hash : "", "cpu_runtime", info.cpu_runtime,
-                         "isa", info.isa, "num_threads", lk_get_num_threads());
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:O}", "onednn_version", version,
+                         "onednn_commit", info.dnnl_hash ? info.dnnl_hash : "", "cpu_runtime",
+                         info.cpu_runtime, "isa", info.isa, "num_threads", lk_get_num_threads(),
+                         "max_threads", lk_max_threads(), "forked_child",
+                         fork.forked ? Py_True : Py_False);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 1 || n > 4096) return PyErr_Format(PyExc_ValueError, "num_threads must be in 1..4096, got %ld", n);
-    lk_set_num_threads((int)n);
-    Py_RETURN_NONE;
+    if (n < 1) return PyErr_Format(PyExc_ValueError, "num_threads must be >= 1, got %ld", n);
+    /* The core clamps to what the OpenMP runtime will grant (lk_max_threads). */
+    return PyLong_FromLong(lk_set_num_threads(n > INT_MAX ? INT_MAX : (int)n));
 }
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(lk_get_num_threads());
+}
+
+static PyObject *py_max_threads(PyObject *self, PyObject *noargs) {
+    return PyLong_FromLong(lk_max_threads());
 }
 
 static PyObject *py_omp_threads_here(PyObject *self, PyObject *noargs) {
@@ -40,8 +48,11 @@ static PyObject *py_exec_counts(PyObject *self, PyObject *noargs) {
 
 PyMethodDef lk_py_core_methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "oneDNN version, runtime, ISA and threads."},
-    {"set_num_threads", py_set_num_threads, METH_O, "Set the thread count of the core."},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
+    {"max_threads", py_max_threads, METH_NOARGS,
+     "Largest thread count the OpenMP runtime grants (OMP_THREAD_LIMIT, 4 per CPU)."},
     {"omp_threads_here", py_omp_threads_here, METH_NOARGS,
      "OpenMP's thread count in the calling thread (after its last core call)."},
     {"exec_counts", py_exec_counts, METH_NOARGS,
@@ -58,6 +69,8 @@ static PyMethodDef *lk_py_tables[] = {
 
 static int lk_py_exec(PyObject *m) {
     if (PyArray_ImportNumPyAPI() < 0) return -1;
+    /* Read OMP_NUM_THREADS & co. and register the fork handlers at import. */
+    lk_threads_init();
     for (size_t t = 0; t < sizeof lk_py_tables / sizeof lk_py_tables[0]; t++) {
         if (PyModule_AddFunctions(m, lk_py_tables[t]) < 0) return -1;
     }

@@ -1,19 +1,178 @@
 /* leukemia._core.Model: the whole network as a Python object. Parameter,
  * gradient and buffer views are zero-copy NumPy arrays over the C arenas that
  * keep the model alive through their base object; parameter and buffer views are
- * read-only unless asked for (writers must bump the version). */
+ * read-only unless asked for (writers must bump the version).
+ *
+ * Threads. One lock per model serialises every call that reads or changes its state
+ * (forward, backward, policy, bump_version, info) and the Python-level compound
+ * operations that hold it through acquire()/release() (state_dict, load_state_dict,
+ * an optimizer step, writable()). Waiters queue in arrival order (fair: a thread
+ * looping forward cannot starve a state_dict() from another thread) and wait with
+ * the GIL released, waking every 50 ms to let Ctrl-C through. A call made by the
+ * thread that holds the model through acquire() runs at once (it is part of that
+ * operation); a second acquire() by the same thread raises instead of deadlocking. */
 #include "lk_py.h"
 
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "lk_model.h"
+
+/* A thread waiting for the model (lives on the waiting call's C stack). */
+typedef struct model_waiter {
+    struct model_waiter *next;
+} model_waiter;
+
+typedef struct model_lock {
+    pthread_mutex_t mu; /* guards every field below; never held while waiting for the GIL */
+    pthread_cond_t cv;
+    int held;           /* a thread owns the model */
+    int explicit_;      /* ... through acquire() (a compound operation) */
+    unsigned long owner;             /* PyThread_get_thread_ident() of the owner */
+    char what[64];                   /* what the owner is doing, for messages */
+    model_waiter *head, *tail;       /* FIFO of waiting threads */
+    pid_t pid;                       /* process that initialised mu and cv */
+    int poisoned;                    /* forked while another thread held the model */
+} model_lock;
 
 typedef struct {
     PyObject_HEAD
     lk_model *m;
-    int busy; /* one call at a time: the plan and arenas are shared state */
+    model_lock lock;
+    int lock_ready;
 } PyModel;
+
+static int lock_init(model_lock *L) {
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) return -1;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int bad = pthread_mutex_init(&L->mu, NULL) != 0;
+    if (!bad && pthread_cond_init(&L->cv, &ca) != 0) {
+        pthread_mutex_destroy(&L->mu);
+        bad = 1;
+    }
+    pthread_condattr_destroy(&ca);
+    L->head = L->tail = NULL;
+    L->pid = getpid();
+    return bad ? -1 : 0;
+}
+
+/* After fork() the child has only the forking thread: waiters and an owner that was
+ * another thread are gone, and mu / cv may have been copied mid-use. Called with the
+ * GIL held, so no other thread of the child is inside the lock code. */
+static void lock_after_fork(model_lock *L) {
+    if (L->pid == getpid()) return;
+    const unsigned long me = PyThread_get_thread_ident();
+    if (L->held && L->owner != me) L->poisoned = 1;
+    lock_init(L); /* no destroy: the copies may be in a state only their owners could undo */
+}
+
+static void lock_remove(model_lock *L, model_waiter *w) {
+    model_waiter **pp = &L->head, *prev = NULL;
+    while (*pp && *pp != w) prev = *pp, pp = &(*pp)->next;
+    if (!*pp) return;
+    *pp = w->next;
+    if (L->tail == w) L->tail = prev;
+}
+
+static void lock_take(model_lock *L, unsigned long me, const char *what, int explicit_) {
+    L->held = 1;
+    L->explicit_ = explicit_;
+    L->owner = me;
+    snprintf(L->what, sizeof L->what, "%s", what);
+}
+
+/* Take the model for `what`. Returns 1 when taken (the caller must call model_leave),
+ * 0 when the calling thread already holds it through acquire() and `explicit_` is 0
+ * (a call inside that operation: nothing to release), -1 with an exception set. */
+static int model_enter(PyModel *self, const char *what, int explicit_) {
+    if (!self->lock_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised");
+        return -1;
+    }
+    model_lock *L = &self->lock;
+    lock_after_fork(L);
+    const unsigned long me = PyThread_get_thread_ident();
+    pthread_mutex_lock(&L->mu);
+    if (L->poisoned) {
+        pthread_mutex_unlock(&L->mu);
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: this process was forked while another thread was using the model "
+                     "(%s), so its state here is undefined; fork before starting threads "
+                     "that use it, or start workers with the 'spawn' method", what, L->what);
+        return -1;
+    }
+    if (L->held && L->owner == me) {
+        const int inside = L->explicit_ && !explicit_;
+        char holder[sizeof L->what];
+        memcpy(holder, L->what, sizeof holder);
+        pthread_mutex_unlock(&L->mu);
+        if (inside) return 0;
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: this thread is already using the model (%s) and would wait for "
+                     "itself; finish that first (e.g. leave the `with model.writable()` "
+                     "block), and do not use the model from a callback or signal handler "
+                     "that runs during another of its calls", what, holder);
+        return -1;
+    }
+    model_waiter node = {NULL};
+    if (!L->held && !L->head) {
+        lock_take(L, me, what, explicit_);
+        pthread_mutex_unlock(&L->mu);
+        return 1;
+    }
+    if (L->tail) L->tail->next = &node;
+    else L->head = &node;
+    L->tail = &node;
+    pthread_mutex_unlock(&L->mu);
+    for (;;) {
+        int granted;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 50 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+        pthread_mutex_lock(&L->mu);
+        while (!(L->head == &node && !L->held))
+            if (pthread_cond_timedwait(&L->cv, &L->mu, &until) == ETIMEDOUT) break;
+        granted = L->head == &node && !L->held;
+        if (granted) { /* taken in the same critical section: nobody can slip in */
+            lock_remove(L, &node);
+            lock_take(L, me, what, explicit_);
+        }
+        pthread_mutex_unlock(&L->mu);
+        Py_END_ALLOW_THREADS
+        if (granted) return 1;
+        if (PyErr_CheckSignals() < 0) { /* Ctrl-C: leave the queue, wake the next */
+            pthread_mutex_lock(&L->mu);
+            lock_remove(L, &node);
+            pthread_cond_broadcast(&L->cv);
+            pthread_mutex_unlock(&L->mu);
+            return -1;
+        }
+    }
+}
+
+static void model_leave(PyModel *self) {
+    model_lock *L = &self->lock;
+    pthread_mutex_lock(&L->mu);
+    L->held = 0;
+    L->explicit_ = 0;
+    L->owner = 0;
+    L->what[0] = '\0';
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+}
 
 static void model_dealloc(PyModel *self) {
     lk_model_free(self->m);
+    if (self->lock_ready && self->lock.pid == getpid()) {
+        pthread_cond_destroy(&self->lock.cv);
+        pthread_mutex_destroy(&self->lock.mu);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -30,9 +189,17 @@ static int model_init(PyModel *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
         return -1;
     }
+    if (!self->lock_ready) {
+        if (lock_init(&self->lock) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "Model: cannot create its lock");
+            return -1;
+        }
+        self->lock_ready = 1;
+    }
     lk_model_cfg cfg = {.arch = arch, .head = head, .num_classes = k, .dropout = dropout,
                         .sd_prob = sd, .policy = (lk_policy)policy};
-    lk_status st = lk_model_create(&self->m, &cfg);
+    lk_status st;
+    LK_PY_CALL(st, lk_model_create(&self->m, &cfg));
     if (st != LK_OK) {
         lk_py_raise(st);
         return -1;
@@ -45,11 +212,56 @@ static int model_ready(PyModel *self) {
         PyErr_SetString(PyExc_RuntimeError, "Model is not initialised");
         return 0;
     }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Model is in use by another thread");
-        return 0;
-    }
     return 1;
+}
+
+/* Run impl(self, args) holding the model (see model_enter). */
+static PyObject *locked_call(PyModel *self, const char *what,
+                             PyObject *(*impl)(PyModel *, PyObject *), PyObject *args) {
+    if (!model_ready(self)) return NULL;
+    const int taken = model_enter(self, what, 0);
+    if (taken < 0) return NULL;
+    PyObject *r = impl(self, args);
+    if (taken) model_leave(self);
+    return r;
+}
+
+#define LK_LOCKED(name, what)                                         \
+    static PyObject *name(PyModel *self, PyObject *args) {            \
+        return locked_call(self, what, name##_impl, args);            \
+    }
+
+static PyObject *model_acquire(PyModel *self, PyObject *arg) {
+    if (!model_ready(self)) return NULL;
+    const char *what = PyUnicode_AsUTF8(arg);
+    if (!what) return NULL;
+    if (model_enter(self, what, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_release(PyModel *self, PyObject *noargs) {
+    if (!model_ready(self)) return NULL;
+    model_lock *L = &self->lock;
+    pthread_mutex_lock(&L->mu);
+    const int mine = L->held && L->explicit_ && L->owner == PyThread_get_thread_ident();
+    pthread_mutex_unlock(&L->mu);
+    if (!mine)
+        return PyErr_Format(PyExc_RuntimeError,
+                            "Model.release(): this thread does not hold the model");
+    model_leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_holder(PyModel *self, PyObject *noargs) {
+    if (!model_ready(self)) return NULL;
+    model_lock *L = &self->lock;
+    char what[sizeof L->what];
+    pthread_mutex_lock(&L->mu);
+    const int held = L->held;
+    memcpy(what, L->what, sizeof what);
+    pthread_mutex_unlock(&L->mu);
+    if (!held) Py_RETURN_NONE;
+    return PyUnicode_FromString(what);
 }
 
 static PyObject *view(PyModel *self, float *data, const lk_tensor_desc *t, int flat, int64_t n,
@@ -136,13 +348,12 @@ static PyObject *model_flat(PyModel *self, PyObject *args) {
     return view(self, p, NULL, 1, n, want_grad || writable);
 }
 
-static PyObject *model_forward(PyModel *self, PyObject *args) {
+static PyObject *model_forward_impl(PyModel *self, PyObject *args) {
     PyObject *logits, *x, *features = Py_None;
     unsigned int flags;
     unsigned long long seed;
     if (!PyArg_ParseTuple(args, "OOIK|O:forward", &logits, &x, &flags, &seed, &features))
         return NULL;
-    if (!model_ready(self)) return NULL;
     npy_intp xd[4];
     const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
     if (!xp) return NULL;
@@ -171,18 +382,15 @@ static PyObject *model_forward(PyModel *self, PyObject *args) {
         if (lk_py_shape(features, "features", 4, (npy_intp[]){xd[0], c, fh, fw}) < 0) return NULL;
     }
     lk_status st;
-    self->busy = 1;
     LK_PY_CALL(st, lk_model_forward(self->m, lp, fp, xp, (int)xd[0], (int)xd[2], (int)xd[3], flags,
                                     (uint64_t)seed));
-    self->busy = 0;
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
 
-static PyObject *model_frozen_features(PyModel *self, PyObject *args) {
+static PyObject *model_frozen_features_impl(PyModel *self, PyObject *args) {
     PyObject *out, *x;
     if (!PyArg_ParseTuple(args, "OO:frozen_features", &out, &x)) return NULL;
-    if (!model_ready(self)) return NULL;
     npy_intp xd[4];
     const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
     if (!xp) return NULL;
@@ -197,27 +405,64 @@ static PyObject *model_frozen_features(PyModel *self, PyObject *args) {
     lk_status st = lk_model_features_shape(self->m, (int)xd[2], (int)xd[3], &c, &fh, &fw);
     if (st != LK_OK) return lk_py_raise(st);
     if (lk_py_shape(out, "features", 4, (npy_intp[]){xd[0], c, fh, fw}) < 0) return NULL;
-    self->busy = 1;
     LK_PY_CALL(st, lk_model_frozen_features(self->m, op, xp, (int)xd[0], (int)xd[2], (int)xd[3]));
-    self->busy = 0;
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
+/* The core reads the input in place: a float32 array that is not C-contiguous and
+ * aligned (a strided or reversed view, Fortran order, a buffer at an odd address) is
+ * copied first, so that such inputs give the bits of their contiguous copy. */
+static PyObject *with_carray_arg(PyModel *self, PyObject *args, Py_ssize_t pos,
+                                 PyObject *(*impl)(PyModel *, PyObject *)) {
+    PyObject *x = PyTuple_Check(args) && PyTuple_GET_SIZE(args) > pos ? PyTuple_GET_ITEM(args, pos)
+                                                                      : NULL;
+    if (!x || !PyArray_Check(x) || PyArray_TYPE((PyArrayObject *)x) != NPY_FLOAT32 ||
+        PyArray_ISCARRAY_RO((PyArrayObject *)x))
+        return impl(self, args);
+    PyObject *copy = PyArray_NewCopy((PyArrayObject *)x, NPY_CORDER);
+    if (!copy) return NULL;
+    PyObject *args2 = PyTuple_New(PyTuple_GET_SIZE(args));
+    if (!args2) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
+        PyObject *item = i == pos ? copy : PyTuple_GET_ITEM(args, i);
+        if (i != pos) Py_INCREF(item);
+        PyTuple_SET_ITEM(args2, i, item);
+    }
+    PyObject *r = impl(self, args2);
+    Py_DECREF(args2);
+    return r;
+}
 
-static PyObject *model_features_shape(PyModel *self, PyObject *args) {
+static PyObject *model_forward_carray(PyModel *self, PyObject *args) {
+    return with_carray_arg(self, args, 1, model_forward_impl);
+}
+static PyObject *model_frozen_features_carray(PyModel *self, PyObject *args) {
+    return with_carray_arg(self, args, 1, model_frozen_features_impl);
+}
+
+static PyObject *model_forward(PyModel *self, PyObject *args) {
+    return locked_call(self, "forward", model_forward_carray, args);
+}
+static PyObject *model_frozen_features(PyModel *self, PyObject *args) {
+    return locked_call(self, "frozen_features", model_frozen_features_carray, args);
+}
+
+static PyObject *model_features_shape_impl(PyModel *self, PyObject *args) {
     int h, w, c, fh, fw;
     if (!PyArg_ParseTuple(args, "ii:features_shape", &h, &w)) return NULL;
-    if (!model_ready(self)) return NULL;
     lk_status st = lk_model_features_shape(self->m, h, w, &c, &fh, &fw);
     if (st != LK_OK) return lk_py_raise(st);
     return Py_BuildValue("(iii)", c, fh, fw);
 }
+LK_LOCKED(model_features_shape, "features_shape")
 
-static PyObject *model_backward(PyModel *self, PyObject *args) {
+static PyObject *model_backward_impl(PyModel *self, PyObject *args) {
     PyObject *dx, *dlogits;
     int accumulate = 0;
     if (!PyArg_ParseTuple(args, "OO|p:backward", &dx, &dlogits, &accumulate)) return NULL;
-    if (!model_ready(self)) return NULL;
     lk_model_info info;
     lk_model_get_info(self->m, &info);
     if (!info.planned || !(info.plan_flags & LK_FWD_TRAIN))
@@ -231,12 +476,11 @@ static PyObject *model_backward(PyModel *self, PyObject *args) {
     if (dxp && lk_py_shape(dx, "dx", 4, (npy_intp[]){info.plan_n, 3, info.plan_h, info.plan_w}) < 0)
         return NULL;
     lk_status st;
-    self->busy = 1;
     LK_PY_CALL(st, lk_model_backward(self->m, dxp, dl, accumulate));
-    self->busy = 0;
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
+LK_LOCKED(model_backward, "backward")
 
 static const char *policy_name(lk_policy p) {
     switch (p) {
@@ -248,8 +492,7 @@ static const char *policy_name(lk_policy p) {
     }
 }
 
-static PyObject *model_info(PyModel *self, PyObject *noargs) {
-    if (!self->m) return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
+static PyObject *model_info_impl(PyModel *self, PyObject *noargs) {
     lk_model_info i;
     lk_model_get_info(self->m, &i);
     return Py_BuildValue(
@@ -264,27 +507,27 @@ static PyObject *model_info(PyModel *self, PyObject *noargs) {
         (long long)i.trainable_params, "version",
         (unsigned long long)lk_model_version(self->m));
 }
+LK_LOCKED(model_info, "info")
 
-static PyObject *model_set_reg(PyModel *self, PyObject *args) {
+static PyObject *model_set_reg_impl(PyModel *self, PyObject *args) {
     float dropout, sd;
     if (!PyArg_ParseTuple(args, "ff:set_regularization", &dropout, &sd)) return NULL;
-    if (!model_ready(self)) return NULL;
     lk_status st = lk_model_set_regularization(self->m, dropout, sd);
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
+LK_LOCKED(model_set_reg, "set_regularization")
 
-static PyObject *model_set_policy(PyModel *self, PyObject *arg) {
+static PyObject *model_set_policy_impl(PyModel *self, PyObject *arg) {
     long p = PyLong_AsLong(arg);
     if (p == -1 && PyErr_Occurred()) return NULL;
-    if (!model_ready(self)) return NULL;
     lk_status st = lk_model_set_policy(self->m, (lk_policy)p);
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
+LK_LOCKED(model_set_policy, "set_policy")
 
-static PyObject *model_set_trainable(PyModel *self, PyObject *arg) {
-    if (!model_ready(self)) return NULL;
+static PyObject *model_set_trainable_impl(PyModel *self, PyObject *arg) {
     const uint8_t *f = lk_py_array(arg, "flags", NPY_UINT8, 1, 0, 0, NULL);
     if (!f) return NULL;
     if (lk_py_shape(arg, "flags", 1, (npy_intp[]){lk_model_num_tensors(self->m)}) < 0) return NULL;
@@ -292,9 +535,9 @@ static PyObject *model_set_trainable(PyModel *self, PyObject *arg) {
     if (st != LK_OK) return lk_py_raise(st);
     Py_RETURN_NONE;
 }
+LK_LOCKED(model_set_trainable, "set_trainable")
 
-static PyObject *model_trainable(PyModel *self, PyObject *noargs) {
-    if (!model_ready(self)) return NULL;
+static PyObject *model_trainable_impl(PyModel *self, PyObject *noargs) {
     int n = lk_model_num_tensors(self->m);
     PyObject *list = PyList_New(n);
     if (!list) return NULL;
@@ -302,14 +545,15 @@ static PyObject *model_trainable(PyModel *self, PyObject *noargs) {
         PyList_SET_ITEM(list, i, PyBool_FromLong(lk_model_tensor_trainable(self->m, i)));
     return list;
 }
+LK_LOCKED(model_trainable, "trainable")
 
-static PyObject *model_bump_version(PyModel *self, PyObject *arg) {
+static PyObject *model_bump_version_impl(PyModel *self, PyObject *arg) {
     int frozen_too = PyObject_IsTrue(arg);
     if (frozen_too < 0) return NULL;
-    if (!model_ready(self)) return NULL;
     lk_model_bump_version(self->m, frozen_too);
     Py_RETURN_NONE;
 }
+LK_LOCKED(model_bump_version, "bump_version")
 
 static PyObject *model_version(PyModel *self, PyObject *noargs) {
     if (!self->m) return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
@@ -343,6 +587,12 @@ static PyMethodDef model_methods[] = {
     {"version", (PyCFunction)model_version, METH_NOARGS, "Parameter version."},
     {"bump_version", (PyCFunction)model_bump_version, METH_O,
      "bump_version(frozen_too): parameters changed outside the core."},
+    {"acquire", (PyCFunction)model_acquire, METH_O,
+     "acquire(what): hold the model for a compound operation named `what` (waits in turn, "
+     "with the GIL released; raises if this thread already holds it)."},
+    {"release", (PyCFunction)model_release, METH_NOARGS, "Release what acquire() took."},
+    {"holder", (PyCFunction)model_holder, METH_NOARGS,
+     "What the thread holding the model is doing, or None if nobody holds it."},
     {NULL, NULL, 0, NULL},
 };
 

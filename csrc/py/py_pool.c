@@ -58,8 +58,8 @@ static PyObject *py_gpool_backward(PyObject *self, PyObject *args) {
     lk_status st = lk_gpool_init(&L, kind, (int)xd[0], (int)xd[3], (int)xd[1], (int)xd[2], 1);
     if (st == LK_OK) {
         Py_BEGIN_ALLOW_THREADS
-        lk_thread_sync();
-        st = lk_gpool_forward(&L, y, xp);
+        st = lk_thread_enter();
+        if (st == LK_OK) st = lk_gpool_forward(&L, y, xp);
         if (st == LK_OK) st = lk_gpool_backward(&L, dxp, dyp);
         Py_END_ALLOW_THREADS
     }

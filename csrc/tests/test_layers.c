@@ -12,11 +12,15 @@
  * layer whose .c file is not built yet is reported as MISSING (a failure), not
  * skipped. Usage: test_layers [substring]  (runs only tests whose name matches).
  */
+#define _POSIX_C_SOURCE 200809L /* fork, alarm, waitpid */
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -2078,6 +2082,127 @@ static int test_optim_bad(void) {
     return 1;
 }
 
+/* ----------------------------------------------------------------- threads */
+/* The thread count is clamped to what the runtime grants, and lk_thread_enter makes
+ * the calling thread use it with dynamic teams off (csrc/core/lk_threads.h). */
+static int test_threads_clamp(void) {
+    const int t0 = lk_get_num_threads(), cap = lk_max_threads();
+    EXPECT(t0 >= 1 && t0 <= cap, "thread count %d outside 1..%d", t0, cap);
+#ifdef _OPENMP
+    EXPECT(cap <= 4 * omp_get_num_procs() && cap <= omp_get_thread_limit(),
+           "max threads %d above 4 x %d CPUs or the thread limit %d", cap, omp_get_num_procs(),
+           omp_get_thread_limit());
+#endif
+    const int huge = lk_set_num_threads(1 << 30), zero = lk_set_num_threads(0);
+    lk_set_num_threads(t0);
+    EXPECT(huge == cap, "set_num_threads(2^30) gave %d, expected the cap %d", huge, cap);
+    EXPECT(zero == 1, "set_num_threads(0) gave %d, expected 1", zero);
+#ifdef _OPENMP
+    omp_set_dynamic(1);
+    omp_set_num_threads(cap);
+    OK(lk_thread_enter());
+    EXPECT(!omp_get_dynamic(), "lk_thread_enter left dynamic teams on");
+    EXPECT(omp_get_max_threads() == t0, "lk_thread_enter: %d threads here, expected %d",
+           omp_get_max_threads(), t0);
+#endif
+    return 1;
+}
+
+/* One BatchNorm training forward (oneDNN, whose barriers need the full team) and one
+ * channel statistic (the core's own OpenMP loop) at 2 threads; [y | mean | var | stat]. */
+enum { FK_N = 4, FK_C = 64, FK_HW = 16 * 16 };
+#ifndef LK_FORK_ALARM
+#define LK_FORK_ALARM 60 /* seconds before a hung child is killed */
+#endif
+static lk_status fork_work(float *out) {
+    static const lk_bn_cfg cfg = {.n = FK_N, .c = FK_C, .h = 16, .w = 16, .eps = 1e-5f,
+                                  .momentum = 0.1f, .mode = LK_BN_TRAIN};
+    const size_t nx = (size_t)FK_N * FK_HW * FK_C;
+    float *x = fbuf(nx), *g = fbuf(FK_C), *b = fbuf(FK_C);
+    for (size_t i = 0; i < nx; i++) x[i] = (float)((i * 7919) % 1000) * 1e-3f;
+    for (int j = 0; j < FK_C; j++) g[j] = 1.0f + 0.01f * j, b[j] = 0.1f;
+    int32_t *am = talloc(sizeof(int32_t) * FK_N * FK_HW);
+    lk_bn L = {0};
+    lk_status st = lk_bn_init(&L, &cfg);
+    if (st == LK_OK) st = lk_bn_forward(&L, out, out + nx, out + nx + FK_C, x, g, b, NULL, NULL);
+    lk_bn_free(&L);
+    if (st == LK_OK)
+        st = lk_chanstat_forward(out + nx + 2 * FK_C, am, x, (int64_t)FK_N * FK_HW, FK_C);
+    return st;
+}
+static const size_t FORK_OUT = (size_t)FK_N * FK_HW * FK_C + 2 * FK_C + 2 * FK_N * FK_HW;
+
+/* A child forked after the parent ran OpenMP regions with 2 threads used to wait forever
+ * for the parent's pool threads; it must give the parent's bits (alarm: a hang fails). */
+static int test_threads_fork(void) {
+    NEED(lk_bn_init, "batchnorm.c");
+    NEED(lk_chanstat_forward, "chanstat.c");
+    const int t0 = lk_get_num_threads();
+    lk_set_num_threads(2);
+    float *ref = fbuf(FORK_OUT), *again = fbuf(FORK_OUT);
+    lk_status st = fork_work(ref);
+    fflush(stdout);
+    pid_t pid = st == LK_OK ? fork() : -1;
+    if (pid == 0) {
+        alarm(LK_FORK_ALARM);
+        const int same = fork_work(again) == LK_OK && !memcmp(again, ref, FORK_OUT * sizeof(float));
+        _exit(same ? 0 : 3);
+    }
+    int status = 0;
+    if (pid > 0) waitpid(pid, &status, 0);
+    if (st == LK_OK) st = fork_work(again); /* the parent rebuilds its pool */
+    lk_set_num_threads(t0);
+    OK(st);
+    EXPECT(pid > 0, "fork failed");
+    EXPECT(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+           "the forked child hung in OpenMP (killed by alarm after %d s)", LK_FORK_ALARM);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "the forked child failed (status %d) or gave other bits than the parent", status);
+    EXPECT(!memcmp(again, ref, FORK_OUT * sizeof(float)), "the parent's result changed after fork");
+    return 1;
+}
+
+/* fork() from inside a parallel region: the pool cannot be released, so the child must
+ * refuse at the entry with LK_ERR_STATE naming the remedy, and the core's own loops
+ * (one-thread regions there) must still finish. */
+static int test_threads_fork_in_region(void) {
+    NEED(lk_chanstat_forward, "chanstat.c");
+#ifdef _OPENMP
+    int status = -1;
+    pid_t pid = -1;
+    fflush(stdout);
+#pragma omp parallel num_threads(2)
+    {
+        if (omp_get_thread_num() == 0) {
+            pid = fork();
+            if (pid == 0) {
+                alarm(LK_FORK_ALARM);
+                lk_clear_error();
+                const lk_status st = lk_thread_enter();
+                const int refused = st == LK_ERR_STATE && strstr(lk_last_error(), "spawn");
+                float y[2 * 64];
+                int32_t am[64];
+                float *x = calloc(64 * 512, sizeof(float));
+                const int loop_ok =
+                    x && lk_chanstat_forward(y, am, x, 64, 512) == LK_OK && y[0] == 0.0f;
+                _exit(!refused ? 4 : !loop_ok ? 5 : lk_get_num_threads() != 1 ? 6 : 0);
+            }
+        }
+    }
+    if (pid > 0) waitpid(pid, &status, 0);
+    EXPECT(pid > 0, "fork failed");
+    EXPECT(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+           "the child forked inside a parallel region hung (killed by alarm after %d s)",
+           LK_FORK_ALARM);
+    EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "child status %d (exit 4: no LK_ERR_STATE naming 'spawn'; 5: a C loop failed; "
+           "6: thread count not 1)", status);
+#endif
+    float *out = fbuf(FORK_OUT);
+    OK(fork_work(out)); /* the parent is unaffected */
+    return 1;
+}
+
 /* -------------------------------------------------------------------- main */
 typedef struct {
     const char *name;
@@ -2110,6 +2235,9 @@ static const test_case tests[] = {
     {"optim_adam", test_optim_adam},
     {"optim_nonfinite", test_optim_nonfinite},
     {"optim_threads", test_optim_threads},
+    {"threads_clamp", test_threads_clamp},
+    {"threads_fork", test_threads_fork},
+    {"threads_fork_in_region", test_threads_fork_in_region},
     {"conv2d_bad", test_conv2d_bad},
     {"batchnorm_bad", test_batchnorm_bad},
     {"activation_bad", test_activation_bad},

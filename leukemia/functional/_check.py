@@ -14,14 +14,15 @@ from .._util import is_int
 
 
 def as_f32(x: object, name: str, ndim: int | None = None) -> np.ndarray:
-    """Return `x` as a C-contiguous float32 array; TypeError for other dtypes."""
+    """Return `x` as a C-contiguous, aligned float32 array (a copy if it is a strided
+    view or sits at an odd address); TypeError for other dtypes."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(x).__name__}")
     if x.dtype != np.float32:
         raise TypeError(f"{name} must have dtype float32, got {x.dtype}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return np.require(x, requirements="CA")
 
 
 def check_finite(x: np.ndarray, name: str) -> None:
@@ -31,13 +32,13 @@ def check_finite(x: np.ndarray, name: str) -> None:
 
 
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    """[N, C, H, W] -> contiguous [N, H, W, C]."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    """[N, C, H, W] -> contiguous, aligned [N, H, W, C]."""
+    return np.require(x.transpose(0, 2, 3, 1), requirements="CA")
 
 
 def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] -> contiguous [N, C, H, W]."""
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """[N, H, W, C] -> contiguous, aligned [N, C, H, W]."""
+    return np.require(x.transpose(0, 3, 1, 2), requirements="CA")
 
 
 def pair(v: int | Sequence[int], name: str) -> tuple[int, int]:

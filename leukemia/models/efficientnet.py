@@ -8,13 +8,14 @@ without PyTorch installed.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,22 @@ _POLICY_CODE = {"default": 0, "all": 1, "last_block": 2, "head": 3}
 _FWD_TRAIN, _FWD_INPUT_GRAD, _FWD_FROM_FEATURES = 1, 2, 4
 
 _NBT = ".num_batches_tracked"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _held(what: str) -> Callable[[_F], _F]:
+    """Run the method holding the model (see "Threads" in EfficientNet's docstring)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def held(self: EfficientNet, *args: Any, **kwargs: Any) -> Any:
+            with self._exclusive(what):
+                return method(self, *args, **kwargs)
+
+        return held  # type: ignore[return-value]
+
+    return wrap
 
 
 def head_kind_of(keys: Iterable[str]) -> str | None:
@@ -88,6 +105,18 @@ class EfficientNet:
     Frozen layers follow Keras (which the study used): they run as at inference
     (BatchNorm with running statistics, no stochastic depth), never change, and the
     backward pass does no work below the first trainable layer.
+
+    Threads: a model may be shared between threads. Every operation that reads or
+    changes its state holds the model while it runs: forward, frozen_features,
+    backward, state_dict, load_state_dict, reset_parameters, set_policy, the whole
+    `with writable()` block, and an optimizer's step, zero_grad and clip_grad_norm.
+    The others wait in turn (first come, first served, with the GIL released), so a
+    forward sees all of a load_state_dict or none of it, and a state_dict() from a
+    checkpointing thread gets its turn after at most one forward. A writer that fails
+    changes nothing. Calling one of these from inside another in the same thread (in a
+    `with writable()` block, or from a callback or signal handler) raises RuntimeError
+    instead of deadlocking. The views of named_parameters(), flat_parameters() ... are
+    live memory, not snapshots: copy under the lock with state_dict().
     """
 
     def __init__(
@@ -216,6 +245,15 @@ class EfficientNet:
         return self._m.flat(True)
 
     @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """Hold the model for one compound operation named `what`; other threads wait."""
+        self._m.acquire(what)
+        try:
+            yield
+        finally:
+            self._m.release()
+
+    @contextmanager
     def writable(self) -> Iterator[dict[str, np.ndarray]]:
         """Writable views {name: array} of every parameter and buffer; the version moves
         on exit, so cached folded weights are refreshed::
@@ -223,11 +261,12 @@ class EfficientNet:
             with model.writable() as p:
                 p["head.out.bias"][:] = 0
         """
-        views = {t[0]: self._m.tensor(i, True) for i, t in enumerate(self._tensors)}
-        try:
-            yield views
-        finally:
-            self._m.bump_version(True)
+        with self._exclusive("EfficientNet.writable()"):
+            views = {t[0]: self._m.tensor(i, True) for i, t in enumerate(self._tensors)}
+            try:
+                yield views
+            finally:
+                self._m.bump_version(True)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """{state_dict key: shape}, num_batches_tracked included (shape ())."""
@@ -250,6 +289,7 @@ class EfficientNet:
         """The fine-tuning policy: "all", "last_block", "head" or a tuple of prefixes."""
         return self._policy
 
+    @_held("EfficientNet.set_policy")
     def set_policy(self, policy: str | Sequence[str] | None = None) -> None:
         """Choose what trains: "all", "last_block", "head", a list of state_dict prefixes
         (each must select at least one parameter; a conv and its BatchNorm, or an SE's
@@ -297,6 +337,7 @@ class EfficientNet:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         return int(seed) % 2**64
 
+    @_held("EfficientNet.forward")
     def forward(
         self,
         x: np.ndarray,
@@ -339,6 +380,7 @@ class EfficientNet:
 
     __call__ = forward
 
+    @_held("EfficientNet.frozen_features")
     def frozen_features(self, x: np.ndarray) -> np.ndarray:
         """The frozen prefix's output [N, C, H', W'] for images x, computed as at
         inference. A later `forward(f, from_features=True)` starts from it, so a fixed,
@@ -354,6 +396,7 @@ class EfficientNet:
         """(C, H', W') of the frozen prefix's output for an image of height x width."""
         return tuple(self._m.features_shape(int(height), int(width)))
 
+    @_held("EfficientNet.backward")
     def backward(
         self, dlogits: np.ndarray, input_grad: bool = False, accumulate: bool = False
     ) -> np.ndarray | None:
@@ -376,6 +419,7 @@ class EfficientNet:
         return dx
 
     # ------------------------------------------------------------- weights
+    @_held("EfficientNet.reset_parameters")
     def reset_parameters(self, seed: int = 0) -> None:
         """Initialise every tensor. Backbone and linear head as torchvision
         (kaiming-normal fan-out convolutions, unit BN, uniform(+-1/sqrt(out)) classifier,
@@ -406,6 +450,7 @@ class EfficientNet:
         self._nbt = {bn: 0 for bn in self._bn}
         self._m.bump_version(True)
 
+    @_held("EfficientNet.state_dict")
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of every tensor in state_dict order, num_batches_tracked included."""
         out: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -433,6 +478,7 @@ class EfficientNet:
             [m for m in report.mismatched if not skippable(m[0])],
         )
 
+    @_held("EfficientNet.load_state_dict")
     def load_state_dict(
         self, state: Mapping[str, np.ndarray], strict: bool | None = True
     ) -> LoadReport:

@@ -20,11 +20,15 @@ The model protocol this module relies on (nothing else of the model is used):
 - ``model.flat_grads() -> np.ndarray``: 1-D float32 writable view of the gradient arena;
 - ``model._flat_parameters_for_update() -> np.ndarray``: 1-D float32 writable view of
   the parameter arena (same length as the gradients);
-- ``model.bump_version() -> None``: called after every update of the parameters.
+- ``model.bump_version() -> None``: called after every update of the parameters;
+- optionally ``model._exclusive(what)``: a context manager that holds the model while
+  the optimizer changes its arenas (step, zero_grad, clip_grad_norm), so that a forward
+  or state_dict() in another thread sees the whole update or none of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -65,6 +69,12 @@ def _real(v: object, what: str) -> float:
     if not math.isfinite(f):
         raise ValueError(f"{what} must be finite, got {v!r}")
     return f
+
+
+def _holding(model: Any, what: str) -> contextlib.AbstractContextManager:
+    """The model's writer lock for `what`, if the model has one."""
+    hold = getattr(model, "_exclusive", None)
+    return hold(what) if callable(hold) else contextlib.nullcontext()
 
 
 def _as_prefixes(prefix: object, where: str) -> tuple[str, ...]:
@@ -324,28 +334,29 @@ class Optimizer:
         """
         table = self._checked_groups()
         max_norm = self._check_max_norm(self.max_grad_norm, "max_grad_norm", allow_none=True)
-        arena, grads = self._arenas(self.model)
         state = self._new_state(table)
         # SGD: (momentum_buffer, None); Adam/AdamW: (exp_avg, exp_avg_sq).
         s1, s2 = (*state.values(), None)[:2]
         steps = self._steps.copy()
-        try:
-            norm = _ext().optim_step(
-                self.kind,
-                arena,
-                grads,
-                s1,
-                s2,
-                self._segments,
-                table,
-                steps,
-                -1.0 if max_norm is None else max_norm,
-            )
-        except FloatingPointError as exc:
-            raise self._nonfinite(exc) from None
-        self._state = state
-        self._steps = steps
-        self.model.bump_version()
+        with _holding(self.model, f"{type(self).__name__}.step"):
+            arena, grads = self._arenas(self.model)
+            try:
+                norm = _ext().optim_step(
+                    self.kind,
+                    arena,
+                    grads,
+                    s1,
+                    s2,
+                    self._segments,
+                    table,
+                    steps,
+                    -1.0 if max_norm is None else max_norm,
+                )
+            except FloatingPointError as exc:
+                raise self._nonfinite(exc) from None
+            self._state = state
+            self._steps = steps
+            self.model.bump_version()
         return None if max_norm is None else float(norm)
 
     def _nonfinite(self, exc: FloatingPointError) -> Exception:
@@ -362,9 +373,10 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         """Set the gradients of the optimizer's parameters to zero."""
-        _, grads = self._arenas(self.model)
-        for offset, count, _, _, _ in self._segments:
-            grads[offset : offset + count] = 0.0
+        with _holding(self.model, f"{type(self).__name__}.zero_grad"):
+            _, grads = self._arenas(self.model)
+            for offset, count, _, _, _ in self._segments:
+                grads[offset : offset + count] = 0.0
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """torch.nn.utils.clip_grad_norm_ over the optimizer's parameters: scale every
@@ -372,11 +384,12 @@ class Optimizer:
         The norm does not depend on the thread count. NaN/Inf gradients raise
         FloatingPointError and change nothing."""
         max_norm = self._check_max_norm(max_norm, "max_norm")
-        _, grads = self._arenas(self.model)
-        try:
-            return float(_ext().optim_clip_grad_norm(grads, self._segments, max_norm))
-        except FloatingPointError as exc:
-            raise self._nonfinite(exc) from None
+        with _holding(self.model, f"{type(self).__name__}.clip_grad_norm"):
+            _, grads = self._arenas(self.model)
+            try:
+                return float(_ext().optim_clip_grad_norm(grads, self._segments, max_norm))
+            except FloatingPointError as exc:
+                raise self._nonfinite(exc) from None
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
