@@ -9,6 +9,7 @@ several ways of sharing the cores, each in its own process (OpenMP settings are 
 start-up), after one warm-up epoch:
 
 * ``serial``: ``loader_workers=0``: the batch is decoded between steps, nothing overlaps;
+* ``serial-passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (its cost alone);
 * ``overlap``: one loader thread decodes ahead while the core computes with every core;
 * ``overlap-passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep
   instead of spinning between parallel regions, leaving gaps the loader can use);
@@ -32,6 +33,7 @@ import time
 
 CONFIGS = {
     "serial": ({"loader_workers": 0}, {}),
+    "serial-passive": ({"loader_workers": 0}, {"OMP_WAIT_POLICY": "PASSIVE"}),
     "overlap": ({"loader_workers": 1}, {}),
     "overlap-passive": ({"loader_workers": 1}, {"OMP_WAIT_POLICY": "PASSIVE"}),
     "overlap-fewer": ({"loader_workers": 1, "threads": -1}, {}),
@@ -48,7 +50,7 @@ def child(args: argparse.Namespace) -> None:
     common = dict(
         arch=args.arch,
         head="multi_attention",
-        policy="last_block",
+        policy=args.policy,
         size=args.size,
         batch_size=args.batch,
         epochs=2,
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--arch", default="b3")
+    ap.add_argument("--policy", default="last_block", choices=("last_block", "head", "all"))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -109,7 +112,7 @@ def main() -> None:
         subjects = 10
         write_cnmc(tmp + "/data", subjects, -(-args.images // subjects), 450, seed=0)
         print(
-            f"{args.arch} + multi_attention, policy last_block, {args.size}px, batch "
+            f"{args.arch} + multi_attention, policy {args.policy}, {args.size}px, batch "
             f"{args.batch}, augmented 450px BMPs; epoch 2 of 2 measured"
         )
         print(
@@ -135,6 +138,8 @@ def main() -> None:
                     str(args.batch),
                     "--arch",
                     args.arch,
+                    "--policy",
+                    args.policy,
                 ],
                 env=run_env,
                 capture_output=True,

@@ -19,6 +19,7 @@ to an uninterrupted one (same seed and thread count).
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -64,7 +65,18 @@ __all__ = [
 ]
 
 DEFAULT_LOADER_WORKERS = 1
-"""Loader threads when the config leaves it open (see README, "Loader and core threads")."""
+"""Loader threads on machines with up to 4 CPUs when the config leaves it open: measured
+on 2 cores (README, "Loader and core threads"), one thread decoding ahead of the core is
+up to 10 % faster than decoding between steps and never slower beyond noise, while a
+core with one thread fewer loses 25-30 %."""
+
+
+def default_loader_workers() -> int:
+    """:data:`DEFAULT_LOADER_WORKERS` up to 4 CPUs, then a quarter of them (at most 4):
+    decoding a 450 px BMP into an augmented 300 px tensor takes ~15 ms of one core, so
+    more cores train faster than one thread can feed them."""
+    cpus = os.cpu_count() or 1
+    return DEFAULT_LOADER_WORKERS if cpus <= 4 else min(4, cpus // 4)
 
 
 class TrainingError(RuntimeError):
@@ -477,7 +489,7 @@ class Trainer:
                 ),
             )
 
-        workers = DEFAULT_LOADER_WORKERS if cfg.loader_workers is None else cfg.loader_workers
+        workers = default_loader_workers() if cfg.loader_workers is None else cfg.loader_workers
         self._workers = workers
         self._timing_lock = threading.Lock()
         train_tf = train_transform(size) if cfg.augment else eval_transform(size)
@@ -907,7 +919,6 @@ class Trainer:
 
 
 def _common_root(paths: Sequence[Path]) -> Path | None:
-    import os
 
     try:
         return Path(os.path.commonpath([str(p.resolve()) for p in paths]))
