@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from bench_model import cpu_model  # the benchmarks' folder is on sys.path
+
 CONFIGS = {
     "serial": ({"loader_workers": 0}, {}),
     "serial-passive": ({"loader_workers": 0}, {"OMP_WAIT_POLICY": "PASSIVE"}),
@@ -104,7 +106,7 @@ def main() -> None:
 
     info = leukemia.build_info()
     print(
-        f"CPU: {_cpu_name()}, {os.cpu_count()} logical CPUs; oneDNN {info['onednn_version']} "
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; oneDNN {info['onednn_version']} "
         f"({info['cpu_runtime']}), ISA {info['isa']}, core threads {info['num_threads']}"
     )
     print(f"command: {' '.join(sys.argv)}")
@@ -157,17 +159,6 @@ def main() -> None:
                 f"   (core threads {r['threads']})"
             )
             time.sleep(1)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
