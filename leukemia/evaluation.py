@@ -168,6 +168,8 @@ class Evaluation:
     leaked_subjects: list[str] = field(default_factory=list)
     description: str = ""
     leaky: bool = False
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    subject_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +179,8 @@ class Evaluation:
             "subjects": self.subjects,
             "leaked_subjects": self.leaked_subjects,
             "leaky": self.leaky,
+            "ci95_subject_bootstrap": self.intervals,
+            "subject_level": self.subject_metrics,
         }
 
     def __str__(self) -> str:
@@ -204,8 +208,14 @@ class Evaluation:
         )
         for k in keys:
             if k in m:
-                lines.append(f"  {k:18s} {m[k]:.4f}")
-        lines.append(f"  {'subject accuracy':18s} {self.subject_accuracy:.4f}")
+                ci = self.intervals.get(k)
+                band = f"  (95 % CI {ci[0]:.4f}-{ci[1]:.4f}, subjects resampled)" if ci else ""
+                lines.append(f"  {k:18s} {m[k]:.4f}{band}")
+        for rule, scores in self.subject_metrics.items():
+            text = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            lines.append(f"  subject level, {rule.replace('_', ' ')}: {text}")
+        if not self.subject_metrics:
+            lines.append(f"  {'subject accuracy':18s} {self.subject_accuracy:.4f}")
         names = self.class_names
         cm = m["confusion_matrix"]
         width = max(6, *(len(n) for n in names)) + 2
@@ -234,11 +244,16 @@ def evaluate(
     progress: bool = False,
     allow_leak: bool = False,
     description: str = "",
+    bootstrap: int = 1000,
 ) -> Evaluation:
     """Metrics on labelled ``samples`` (default: the run's held-out validation side).
 
     With a :class:`Run`, samples of subjects that were on the run's training side are
     leakage: they are excluded and listed (``allow_leak=True`` keeps them).
+    Accuracy, weighted F1 and ROC AUC get 95 % intervals from ``bootstrap`` draws that
+    resample subjects (0: none); with two classes the subject-level diagnosis (from the
+    mean probability of a subject's cells, and from the fraction of its cells called
+    blast, each called at 0.5) is scored too.
     """
     leaked: list[str] = []
     leaky = False
@@ -302,6 +317,7 @@ def evaluate(
             }
         )
     subject_accuracy = float(np.mean([r["call"] == r["label"] for r in rows]))
+    intervals, subject_metrics = _uncertainty(labels, probs, samples, bootstrap)
     return Evaluation(
         metrics,
         rows,
@@ -313,6 +329,8 @@ def evaluate(
         leaked,
         description,
         leaky,
+        intervals,
+        subject_metrics,
     )
 
 
@@ -320,3 +338,42 @@ def _natural_key(text: str) -> tuple:
     import re
 
     return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text))
+
+
+def _uncertainty(
+    labels: np.ndarray, probs: np.ndarray, samples: Sequence[Sample], n_boot: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Subject-bootstrap intervals of the headline metrics, and subject-level scores."""
+    from . import metrics as M
+
+    groups = np.array([s.subject if s.subject is not None else str(s.path) for s in samples])
+    k = probs.shape[1]
+    intervals: dict[str, list[float]] = {}
+    if n_boot and len(set(groups.tolist())) >= 2:
+        fns = {
+            "accuracy": lambda y, p: M.accuracy(y, p.argmax(1)),
+            "weighted_f1": lambda y, p: M.weighted_f1(y, p.argmax(1), k),
+        }
+        if k == 2:
+            fns["roc_auc"] = lambda y, p: M.roc_auc(y, p[:, 1])
+        for name, fn in fns.items():
+            try:
+                ci = M.bootstrap_ci(fn, labels, probs, groups=groups, n_boot=n_boot, seed=0)
+            except ValueError:  # undefined on these samples (e.g. one class only)
+                continue
+            intervals[name] = [float(ci.low), float(ci.high)]
+    subject: dict[str, dict[str, float]] = {}
+    if k == 2 and all(s.subject is not None for s in samples):
+        # a patient's call from all of their cells: the mean probability of blast, or the
+        # fraction of cells called blast (each called at 0.5)
+        for rule, key in (("mean", "mean_probability"), ("fraction", "fraction_called")):
+            try:
+                ss = M.subject_level(labels, probs[:, 1], groups, rule=rule)
+            except ValueError:  # a subject with cells of both labels: no subject truth
+                return intervals, {}
+            subject[key] = {
+                "accuracy": M.accuracy(ss.y_true, ss.pred),
+                "weighted_f1": M.weighted_f1(ss.y_true, ss.pred, 2),
+                "roc_auc": M.roc_auc(ss.y_true, ss.score),
+            }
+    return intervals, subject

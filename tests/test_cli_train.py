@@ -90,6 +90,12 @@ def test_evaluate_reports_held_out_subjects(
     r = load_run(run)
     api = evaluate(r)
     assert report["metrics"]["accuracy"] == api.metrics["accuracy"]
+    for name, (low, high) in report["ci95_subject_bootstrap"].items():
+        assert 0.0 <= low <= high <= 1.0, name
+    assert set(report["subject_level"]) == {"mean_probability", "fraction_called"}
+    for scores in report["subject_level"].values():
+        assert set(scores) == {"accuracy", "weighted_f1", "roc_auc"}
+    assert "subjects resampled" in text
     # on the whole data folder, the training subjects are leakage: excluded and named
     assert main(["evaluate", str(run), str(data), "--quiet", "--json", str(run / "all.json")]) == 0
     text = capsys.readouterr().out
