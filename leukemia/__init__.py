@@ -63,6 +63,8 @@ _LAZY = {
     "evaluate": "leukemia.evaluation",
     "predict": "leukemia.evaluation",
     "load_run": "leukemia.evaluation",
+    "Ensemble": "leukemia.ensemble",
+    "TTA": "leukemia.ensemble",
 }
 
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .data.loader import DataLoader
 from .data.transforms import eval_transform
 from .metrics import classification_report
 from .models.efficientnet import EfficientNet
+
+if TYPE_CHECKING:
+    from .ensemble import Ensemble
 
 __all__ = ["Evaluation", "Run", "evaluate", "load_run", "predict"]
 
@@ -103,7 +106,7 @@ def _as_samples(images: Sequence[Sample | str | os.PathLike[str]]) -> list[Sampl
 
 
 def predict(
-    model: EfficientNet | Run,
+    model: EfficientNet | Run | Ensemble,
     images: Sequence[Sample | str | os.PathLike[str]],
     *,
     size: int | None = None,
@@ -111,7 +114,14 @@ def predict(
     workers: int = 1,
     progress: bool = False,
 ) -> np.ndarray:
-    """Class probabilities [N, K] (float64) for images (paths or samples), in order."""
+    """Class probabilities [N, K] (float64) for images (paths or samples), in order.
+
+    ``model`` may also be an :class:`~leukemia.ensemble.Ensemble` or
+    :class:`~leukemia.ensemble.TTA` (anything with ``predict_proba``)."""
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(
+            images, size=size, batch_size=batch_size, workers=workers, progress=progress
+        )
     if isinstance(model, Run):
         size = size or model.size
         model = model.model
@@ -235,7 +245,7 @@ class Evaluation:
 
 
 def evaluate(
-    model: EfficientNet | Run,
+    model: EfficientNet | Run | Ensemble,
     samples: Sequence[Sample] | None = None,
     *,
     size: int | None = None,
@@ -253,11 +263,13 @@ def evaluate(
     Accuracy, weighted F1 and ROC AUC get 95 % intervals from ``bootstrap`` draws that
     resample subjects (0: none); with two classes the subject-level diagnosis (from the
     mean probability of a subject's cells, and from the fraction of its cells called
-    blast, each called at 0.5) is scored too.
+    blast, each called at 0.5) is scored too. An :class:`~leukemia.ensemble.Ensemble` or
+    :class:`~leukemia.ensemble.TTA` needs ``samples`` and gets no leakage check (check
+    its members' splits yourself).
     """
     leaked: list[str] = []
     leaky = False
-    names: tuple[str, ...] = CLASS_NAMES
+    names: tuple[str, ...] = getattr(model, "class_names", None) or CLASS_NAMES
     if isinstance(model, Run):
         names = model.class_names
         train_subjects = model.training_subjects()
