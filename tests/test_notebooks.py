@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom (their code cells, in one namespace)."""
+"""The notebooks run top to bottom (their code cells, in one namespace), with the
+parameter QUICK = True that shrinks their data and schedules."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, capsys):
     nb = json.loads(path.read_text())
-    ns: dict = {"__name__": "__main__"}
+    ns: dict = {"__name__": "__main__", "QUICK": True}
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{path.name}", "exec"), ns)  # noqa: S102
-    assert "largest gradient norms" in capsys.readouterr().out
+    assert "notebook finished" in capsys.readouterr().out
