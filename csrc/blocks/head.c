@@ -31,6 +31,12 @@ static int has_spatial1(const lk_head *hd) {
 static int has_spatial2(const lk_head *hd) { return hd->kind == LK_HEAD_MULTI_ATTENTION; }
 static int has_attn_pool(const lk_head *hd) { return hd->kind == LK_HEAD_MULTI_ATTENTION; }
 
+/* A module's parameter gradients are written: it trains and this is not an eval-semantics
+ * (explanation) plan. */
+static int trains(const lk_head *hd, lk_head_module mod) {
+    return hd->trainable[mod] && !hd->eval_grad;
+}
+
 static const int lk_sp_ch[LK_SPATIAL_CONVS + 1] = {2, 64, 32, 16, 1};
 
 void lk_head_setup(lk_head *hd, lk_head_kind kind, int c, int k, float dropout) {
@@ -117,6 +123,10 @@ static void spatial_free(lk_spatial_att *s) {
 lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in) {
     const int c = hd->c, c8 = hd->c8, t = LK_HEAD_HIDDEN;
     const int64_t npos = (int64_t)n * h * w;
+    if (hd->eval_grad) { /* a backward to F only, every module as at inference */
+        train = 1;
+        grad_in = 1;
+    }
     hd->n = n;
     hd->h = h;
     hd->w = w;
@@ -147,9 +157,10 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
         LK_TRY(lk_chmul_init(&hd->chmul, n, c, h, w));
     }
     LK_TRY(lk_gpool_init(&hd->gap, LK_POOL_AVG, n, c, h, w, att_bwd));
-    if (has_spatial1(hd)) LK_TRY(spatial_plan(&hd->sp[0], n, h, w, att_bwd, tr[LK_HM_SPATIAL1]));
+    if (has_spatial1(hd))
+        LK_TRY(spatial_plan(&hd->sp[0], n, h, w, att_bwd, trains(hd, LK_HM_SPATIAL1)));
     if (has_spatial2(hd)) {
-        LK_TRY(spatial_plan(&hd->sp[1], n, h, w, att_bwd, tr[LK_HM_SPATIAL2]));
+        LK_TRY(spatial_plan(&hd->sp[1], n, h, w, att_bwd, trains(hd, LK_HM_SPATIAL2)));
         LK_TRY(lk_gpool_init(&hd->gap_map, LK_POOL_AVG, n, 1, h, w, att_bwd));
     }
     if (has_attn_pool(hd)) {
@@ -158,7 +169,7 @@ lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in)
                                                           .train = att_bwd, .need_dx = 1}));
         LK_TRY(lk_softmax_init(&hd->softmax, n, h * w, att_bwd));
     }
-    lk_bn_mode bm = !bwd ? LK_BN_EVAL : tr[LK_HM_BN] ? LK_BN_TRAIN : LK_BN_FROZEN;
+    lk_bn_mode bm = !bwd ? LK_BN_EVAL : trains(hd, LK_HM_BN) ? LK_BN_TRAIN : LK_BN_FROZEN;
     lk_bn_cfg bc = {.n = n, .c = c, .h = 1, .w = 1, .eps = LK_HEAD_BN_EPS,
                     .momentum = LK_HEAD_BN_MOMENTUM,
                     .mode = bm, .need_dx = hd->need_dz};
@@ -264,7 +275,7 @@ lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t s
     if (hd->kind == LK_HEAD_LINEAR) {
         LK_TRY(lk_gpool_forward(&hd->gap, b->z, f));
         const float *feat = b->z;
-        if (hd->bwd) {
+        if (hd->bwd && !hd->eval_grad) {
             LK_TRY(lk_dropout_forward(b->drop, b->mask, b->z, nc, hd->dropout, seed));
             feat = b->drop;
         }
@@ -314,7 +325,7 @@ lk_status lk_head_forward(lk_head *hd, float *logits, const float *f, uint64_t s
     LK_TRY(lk_linear_forward(&hd->fc, b->y1, b->zb, hd->p.fc_w, hd->p.fc_b));
     LK_TRY(lk_act_forward(&hd->relu_fc, b->r1, b->y1));
     const float *feat = b->r1;
-    if (hd->bwd) {
+    if (hd->bwd && !hd->eval_grad) {
         LK_TRY(lk_dropout_forward(b->drop, b->mask, b->r1, (int64_t)n * LK_HEAD_HIDDEN,
                                   hd->dropout, seed));
         feat = b->drop;
@@ -333,7 +344,7 @@ static lk_status accumulate(float *dst, const float *src, int64_t count, int *st
 }
 
 /* The weight-gradient pointer of a module, or NULL when it is frozen. */
-#define LK_IF_TRAIN(hd, mod, ptr) ((hd)->trainable[mod] ? (ptr) : NULL)
+#define LK_IF_TRAIN(hd, mod, ptr) (trains(hd, mod) ? (ptr) : NULL)
 
 lk_status lk_head_backward(lk_head *hd, float *dfeat, const float *dlogits, const float *f) {
     LK_REQUIRE(hd->bwd, "head backward: planned without a backward");
@@ -350,15 +361,19 @@ lk_status lk_head_backward(lk_head *hd, float *dfeat, const float *dlogits, cons
                                   LK_IF_TRAIN(hd, LK_HM_CLASSIFIER, p->cls_db), dlogits, b->drop,
                                   p->cls_w));
         if (!need_df) return LK_OK;
-        LK_TRY(lk_dropout_backward(b->ddrop, b->ddrop, b->mask, nc, hd->dropout));
+        if (!hd->eval_grad) /* eval semantics: dropout is the identity */
+            LK_TRY(lk_dropout_backward(b->ddrop, b->ddrop, b->mask, nc, hd->dropout));
         return lk_gpool_backward(&hd->gap, dfeat, b->ddrop);
     }
     /* MLP tail: out -> dropout -> ReLU -> fc -> BatchNorm1d. */
     LK_TRY(lk_linear_backward(&hd->out, b->ddrop, LK_IF_TRAIN(hd, LK_HM_OUT, p->out_dw),
                               LK_IF_TRAIN(hd, LK_HM_OUT, p->out_db), dlogits, b->drop, p->out_w));
-    LK_TRY(lk_dropout_backward(b->dy1, b->ddrop, b->mask, (int64_t)n * t, hd->dropout));
+    if (hd->eval_grad) /* dropout is the identity */
+        memcpy(b->dy1, b->ddrop, sizeof(float) * (size_t)n * t);
+    else
+        LK_TRY(lk_dropout_backward(b->dy1, b->ddrop, b->mask, (int64_t)n * t, hd->dropout));
     LK_TRY(lk_act_backward(&hd->relu_fc, b->dy1, b->dy1, b->y1, b->r1));
-    const int train_bn = hd->trainable[LK_HM_BN];
+    const int train_bn = trains(hd, LK_HM_BN);
     const int need_dzb = hd->need_dz || train_bn;
     LK_TRY(lk_linear_backward(&hd->fc, need_dzb ? b->dzb : NULL, LK_IF_TRAIN(hd, LK_HM_FC, p->fc_dw),
                               LK_IF_TRAIN(hd, LK_HM_FC, p->fc_db), b->dy1, b->zb, p->fc_w));
@@ -398,11 +413,11 @@ lk_status lk_head_backward(lk_head *hd, float *dfeat, const float *dlogits, cons
         LK_TRY(lk_gpool_backward(&hd->gap, b->dfs, dg1));
         LK_TRY(lk_spatial_mul_backward(b->dx_sp, b->dmap, b->dfs, x, hd->sp[0].a[3], ns, c));
         LK_TRY(spatial_backward(&hd->sp[0], b->dcs, b->dmap, b->cs, b->dsp0, b->dsp1,
-                                hd->trainable[LK_HM_SPATIAL1]));
+                                trains(hd, LK_HM_SPATIAL1)));
         if (has_spatial2(hd)) { /* g2 = GAP(S2(cs)) */
             LK_TRY(lk_gpool_backward(&hd->gap_map, b->dmap, b->dg2));
             LK_TRY(spatial_backward(&hd->sp[1], b->dcs2, b->dmap, b->cs, b->dsp0, b->dsp1,
-                                    hd->trainable[LK_HM_SPATIAL2]));
+                                    trains(hd, LK_HM_SPATIAL2)));
             LK_TRY(lk_add_inplace(b->dcs, b->dcs2, 2 * ns));
         }
         LK_TRY(lk_chanstat_backward(b->dfs, b->dcs, b->argmax, ns, c));

@@ -113,6 +113,10 @@ typedef struct lk_head {
     lk_head_params p;
     lk_spatial_att sp[2];
     int trainable[LK_HM_COUNT];
+    /* Set before lk_head_plan: plan a backward in eval semantics (explanations). BN1d
+     * uses its running statistics, dropout is the identity, and no parameter gradient
+     * is written; only the gradient of F is computed. */
+    int eval_grad;
 
     /* Plan. */
     int n, h, w;
@@ -132,7 +136,8 @@ typedef struct lk_head {
 /* Zero the head and set its structure. */
 void lk_head_setup(lk_head *hd, lk_head_kind kind, int c, int k, float dropout);
 /* Plan for features [N, H, W, C]. `train`: a training plan; `grad_in`: the gradient of
- * F is wanted. Module modes follow `trainable`. */
+ * F is wanted. Module modes follow `trainable`. With `eval_grad` set, both are implied
+ * and every module runs as at inference. */
 lk_status lk_head_plan(lk_head *hd, int n, int h, int w, int train, int grad_in);
 void lk_head_bind(lk_head *hd, lk_arena *a);
 /* logits [N, K] from f [N, H, W, C]; dropout from `seed` when a backward is planned. */

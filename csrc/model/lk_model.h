@@ -128,4 +128,22 @@ lk_status lk_model_frozen_features(lk_model *m, float *features, const float *x,
  * [N, K], overwritten or (accumulate) added; dx [N, 3, H, W] needs LK_FWD_INPUT_GRAD. */
 lk_status lk_model_backward(lk_model *m, float *dx, const float *dlogits, int accumulate);
 
+/* ------------------------------------------------------------ explanations */
+/* Everything here runs in eval semantics: running-statistics BatchNorm everywhere, no
+ * dropout, no stochastic depth. Parameters, running statistics, gradients and the
+ * version are never written; only the current plan (a cache) is replaced. */
+
+/* Shape [C, FH, FW] of the head's input F (the last 1x1 conv's output) for H x W images. */
+lk_status lk_model_head_input_shape(const lk_model *m, int h, int w, int *c, int *fh, int *fw);
+/* logits [N, K] of images x [N, 3, H, W] and (feat, may be NULL) F as [N, FH, FW, C] (NHWC). */
+lk_status lk_model_explain_forward(lk_model *m, float *logits, float *feat, const float *x, int n,
+                                   int h, int w);
+/* After lk_model_explain_forward: dfeat [N, FH, FW, C] (NHWC), the gradient of
+ * sum(dlogits * logits) with respect to F through the head; may be called repeatedly. */
+lk_status lk_model_explain_backward(lk_model *m, float *dfeat, const float *dlogits);
+/* After any forward: copies of the head's attention maps (each may be NULL; asking for
+ * one the head lacks is an error): att [N, C] channel weights, s1 and s2 [N, FH, FW]
+ * the spatial maps, attw [N, FH, FW] the attention-pool weights over positions. */
+lk_status lk_model_head_maps(const lk_model *m, float *att, float *s1, float *s2, float *attw);
+
 #endif

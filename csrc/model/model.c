@@ -53,7 +53,12 @@ struct lk_model {
     lk_grad_scratch g;
     float *acc;      /* [trainable floats] saved gradients for accumulation */
     int fwd_ready;   /* a train-mode forward ran on this plan */
+    int head_ready;  /* the head's buffers hold the last forward's activations */
 };
+
+/* Plan flag (internal, beside lk_forward_flags): inference everywhere, plus the head's
+ * backward to its input in eval semantics (lk_head.eval_grad). */
+#define LK_PLAN_EXPLAIN 8u
 
 static int last_piece(const lk_model *m) { return m->arch.nblocks + 2; }
 
@@ -445,6 +450,7 @@ static void plan_free(lk_model *m) {
     m->arena = NULL;
     m->planned = 0;
     m->fwd_ready = 0;
+    m->head_ready = 0;
 }
 
 /* Output of piece p (after its forward). */
@@ -546,6 +552,7 @@ static lk_status plan_layers(lk_model *m) {
         }
         grad = grad || (train && piece_trainable(m, p));
     }
+    m->head.eval_grad = (m->pflags & LK_PLAN_EXPLAIN) != 0;
     LK_TRY(lk_head_plan(&m->head, o->n, h, w, train, grad));
 
     /* NCHW user tensors <-> NHWC internal layout. */
@@ -640,6 +647,7 @@ static lk_status forward(lk_model *m, float *logits, float *features, const floa
                          int h, int w, unsigned flags, uint64_t seed, int prefix_only) {
     LK_TRY(plan(m, n, h, w, flags));
     m->fwd_ready = 0;
+    m->head_ready = 0;
     LK_TRY(run_reorder(&m->to_nhwc, m->m_x_nchw, m->m_x_nhwc, x, m->x));
     const int nb = m->arch.nblocks, train = (flags & LK_FWD_TRAIN) != 0;
     const lk_versions *v = &m->version;
@@ -657,6 +665,7 @@ static lk_status forward(lk_model *m, float *logits, float *features, const floa
     if (m->boundary == last_piece(m) && features) LK_TRY(emit_features(m, features, x));
     if (prefix_only) return LK_OK;
     LK_TRY(lk_head_forward(&m->head, logits, piece_in(m, last_piece(m)), seed * 1000003ULL, v));
+    m->head_ready = 1;
     if (train && trainable_floats(m) > 0) {
         lk_model_bump_version(m, 0); /* batch statistics moved the running ones */
         m->fwd_ready = 1;
@@ -743,6 +752,62 @@ lk_status lk_model_backward(lk_model *m, float *dx, const float *dlogits, int ac
     if (st != LK_OK) return st;
     if (accumulate) trainable_grads(m, m->acc, 1);
     if (dx) LK_TRY(run_reorder(&m->to_nchw, m->m_dx_nhwc, m->m_dx_nchw, m->dx, dx));
+    return LK_OK;
+}
+
+/* ------------------------------------------------------------ explanations */
+
+lk_status lk_model_head_input_shape(const lk_model *m, int h, int w, int *c, int *fh, int *fw) {
+    LK_REQUIRE(m && c && fh && fw, "head_input_shape: NULL argument");
+    LK_REQUIRE(h >= 32 && w >= 32 && h <= 4096 && w <= 4096,
+               "image size %dx%d out of range (32..4096 per side)", h, w);
+    *c = m->head.c;
+    *fh = h;
+    *fw = w;
+    piece_in_size(m, last_piece(m), fh, fw);
+    return LK_OK;
+}
+
+lk_status lk_model_explain_forward(lk_model *m, float *logits, float *feat, const float *x, int n,
+                                   int h, int w) {
+    LK_REQUIRE(m && logits && x, "explain forward: NULL argument");
+    LK_TRY(forward(m, logits, NULL, x, n, h, w, LK_PLAN_EXPLAIN, 0, 0));
+    if (feat) { /* the head's input stays in the arena until the next forward */
+        const size_t count = (size_t)m->pn * m->head.h * m->head.w * m->head.c;
+        memcpy(feat, piece_in(m, last_piece(m)), count * sizeof(float));
+    }
+    return LK_OK;
+}
+
+lk_status lk_model_explain_backward(lk_model *m, float *dfeat, const float *dlogits) {
+    LK_REQUIRE(m && dfeat && dlogits, "explain backward: NULL argument");
+    if (!m->planned || !(m->pflags & LK_PLAN_EXPLAIN) || !m->head_ready)
+        return LK_FAIL(LK_ERR_STATE, "explain backward needs a preceding explain forward "
+                                     "(another forward ran in between)");
+    return lk_head_backward(&m->head, dfeat, dlogits, piece_in(m, last_piece(m)));
+}
+
+lk_status lk_model_head_maps(const lk_model *m, float *att, float *s1, float *s2, float *attw) {
+    LK_REQUIRE(m, "head maps: NULL model");
+    if (!m->planned || !m->head_ready)
+        return LK_FAIL(LK_ERR_STATE, "head maps need a preceding forward");
+    const lk_head *hd = &m->head;
+    const lk_head_kind k = hd->kind;
+    const int chan = k == LK_HEAD_MULTI_ATTENTION || k == LK_HEAD_CHANNEL_ATTENTION;
+    const int sp1 = k == LK_HEAD_MULTI_ATTENTION || k == LK_HEAD_SPATIAL_ATTENTION;
+    const int multi = k == LK_HEAD_MULTI_ATTENTION;
+    LK_REQUIRE(!att || chan, "head maps: the %s head has no channel attention",
+               lk_head_kind_name(k));
+    LK_REQUIRE(!s1 || sp1, "head maps: the %s head has no first spatial map",
+               lk_head_kind_name(k));
+    LK_REQUIRE((!s2 && !attw) || multi,
+               "head maps: the %s head has no second spatial map nor attention pool",
+               lk_head_kind_name(k));
+    const size_t nc = (size_t)hd->n * hd->c, ns = (size_t)hd->n * hd->h * hd->w;
+    if (att) memcpy(att, hd->b.att, nc * sizeof(float));
+    if (s1) memcpy(s1, hd->sp[0].a[LK_SPATIAL_CONVS - 1], ns * sizeof(float));
+    if (s2) memcpy(s2, hd->sp[1].a[LK_SPATIAL_CONVS - 1], ns * sizeof(float));
+    if (attw) memcpy(attw, hd->b.attw, ns * sizeof(float));
     return LK_OK;
 }
 

@@ -482,6 +482,105 @@ static PyObject *model_backward_impl(PyModel *self, PyObject *args) {
 }
 LK_LOCKED(model_backward, "backward")
 
+/* ------------------------------------------------------------ explanations */
+
+static PyObject *model_head_input_shape_impl(PyModel *self, PyObject *args) {
+    int h, w, c, fh, fw;
+    if (!PyArg_ParseTuple(args, "ii:head_input_shape", &h, &w)) return NULL;
+    lk_status st = lk_model_head_input_shape(self->m, h, w, &c, &fh, &fw);
+    if (st != LK_OK) return lk_py_raise(st);
+    return Py_BuildValue("(iii)", c, fh, fw);
+}
+LK_LOCKED(model_head_input_shape, "head_input_shape")
+
+static PyObject *model_explain_forward_impl(PyModel *self, PyObject *args) {
+    PyObject *logits, *feat, *x;
+    if (!PyArg_ParseTuple(args, "OOO:explain_forward", &logits, &feat, &x)) return NULL;
+    npy_intp xd[4];
+    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
+    if (!xp) return NULL;
+    if (xd[1] != 3)
+        return PyErr_Format(PyExc_ValueError, "x must be [N, 3, H, W] RGB images, got %ld channels",
+                            (long)xd[1]);
+    if (xd[0] > 100000 || xd[2] > 100000 || xd[3] > 100000)
+        return PyErr_Format(PyExc_ValueError, "x is too large");
+    lk_model_info info;
+    lk_model_get_info(self->m, &info);
+    float *lp = lk_py_array(logits, "logits", NPY_FLOAT32, 2, 1, 0, NULL);
+    if (!lp) return NULL;
+    if (lk_py_shape(logits, "logits", 2, (npy_intp[]){xd[0], info.num_classes}) < 0) return NULL;
+    float *fp = lk_py_array(feat, "feat", NPY_FLOAT32, 4, 1, 1, NULL);
+    if (PyErr_Occurred()) return NULL;
+    if (fp) {
+        int c, fh, fw;
+        lk_status st = lk_model_head_input_shape(self->m, (int)xd[2], (int)xd[3], &c, &fh, &fw);
+        if (st != LK_OK) return lk_py_raise(st);
+        if (lk_py_shape(feat, "feat", 4, (npy_intp[]){xd[0], fh, fw, c}) < 0) return NULL;
+    }
+    lk_status st;
+    LK_PY_CALL(st, lk_model_explain_forward(self->m, lp, fp, xp, (int)xd[0], (int)xd[2],
+                                            (int)xd[3]));
+    if (st != LK_OK) return lk_py_raise(st);
+    Py_RETURN_NONE;
+}
+static PyObject *model_explain_forward_carray(PyModel *self, PyObject *args) {
+    return with_carray_arg(self, args, 2, model_explain_forward_impl);
+}
+static PyObject *model_explain_forward(PyModel *self, PyObject *args) {
+    return locked_call(self, "explain_forward", model_explain_forward_carray, args);
+}
+
+static PyObject *model_explain_backward_impl(PyModel *self, PyObject *args) {
+    PyObject *dfeat, *dlogits;
+    if (!PyArg_ParseTuple(args, "OO:explain_backward", &dfeat, &dlogits)) return NULL;
+    lk_model_info info;
+    lk_model_get_info(self->m, &info);
+    if (!info.planned)
+        return PyErr_Format(PyExc_RuntimeError, "explain_backward needs explain_forward first");
+    const float *dl = lk_py_array(dlogits, "dlogits", NPY_FLOAT32, 2, 0, 0, NULL);
+    if (!dl) return NULL;
+    if (lk_py_shape(dlogits, "dlogits", 2, (npy_intp[]){info.plan_n, info.num_classes}) < 0)
+        return NULL;
+    float *dp = lk_py_array(dfeat, "dfeat", NPY_FLOAT32, 4, 1, 0, NULL);
+    if (!dp) return NULL;
+    int c, fh, fw;
+    lk_status st = lk_model_head_input_shape(self->m, info.plan_h, info.plan_w, &c, &fh, &fw);
+    if (st != LK_OK) return lk_py_raise(st);
+    if (lk_py_shape(dfeat, "dfeat", 4, (npy_intp[]){info.plan_n, fh, fw, c}) < 0) return NULL;
+    LK_PY_CALL(st, lk_model_explain_backward(self->m, dp, dl));
+    if (st != LK_OK) return lk_py_raise(st);
+    Py_RETURN_NONE;
+}
+LK_LOCKED(model_explain_backward, "explain_backward")
+
+static PyObject *model_head_maps_impl(PyModel *self, PyObject *args) {
+    PyObject *o[4];
+    static const char *names[4] = {"att", "s1", "s2", "attw"};
+    if (!PyArg_ParseTuple(args, "OOOO:head_maps", &o[0], &o[1], &o[2], &o[3])) return NULL;
+    lk_model_info info;
+    lk_model_get_info(self->m, &info);
+    if (!info.planned)
+        return PyErr_Format(PyExc_RuntimeError, "head_maps needs a preceding forward");
+    int c, fh, fw;
+    lk_status st = lk_model_head_input_shape(self->m, info.plan_h, info.plan_w, &c, &fh, &fw);
+    if (info.plan_flags & LK_FWD_FROM_FEATURES)
+        return PyErr_Format(PyExc_RuntimeError, "head_maps needs a forward from images");
+    if (st != LK_OK) return lk_py_raise(st);
+    float *p[4];
+    for (int i = 0; i < 4; i++) {
+        p[i] = lk_py_array(o[i], names[i], NPY_FLOAT32, i ? 3 : 2, 1, 1, NULL);
+        if (PyErr_Occurred()) return NULL;
+        if (!p[i]) continue;
+        int bad = i ? lk_py_shape(o[i], names[i], 3, (npy_intp[]){info.plan_n, fh, fw})
+                    : lk_py_shape(o[i], names[i], 2, (npy_intp[]){info.plan_n, c});
+        if (bad < 0) return NULL;
+    }
+    LK_PY_CALL(st, lk_model_head_maps(self->m, p[0], p[1], p[2], p[3]));
+    if (st != LK_OK) return lk_py_raise(st);
+    Py_RETURN_NONE;
+}
+LK_LOCKED(model_head_maps, "head_maps")
+
 static const char *policy_name(lk_policy p) {
     switch (p) {
     case LK_POLICY_ALL: return "all";
@@ -583,6 +682,14 @@ static PyMethodDef model_methods[] = {
      "features_shape(h, w) -> (C, FH, FW) of the frozen prefix's output."},
     {"backward", (PyCFunction)model_backward, METH_VARARGS,
      "backward(dx or None, dlogits, accumulate=False)."},
+    {"head_input_shape", (PyCFunction)model_head_input_shape, METH_VARARGS,
+     "head_input_shape(h, w) -> (C, FH, FW) of the head's input F."},
+    {"explain_forward", (PyCFunction)model_explain_forward, METH_VARARGS,
+     "explain_forward(logits, feat NHWC or None, x): eval-semantics forward keeping F."},
+    {"explain_backward", (PyCFunction)model_explain_backward, METH_VARARGS,
+     "explain_backward(dfeat NHWC, dlogits): d(sum dlogits*logits)/dF in eval semantics."},
+    {"head_maps", (PyCFunction)model_head_maps, METH_VARARGS,
+     "head_maps(att, s1, s2, attw), each None or an output: the head's attention maps."},
     {"info", (PyCFunction)model_info, METH_NOARGS, "Architecture and plan facts."},
     {"version", (PyCFunction)model_version, METH_NOARGS, "Parameter version."},
     {"bump_version", (PyCFunction)model_bump_version, METH_O,
