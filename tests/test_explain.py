@@ -80,6 +80,22 @@ def _reference(ref: torch.nn.Module, head: str, x: np.ndarray, target=None, f=No
     return y.detach().numpy(), ft.detach().numpy(), ft.grad.numpy(), r
 
 
+def _check_df(df: np.ndarray, rdf: np.ndarray, f: np.ndarray) -> None:
+    """dF against the reference. Where a channel's max over positions is tied (dead
+    channels: F = 0 everywhere) the global max pool's gradient is a choice: torch splits
+    it over the tied positions, the core gives it to the first. There only the sum over
+    positions (what Grad-CAM's weights use) is compared."""
+    flat = f.reshape(*f.shape[:2], -1)
+    tied = (flat == flat.max(2, keepdims=True)).sum(2) > 1  # [N, C]
+    assert tied.mean() < 0.5, "too few channels left to compare elementwise"
+    scale = max(float(np.abs(rdf).max()), 1e-30)
+    err = np.abs(df - rdf)[~tied].max() / scale
+    assert err < GRAD_RTOL, f"dF: {err:.3g}"
+    s, rs = df.sum((2, 3)), rdf.sum((2, 3))
+    err = np.abs(s - rs).max() / max(float(np.abs(rs).max()), 1e-30)
+    assert err < GRAD_RTOL, f"dF summed over positions: {err:.3g}"
+
+
 def _reference_cam(f: np.ndarray, df: np.ndarray, h: int, w: int) -> np.ndarray:
     ft, dft = torch.from_numpy(f), torch.from_numpy(df)
     cam = torch.relu((dft.mean((2, 3))[:, :, None, None] * ft).sum(1))
@@ -104,12 +120,30 @@ def test_feature_gradient_and_grad_cam_match_autograd(pair, target):
         assert np.array_equal(logits.argmax(1), y.argmax(1))
     _, _, rdf, _ = _reference(ref, head, x, target, f=f)
     assert np.abs(rdf).max() > 0
-    assert _rel(df, rdf) < GRAD_RTOL, f"dF: {_rel(df, rdf):.3g}"
+    _check_df(df, rdf, f)
     cams = E.grad_cam(m, x, target)
     want = _reference_cam(f.astype(np.float64), rdf, 96, 64)
     assert cams.shape == (2, 96, 64) and cams.dtype == np.float32
     assert cams.min() == 0.0 and set(cams.max((1, 2)).tolist()) <= {0.0, 1.0}
     np.testing.assert_allclose(cams, want, rtol=0, atol=CAM_ATOL)
+
+
+@pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
+def test_ablation_heads_feature_gradient_and_maps(head):
+    ref = _randomised_reference(ARCH, head, 2, seed=13)
+    _shrink_residual_branches(ref)
+    _calibrate(ref, _images(6, 64, 64, seed=14))
+    ref.eval()
+    m = _ours_from(ref, ARCH, head, 2, "last_block")
+    x = _images(2, 96, 64, seed=15)
+    logits, f, df = E.feature_gradients(m, x, 0)
+    y, _, rdf, _ = _reference(ref, head, x, 0, f=f)
+    assert _rel(logits, y) < LOGIT_RTOL
+    _check_df(df, rdf, f)
+    maps = E.attention_maps(m, x)
+    assert (maps.channel is None) == (head == "spatial_attention")
+    assert (maps.spatial1 is None) == (head == "channel_attention")
+    assert maps.spatial2 is None and maps.pool is None
 
 
 def test_any_dlogits_is_a_linear_combination(pair):
