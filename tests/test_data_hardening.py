@@ -493,6 +493,15 @@ def test_class_folders_count_each_real_file_once(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 
+def _fuzz_rss_limit_mb(budget_mb: int = 2048) -> int:
+    """libFuzzer's RSS limit for a child process: Linux carries the peak RSS of this
+    (pytest) process over fork and exec into the child's ru_maxrss, which libFuzzer reads
+    as its own usage; so the budget is counted on top of the parent's peak."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + budget_mb
+
+
 @pytest.mark.parametrize("harness", ["fuzz_cnmc_csv", "fuzz_image"])
 def test_fuzz_harness_short_fixed_seed_run(harness: str, tmp_path: Path) -> None:
     """A few seconds of each harness: only DatasetError or a BadImage reason may come out.
@@ -507,7 +516,7 @@ def test_fuzz_harness_short_fixed_seed_run(harness: str, tmp_path: Path) -> None
             "-runs=1500",
             "-seed=1",
             f"-artifact_prefix={tmp_path}/",
-            "-rss_limit_mb=2048",
+            f"-rss_limit_mb={_fuzz_rss_limit_mb()}",
             "-timeout=20",
         ],
         capture_output=True,

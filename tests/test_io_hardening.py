@@ -605,6 +605,15 @@ def test_existing_directory_is_refused_before_writing(tmp_path, monkeypatch):
 # ----------------------------------------------------------------- 6. fuzzing
 
 
+def _fuzz_rss_limit_mb(budget_mb: int = 2048) -> int:
+    """libFuzzer's RSS limit for a child process: Linux carries the peak RSS of this
+    (pytest) process over fork and exec into the child's ru_maxrss, which libFuzzer reads
+    as its own usage; so the budget is counted on top of the parent's peak."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + budget_mb
+
+
 @pytest.mark.parametrize("harness", ["fuzz_pth.py", "fuzz_safetensors.py"])
 def test_fuzz_harness_short_fixed_seed_run(tmp_path, harness):
     """A few thousand executions: only CheckpointError may escape the readers."""
@@ -614,7 +623,7 @@ def test_fuzz_harness_short_fixed_seed_run(tmp_path, harness):
         str(REPO / "tests" / "fuzz" / harness),
         "-runs=3000",
         "-seed=1",
-        "-rss_limit_mb=2048",
+        f"-rss_limit_mb={_fuzz_rss_limit_mb()}",
         "-max_len=8192",
         "-timeout=20",
         f"-artifact_prefix={tmp_path}{os.sep}",  # findings land here, not in the repo
