@@ -1010,7 +1010,7 @@ def _explain(args: argparse.Namespace) -> int:
     from . import explain as E
     from .data.datasets import load_image
     from .data.transforms import eval_transform
-    from .evaluation import load_run
+    from .evaluation import load_run, softmax
     from .io.atomic import atomic_write
 
     files = _image_files(args.images)
@@ -1042,8 +1042,7 @@ def _explain(args: argparse.Namespace) -> int:
         maps = E.attention_maps(model, x) if model.head != "linear" else None
         logits, feat, dfeat = E.feature_gradients(model, x, target)
         cams = E.cam_from_gradients(feat, dfeat, x.shape[2], x.shape[3])
-        z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        probs = softmax(logits)
         for j, (f, cell) in enumerate(zip(batch, cells, strict=True)):
             cls = int(probs[j].argmax()) if target is None else target
             tiles = [

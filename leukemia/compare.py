@@ -41,7 +41,7 @@ from . import metrics as M
 from .data.datasets import CLASS_NAMES, Sample, load_dataset
 from .data.splits import Split, image_split, patient_split
 from .ensemble import Ensemble, fit_mixture_weights
-from .evaluation import load_run, predict
+from .evaluation import load_run, predict, subject_uncertainty
 from .io.atomic import atomic_write
 
 __all__ = ["MODELS", "ComparisonResult", "compare"]
@@ -98,18 +98,13 @@ def _row(
 ) -> dict[str, Any]:
     pred = probs.argmax(1)
     precision, recall, f1, _ = M.precision_recall_f1(labels, pred, 2)
-    ci_f1 = M.bootstrap_ci(
-        lambda y, p: M.weighted_f1(y, p.argmax(1), 2),
-        labels,
-        probs,
-        groups=groups,
-        n_boot=n_boot,
-        seed=0,
-    )
-    ci_auc = M.bootstrap_ci(
-        lambda y, p: M.roc_auc(y, p[:, 1]), labels, probs, groups=groups, n_boot=n_boot, seed=0
-    )
-    subj = M.subject_level(labels, probs[:, 1], groups, rule="mean")
+    intervals, subject = subject_uncertainty(labels, probs, groups, n_boot)
+    missing = {"weighted_f1", "roc_auc"} - set(intervals)
+    if missing or "mean_probability" not in subject:
+        raise ValueError(
+            f"{name}: {', '.join(sorted(missing)) or 'the subject-level diagnosis'} is "
+            "undefined on the test side (one class only, or a subject with both labels)"
+        )
     return {
         "model": name,
         "split": split,
@@ -118,12 +113,16 @@ def _row(
         "recall": float(recall[1]),
         "f1": float(f1[1]),
         "weighted_f1": M.weighted_f1(labels, pred, 2),
-        "weighted_f1_ci": [float(ci_f1.low), float(ci_f1.high)],
+        "weighted_f1_ci": intervals["weighted_f1"],
         "roc_auc": M.roc_auc(labels, probs[:, 1]),
-        "roc_auc_ci": [float(ci_auc.low), float(ci_auc.high)],
-        "subject_accuracy": M.accuracy(subj.y_true, subj.pred),
+        "roc_auc_ci": intervals["roc_auc"],
+        "subject_accuracy": subject["mean_probability"]["accuracy"],
         **extra,
     }
+
+
+def _train_seconds(history: list[dict[str, Any]]) -> float:
+    return float(sum(h.get("seconds", 0.0) for h in history))
 
 
 def _three_way(samples: Sequence[Sample], seed: int) -> tuple[Split, Split]:
@@ -181,7 +180,6 @@ def compare(
         options.update(policy="last_block", weights=weights)
 
     def train(
-        name: str,
         arch: str,
         head: str,
         split_train: list[Sample],
@@ -204,14 +202,14 @@ def compare(
     times: list[float] = []
     runs: list[Any] = []
     for name, arch, head in models:
-        result = train(name, arch, head, inner.train, inner.test, out / "runs" / _slug(name))
+        result = train(arch, head, inner.train, inner.test, out / "runs" / _slug(name))
         run = load_run(result.run_dir)
         runs.append(run)
         t0 = time.perf_counter()
         p_test = predict(run, test, batch_size=2 * batch_size)
         infer = len(test) / max(time.perf_counter() - t0, 1e-9)
         p_val = predict(run, inner.test, batch_size=2 * batch_size)
-        seconds = float(sum(h.get("seconds", 0.0) for h in result.history))
+        seconds = _train_seconds(result.history)
         times.append(seconds)
         test_probs.append(p_test)
         val_probs.append(p_val)
@@ -264,7 +262,6 @@ def compare(
         inner_leaky = image_split(split.train, 0.2, seed + 1)
         name, arch, head = models[0]
         result = train(
-            name,
             arch,
             head,
             inner_leaky.train,
@@ -286,7 +283,7 @@ def compare(
                 bootstrap,
                 {
                     "parameters": run.model.num_parameters(),
-                    "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
+                    "train_seconds": _train_seconds(result.history),
                     "infer_img_per_s": float("nan"),
                 },
             )

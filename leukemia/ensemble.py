@@ -28,7 +28,7 @@ from ._util import is_int
 from .data.datasets import Sample
 from .data.loader import DataLoader
 from .data.transforms import eval_transform
-from .evaluation import Run, _as_samples, load_run
+from .evaluation import Run, _as_samples, load_run, softmax
 from .models.efficientnet import EfficientNet
 
 __all__ = ["DIHEDRAL", "METHODS", "Ensemble", "TTA"]
@@ -57,14 +57,6 @@ _TIE_BREAK = 1e-6
 
 Member = EfficientNet | Run | str | os.PathLike
 Images = Sequence[Sample | str | os.PathLike] | np.ndarray
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Softmax in float64, as :func:`leukemia.evaluation.predict` computes it."""
-    z = z.astype(np.float64)
-    z -= z.max(1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(1, keepdims=True)
 
 
 def _check_transforms(transforms: object) -> tuple[str, ...]:
@@ -349,7 +341,7 @@ class Ensemble:
             xt = np.ascontiguousarray(_TRANSFORMS[name](x))
             # seed=0: eval mode draws nothing, and a fixed seed leaves the model's own
             # seed sequence (used by later train-mode forwards) where it was
-            p = _softmax(model.forward(xt, seed=0))
+            p = softmax(model.forward(xt, seed=0))
             acc = p if acc is None else acc + p
         assert acc is not None
         return acc / len(self.transforms)

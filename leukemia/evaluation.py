@@ -30,7 +30,15 @@ from .models.efficientnet import EfficientNet
 if TYPE_CHECKING:
     from .ensemble import Ensemble
 
-__all__ = ["Evaluation", "Run", "evaluate", "load_run", "predict"]
+__all__ = ["Evaluation", "Run", "evaluate", "load_run", "predict", "softmax"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, K] (float64) from logits [N, K], computed stably."""
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
 
 
 @dataclass
@@ -144,10 +152,7 @@ def predict(
             leave=False,
             unit="batch",
         ):
-            z = model.forward(x, seed=0).astype(np.float64)  # seed: leave its sequence
-            z -= z.max(1, keepdims=True)
-            p = np.exp(z)
-            out.append(p / p.sum(1, keepdims=True))
+            out.append(softmax(model.forward(x, seed=0)))  # seed: leave its sequence
     finally:
         loader.close()
         model.train(was_training)
@@ -329,7 +334,11 @@ def evaluate(
             }
         )
     subject_accuracy = float(np.mean([r["call"] == r["label"] for r in rows]))
-    intervals, subject_metrics = _uncertainty(labels, probs, samples, bootstrap)
+    groups = np.array([s.subject if s.subject is not None else str(s.path) for s in samples])
+    has_subjects = all(s.subject is not None for s in samples)
+    intervals, subject_metrics = subject_uncertainty(
+        labels, probs, groups, bootstrap, subject_level=has_subjects
+    )
     return Evaluation(
         metrics,
         rows,
@@ -352,13 +361,19 @@ def _natural_key(text: str) -> tuple:
     return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", text))
 
 
-def _uncertainty(
-    labels: np.ndarray, probs: np.ndarray, samples: Sequence[Sample], n_boot: int
-) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Subject-bootstrap intervals of the headline metrics, and subject-level scores."""
+def subject_uncertainty(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    n_boot: int,
+    subject_level: bool = True,
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """95 % intervals of accuracy, weighted F1 and (two classes) ROC AUC from ``n_boot``
+    draws that resample the ``groups`` (subjects), and, with two classes and
+    ``subject_level``, the subject-level scores of both calling rules ("mean_probability",
+    "fraction_called"). A metric undefined on these samples is left out."""
     from . import metrics as M
 
-    groups = np.array([s.subject if s.subject is not None else str(s.path) for s in samples])
     k = probs.shape[1]
     intervals: dict[str, list[float]] = {}
     if n_boot and len(set(groups.tolist())) >= 2:
@@ -375,7 +390,7 @@ def _uncertainty(
                 continue
             intervals[name] = [float(ci.low), float(ci.high)]
     subject: dict[str, dict[str, float]] = {}
-    if k == 2 and all(s.subject is not None for s in samples):
+    if k == 2 and subject_level:
         # a patient's call from all of their cells: the mean probability of blast, or the
         # fraction of cells called blast (each called at 0.5)
         for rule, key in (("mean", "mean_probability"), ("fraction", "fraction_called")):

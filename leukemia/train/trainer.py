@@ -38,6 +38,7 @@ from ..data.datasets import CLASS_NAMES, Dataset, Sample, load_dataset
 from ..data.loader import DataLoader
 from ..data.splits import Split, make_split
 from ..data.transforms import eval_transform, train_transform
+from ..evaluation import softmax
 from ..functional.loss import cross_entropy_backward, cross_entropy_forward
 from ..metrics import classification_report
 from ..models.efficientnet import EfficientNet
@@ -127,16 +128,6 @@ def _step_seed(seed: int, step: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
     return (z ^ (z >> 31)) % 2**63
-
-
-def _softmax_ce(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """Probabilities and the mean unweighted cross-entropy (float64), for reporting."""
-    z = logits.astype(np.float64)
-    z -= z.max(1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(1, keepdims=True)
-    nll = -np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-300))
-    return p, float(nll.mean())
 
 
 @dataclass
@@ -902,7 +893,7 @@ class Trainer:
                             f"after epoch {epoch + 1} (e.g. {loader.samples[int(idx[0])].path});"
                             " its weights diverged: lower the learning rate"
                         )
-                    probs[idx] = _softmax_ce(logits, labels[idx])[0]
+                    probs[idx] = softmax(logits)
                     bar.update(1)
                     if self._stop:
                         return None
