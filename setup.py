@@ -57,24 +57,13 @@ include_dirs = [
 rpaths = ["$ORIGIN/../../..", os.path.join(sys.prefix, "lib")]
 
 
-def _cpu_flags() -> set[str]:
-    """Flags of the build machine's CPU (the extension is compiled where it runs)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 debug = os.environ.get("LEUKEMIA_DEBUG") == "1"
-# The plain-C kernels auto-vectorise; allow AVX2/FMA where the CPU has them (oneDNN
-# dispatches at run time on its own).
-simd = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= _cpu_flags() else []
+# No build-machine-only flags (no -mavx2, no -march=native): a wheel built on one
+# x86-64 machine must run on any other. The hand-written kernels carry AVX2 and
+# AVX-512 variants (__attribute__((target))) and pick one at run time
+# (csrc/core/lk_cpu.h); oneDNN dispatches its own JIT kernels.
 cflags = ["-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
-cflags += ["-O0", "-g"] if debug else ["-O3", *simd]
+cflags += ["-O0", "-g"] if debug else ["-O3"]
 
 ext = Extension(
     "leukemia._core",

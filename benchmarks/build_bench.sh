@@ -16,6 +16,6 @@ mkdir -p "$OUT"
 # shellcheck disable=SC2086
 $CC -std=c11 -fopenmp -O3 $LK_SIMD -Wall -Wextra -Wno-unused-parameter \
     -Icsrc/core -Icsrc/layers -Icsrc/blocks -Icsrc/model -I"$DNNL_INC" \
-    csrc/core/*.c csrc/layers/*.c csrc/tests/bench_layers.c \
+    csrc/core/*.c csrc/layers/*.c csrc/model/optim.c csrc/tests/bench_layers.c \
     -L"$DNNL_LIB" -l:libdnnl.so.3 -Wl,-rpath,"$DNNL_LIB" -lm -o "$OUT/bench_layers" >&2
 echo "$ROOT/$OUT/bench_layers"

@@ -6,13 +6,19 @@ The compiled core (`leukemia._core`) is imported lazily so that the pure-Python 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __version__ = "0.1.0"
 
+_KERNEL_ISA_ENV = "LEUKEMIA_KERNEL_ISA"
+_env_isa_checked = False
+
 
 def _ext() -> Any:
-    """Return the compiled extension module, with a clear error if it is missing."""
+    """Return the compiled extension module, with a clear error if it is missing or if
+    LEUKEMIA_KERNEL_ISA names a kernel path this CPU cannot run."""
+    global _env_isa_checked
     try:
         from . import _core as core
     except ImportError as exc:  # pragma: no cover - exercised only on broken installs
@@ -21,12 +27,47 @@ def _ext() -> Any:
             f"{exc}. Reinstall with `pip install -e .` so that it is compiled "
             "against onednn-cpu-gomp."
         ) from exc
+    if not _env_isa_checked:
+        # The core falls back to the automatic choice for a bad value (it never
+        # reports by itself); refuse it here, on every call until it is fixed.
+        want = os.environ.get(_KERNEL_ISA_ENV, "").strip()
+        if want:
+            try:
+                core.set_kernel_isa(want)
+            except ValueError as exc:
+                msg = f"environment variable {_KERNEL_ISA_ENV}={want!r}: {exc}"
+                raise ValueError(msg) from None
+        _env_isa_checked = True
     return core
 
 
 def build_info() -> dict[str, Any]:
-    """oneDNN version, CPU runtime, dispatched ISA and thread count of the C core."""
+    """oneDNN version, CPU runtime, the ISA oneDNN dispatches (`isa`), the hand-written
+    kernels' path (`kernel_isa`, see `set_kernel_isa`) and thread count of the C core."""
     return _ext().build_info()
+
+
+def set_kernel_isa(name: str) -> str:
+    """Choose the instruction set of the hand-written C kernels (SiLU, depthwise
+    weight gradient, dropout, attention gates...): "avx512", "avx2", "c" (portable)
+    or "auto" (the widest this CPU has, capped by ONEDNN_MAX_CPU_ISA). Returns the path
+    in force. The LEUKEMIA_KERNEL_ISA environment variable sets it at start-up.
+    oneDNN's own kernels are not affected (ONEDNN_MAX_CPU_ISA caps those).
+
+    Raises ValueError for an unknown name or a path this CPU cannot run."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_kernel_isa: name must be a str, got {type(name).__name__}")
+    return str(_ext().set_kernel_isa(name))
+
+
+def get_kernel_isa() -> str:
+    """The hand-written kernels' instruction set in force: "avx512", "avx2" or "c"."""
+    return str(_ext().build_info()["kernel_isa"])
+
+
+def kernel_isas() -> list[str]:
+    """The hand-written kernel paths this CPU can run, widest first (always ends in "c")."""
+    return [str(v) for v in _ext().kernel_isas()]
 
 
 def set_num_threads(n: int) -> int:

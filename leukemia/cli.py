@@ -351,6 +351,11 @@ def _info(args: argparse.Namespace) -> int:
         f"oneDNN {info['onednn_version']} ({info['cpu_runtime']} runtime), "
         f"ISA {info['isa']}, {info['num_threads']} threads"
     )
+    print(
+        f"hand-written kernels: {info['kernel_isa']} (this CPU runs: "
+        f"{', '.join(leukemia.kernel_isas())}; LEUKEMIA_KERNEL_ISA or "
+        "leukemia.set_kernel_isa() chooses)"
+    )
     if args.models:
         from .models import ARCHS, EfficientNet
 

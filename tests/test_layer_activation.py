@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _gradcheck import FD_RTOL, FWD_RTOL, GRAD_RTOL, assert_close, directional_fd, probe
+from _kernel_isa import kernel_isa  # noqa: F401  (fixture: every kernel path of this CPU)
 
 from leukemia import _ext
 from leukemia.functional import (
@@ -135,11 +136,8 @@ def test_activation_bad_inputs():
 
 # SiLU is a hand-written kernel (exp by range reduction and a polynomial), so its
 # tails and special values are checked against torch directly.
-@pytest.mark.parametrize("isa", [None, "AVX2", "SSE41"])
-def test_silu_extreme_inputs_follow_torch(isa, monkeypatch):
-    # isa caps the kernel like oneDNN's ONEDNN_MAX_CPU_ISA (AVX-512 / AVX2 / plain C).
-    if isa:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+@pytest.mark.usefixtures("kernel_isa")  # AVX-512, AVX2 and plain-C kernels
+def test_silu_extreme_inputs_follow_torch():
     x = np.concatenate(
         [
             np.linspace(-88.0, 88.0, 20011),
@@ -174,10 +172,8 @@ def test_silu_extreme_inputs_follow_torch(isa, monkeypatch):
     np.testing.assert_array_equal(dx[zero], r[zero] / 2)
 
 
-@pytest.mark.parametrize("isa", [None, "AVX2", "SSE41"])
-def test_silu_special_values_follow_torch(isa, monkeypatch):
-    if isa:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+@pytest.mark.usefixtures("kernel_isa")
+def test_silu_special_values_follow_torch():
     # torch: silu(nan) = nan, silu(inf) = inf, silu(-inf) = nan; gradient nan at all three.
     special = np.array([np.nan, np.inf, -np.inf, -np.nan], np.float32)
     x = np.concatenate([special, np.linspace(-3, 3, 17, dtype=np.float32), special])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _gradcheck import FD_RTOL, FWD_RTOL, GRAD_RTOL, assert_close, directional_fd, probe
+from _kernel_isa import kernel_isa  # noqa: F401  (fixture: every kernel path of this CPU)
 
 from leukemia import _ext, get_num_threads, set_num_threads
 from leukemia.functional import (
@@ -204,6 +205,7 @@ def test_softmax_bad_inputs():
         _ext().spatial_softmax_backward(np.zeros((2, 18), np.float32)[:, ::2], x, x)
 
 
+@pytest.mark.usefixtures("kernel_isa")  # AVX-512, AVX2 and plain-C kernels
 @pytest.mark.parametrize("case", GATE_CASES, ids=[str(c) for c in GATE_CASES])
 def test_spatial_mul_matches_torch_and_fd(case):
     n, c, h, w = case
@@ -230,6 +232,7 @@ def test_spatial_mul_matches_torch_and_fd(case):
     assert directional_fd(fm, m, dm, rng) < FD_RTOL
 
 
+@pytest.mark.usefixtures("kernel_isa")
 @pytest.mark.parametrize("case", GATE_CASES, ids=[str(c) for c in GATE_CASES])
 def test_weighted_sum_matches_torch_and_fd(case):
     n, c, h, w = case

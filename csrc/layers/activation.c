@@ -6,8 +6,8 @@
  * ReLU6 (clip_v2 [0, 6]) differentiate at the pre-activation x, sigmoid
  * (logistic_use_dst_for_bwd) at the output y, so y need not be recomputed.
  *
- * SiLU is plain C (AVX2+FMA intrinsics where the CPU has them, chosen at run
- * time; portable C otherwise): oneDNN's swish was 2.5x (forward) and 3.2x
+ * SiLU is hand-written: AVX-512 or AVX2+FMA intrinsics where the CPU has them,
+ * portable C otherwise, chosen at run time (lk_cpu.h): oneDNN's swish was 2.5x (forward) and 3.2x
  * (backward) slower than PyTorch at EfficientNet shapes. Its backward, too,
  * differentiates at x. See silu_* below for the numerics.
  *
@@ -24,6 +24,7 @@
 #include <omp.h>
 #endif
 
+#include "lk_cpu.h"
 #include "lk_layers.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -226,24 +227,11 @@ LK_AVX512 static void silu_bwd_avx512(float *dx, const float *dy, const float *x
 }
 #endif
 
-enum { SILU_C, SILU_AVX2, SILU_AVX512 };
+enum { SILU_C = LK_ISA_C, SILU_AVX2 = LK_ISA_AVX2, SILU_AVX512 = LK_ISA_AVX512 };
 
-/* The widest kernel the CPU runs, capped like oneDNN by ONEDNN_MAX_CPU_ISA (so
- * `--max-isa avx2` benchmarks and tests see what an AVX2-only machine runs). */
-static int silu_isa(void) {
-#ifdef LK_SILU_X86
-    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
-    int max = SILU_AVX512;
-    if (cap && *cap && !strstr(cap, "512") &&
-        strncmp(cap, "ALL", 3) != 0 && strncmp(cap, "all", 3) != 0)
-        max = (strstr(cap, "AVX2") || strstr(cap, "avx2")) ? SILU_AVX2 : SILU_C;
-    __builtin_cpu_init();
-    if (max >= SILU_AVX512 && __builtin_cpu_supports("avx512f")) return SILU_AVX512;
-    if (max >= SILU_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return SILU_AVX2;
-#endif
-    return SILU_C;
-}
+/* The kernel path in force (lk_cpu.h: the widest the CPU has, capped by
+ * ONEDNN_MAX_CPU_ISA, or forced by LEUKEMIA_KERNEL_ISA / lk_kernel_isa_set). */
+static int silu_isa(void) { return (int)lk_kernel_isa(); }
 
 /* Below this many floats one thread is faster than waking the others. */
 #define SILU_PAR_MIN 32768

@@ -6,25 +6,30 @@
  * channels: a work item owns up to 64 channels (four cache lines per pixel) and
  * a range of kernel rows, and for each (n, oy, kernel row) it sums
  * dy[n, oy, ox, c] * x[n, iy, ix, c] over ox in registers (one AVX2 accumulator
- * per tap and 8 channels), then adds that row sum to the item's accumulator.
+ * per tap and 8 channels; AVX-512: 16 channels), then adds that row sum to the
+ * item's accumulator. The instruction set is chosen at run time (lk_cpu.h).
  *
  * Determinism: each dw element belongs to exactly one item and is summed over
- * (n, oy) and then ox in ascending order; which code path (16, 8 or scalar
- * channels) serves a channel depends only on C. So results are identical for
- * every thread count and every split of the kernel rows into items.
+ * (n, oy) and then ox in ascending order; which code path (32, 16, 8 or scalar
+ * channels) serves a channel depends only on C and the instruction set, and the
+ * vector paths all add the same fused products per lane. So results are
+ * identical for every thread count and every split of the kernel rows into
+ * items (and the same bits with AVX2 or AVX-512; plain C rounds each product).
  */
 #include <stddef.h>
 #include <string.h>
 
+#include "lk_cpu.h"
 #include "lk_dwconv.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef LK_X86
 #include <immintrin.h>
 #define LK_DW_X86 1
-#define LK_DW_TARGET __attribute__((target("avx2,fma")))
+#define LK_DW_TARGET LK_TARGET_AVX2
+#define LK_DW_TARGET512 LK_TARGET_AVX512
 #define LK_DW_INLINE __attribute__((always_inline)) inline
 #endif
 
@@ -105,8 +110,6 @@ static LK_DW_TARGET LK_DW_INLINE void dw_row_avx2(float *restrict acc, const flo
         }
 }
 
-typedef void (*dw_row_fn)(float *restrict, const float *restrict, const float *restrict,
-                          const dw_shape *);
 #define DW_ROW(K, V)                                                                          \
     static LK_DW_TARGET void dw_row_k##K##_v##V(float *restrict acc, const float *restrict xr, \
                                                 const float *restrict dyr, const dw_shape *s) { \
@@ -120,23 +123,78 @@ DW_ROW(7, 1)
 DW_ROW(7, 2)
 #undef DW_ROW
 
-static int dw_have_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+/* The AVX2 row sum with 16 channels per register: 16*NV channels, KW*NV <= 14
+ * accumulators. */
+static LK_DW_TARGET512 LK_DW_INLINE void dw_row_avx512(float *restrict acc,
+                                                        const float *restrict xr,
+                                                        const float *restrict dyr,
+                                                        const dw_shape *s, const int KW,
+                                                        const int NV) {
+    const int C = s->c, sw = s->sw, pl = s->pl, iw = s->iw, ow = s->ow;
+    __m512 a[7][2], d[2];
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) a[j][v] = _mm512_setzero_ps();
+    int lo = s->lo < ow ? s->lo : ow, hi = s->hi < ow ? s->hi : ow, ox = 0;
+    if (hi < lo) hi = lo;
+#define DW_EDGE_STEP                                                                   \
+    do {                                                                               \
+        for (int v = 0; v < NV; v++) d[v] = _mm512_loadu_ps(dyr + (ptrdiff_t)ox * C + 16 * v); \
+        for (int j = 0; j < KW; j++) {                                                 \
+            int ix = ox * sw - pl + j;                                                 \
+            if (ix < 0 || ix >= iw) continue;                                          \
+            const float *xp = xr + (ptrdiff_t)ix * C;                                  \
+            for (int v = 0; v < NV; v++)                                               \
+                a[j][v] = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xp + 16 * v), a[j][v]); \
+        }                                                                              \
+    } while (0)
+    for (; ox < lo; ox++) DW_EDGE_STEP;
+    for (; ox < hi; ox++) {
+        const float *xp = xr + (ptrdiff_t)(ox * sw - pl) * C;
+        for (int v = 0; v < NV; v++) d[v] = _mm512_loadu_ps(dyr + (ptrdiff_t)ox * C + 16 * v);
+        for (int j = 0; j < KW; j++)
+            for (int v = 0; v < NV; v++)
+                a[j][v] = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xp + (ptrdiff_t)j * C + 16 * v),
+                                          a[j][v]);
+    }
+    for (; ox < ow; ox++) DW_EDGE_STEP;
+#undef DW_EDGE_STEP
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) {
+            float *p = acc + j * DW_GW + 16 * v;
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), a[j][v]));
+        }
 }
+
+#define DW_ROW512(K, V)                                                                  \
+    static LK_DW_TARGET512 void dw_row512_k##K##_v##V(float *restrict acc,              \
+                                                       const float *restrict xr,        \
+                                                       const float *restrict dyr,       \
+                                                       const dw_shape *s) {             \
+        dw_row_avx512(acc, xr, dyr, s, K, V);                                            \
+    }
+DW_ROW512(3, 1)
+DW_ROW512(3, 2)
+DW_ROW512(5, 1)
+DW_ROW512(5, 2)
+DW_ROW512(7, 1)
+DW_ROW512(7, 2)
+#undef DW_ROW512
 #endif /* LK_DW_X86 */
 
 int lk_dwconv_bwd_weights_vectorised(int kw) {
 #ifdef LK_DW_X86
-    return dw_have_avx2() && (kw == 3 || kw == 5 || kw == 7);
+    return lk_kernel_isa() >= LK_ISA_AVX2 && (kw == 3 || kw == 5 || kw == 7);
 #else
     (void)kw;
     return 0;
 #endif
 }
 
+typedef void (*dw_row_fn)(float *restrict, const float *restrict, const float *restrict,
+                          const dw_shape *);
+/* Row kernels for 32, 16 and 8 channels (NULL: not available). */
 typedef struct dw_rows {
-    void (*r16)(float *restrict, const float *restrict, const float *restrict, const dw_shape *);
-    void (*r8)(float *restrict, const float *restrict, const float *restrict, const dw_shape *);
+    dw_row_fn r32, r16, r8;
 } dw_rows;
 
 /* One work item: channels [c0, c1) (c1 - c0 <= DW_GW), kernel rows [i0, i1). */
@@ -155,7 +213,10 @@ static void dw_item(float *restrict dw, const float *restrict x, const float *re
                 float *ar = acc + (ptrdiff_t)(i - i0) * kw * DW_GW;
                 for (int cc = c0; cc < c1;) {
                     int w = c1 - cc;
-                    if (w >= 16 && rows->r16) {
+                    if (w >= 32 && rows->r32) {
+                        rows->r32(ar + (cc - c0), xr + cc, dyr + cc, s);
+                        w = 32;
+                    } else if (w >= 16 && rows->r16) {
                         rows->r16(ar + (cc - c0), xr + cc, dyr + cc, s);
                         w = 16;
                     } else if (w >= 8 && rows->r8) {
@@ -247,10 +308,14 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
 
     dw_rows rows = {0};
 #ifdef LK_DW_X86
-    if (lk_dwconv_bwd_weights_vectorised(kw)) {
-        if (kw == 3) rows = (dw_rows){dw_row_k3_v2, dw_row_k3_v1};
-        if (kw == 5) rows = (dw_rows){dw_row_k5_v2, dw_row_k5_v1};
-        if (kw == 7) rows = (dw_rows){dw_row_k7_v2, dw_row_k7_v1};
+    if (lk_dwconv_bwd_weights_vectorised(kw) && lk_kernel_isa() == LK_ISA_AVX512) {
+        if (kw == 3) rows = (dw_rows){dw_row512_k3_v2, dw_row512_k3_v1, dw_row_k3_v1};
+        if (kw == 5) rows = (dw_rows){dw_row512_k5_v2, dw_row512_k5_v1, dw_row_k5_v1};
+        if (kw == 7) rows = (dw_rows){dw_row512_k7_v2, dw_row512_k7_v1, dw_row_k7_v1};
+    } else if (lk_dwconv_bwd_weights_vectorised(kw)) {
+        if (kw == 3) rows = (dw_rows){NULL, dw_row_k3_v2, dw_row_k3_v1};
+        if (kw == 5) rows = (dw_rows){NULL, dw_row_k5_v2, dw_row_k5_v1};
+        if (kw == 7) rows = (dw_rows){NULL, dw_row_k7_v2, dw_row_k7_v1};
     }
 #endif
     int nthreads = 1;
@@ -270,23 +335,34 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
     return LK_OK;
 }
 
+/* db[c0 .. c0 + w) = sum over rows of dy [rows, OW, C] (w <= DW_GW). */
+LK_ALWAYS_INLINE void dw_bias_block_body(float *db, const float *dy, ptrdiff_t rows, int ow, int c,
+                                         int c0, int w) {
+    float acc[DW_GW] = {0}, r[DW_GW];
+    for (ptrdiff_t y = 0; y < rows; y++) {
+        const float *d = dy + y * ow * c + c0; /* [OW, C] */
+        memset(r, 0, sizeof r);
+        for (int ox = 0; ox < ow; ox++)
+            for (int k = 0; k < w; k++) r[k] += d[(ptrdiff_t)ox * c + k];
+        for (int k = 0; k < w; k++) acc[k] += r[k];
+    }
+    memcpy(db + c0, acc, sizeof(float) * (size_t)w);
+}
+LK_KERNEL_CLONES(dw_bias_block,
+                 (float *db, const float *dy, ptrdiff_t rows, int ow, int c, int c0, int w),
+                 (db, dy, rows, ow, c, c0, w))
+
 lk_status lk_dwconv_bwd_bias(float *db, const float *dy, int n, int c, int oh, int ow) {
     LK_REQUIRE(db && dy, "dwconv bwd_b: NULL argument");
     LK_REQUIRE(n > 0 && c > 0 && oh > 0 && ow > 0, "dwconv bwd_b: sizes must be positive");
     const int nblk = (c + DW_GW - 1) / DW_GW;
     const ptrdiff_t rows = (ptrdiff_t)n * oh;
+    void (*block)(float *, const float *, ptrdiff_t, int, int, int, int) =
+        LK_KERNEL_PICK(dw_bias_block);
 #pragma omp parallel for schedule(static) if ((double)rows * ow * c >= DW_PAR_MIN && nblk > 1)
     for (int blk = 0; blk < nblk; blk++) {
         int c0 = blk * DW_GW, w = c0 + DW_GW < c ? DW_GW : c - c0;
-        float acc[DW_GW] = {0}, r[DW_GW];
-        for (ptrdiff_t y = 0; y < rows; y++) {
-            const float *d = dy + y * ow * c + c0; /* [OW, C] */
-            memset(r, 0, sizeof r);
-            for (int ox = 0; ox < ow; ox++)
-                for (int k = 0; k < w; k++) r[k] += d[(ptrdiff_t)ox * c + k];
-            for (int k = 0; k < w; k++) acc[k] += r[k];
-        }
-        memcpy(db + c0, acc, sizeof(float) * (size_t)w);
+        block(db, dy, rows, ow, c, c0, w);
     }
     return LK_OK;
 }

@@ -3,7 +3,9 @@
 #define LK_PY_MODULE_MAIN
 #include "lk_py.h"
 
+#include "lk_cpu.h"
 #include "lk_dnnl.h"
+#include "lk_dwconv.h"
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     lk_build_info info;
@@ -13,11 +15,60 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     char version[64];
     snprintf(version, sizeof version, "%d.%d.%d", info.dnnl_major, info.dnnl_minor,
              info.dnnl_patch);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:O}", "onednn_version", version,
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:O}", "onednn_version", version,
                          "onednn_commit", info.dnnl_hash ? info.dnnl_hash : "", "cpu_runtime",
-                         info.cpu_runtime, "isa", info.isa, "num_threads", lk_get_num_threads(),
-                         "max_threads", lk_max_threads(), "forked_child",
+                         info.cpu_runtime, "isa", info.isa, "kernel_isa",
+                         lk_kernel_isa_name(lk_kernel_isa()), "num_threads",
+                         lk_get_num_threads(), "max_threads", lk_max_threads(), "forked_child",
                          fork.forked ? Py_True : Py_False);
+}
+
+static PyObject *py_set_kernel_isa(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    lk_status st = lk_kernel_isa_set(name);
+    if (st != LK_OK) return lk_py_raise(st);
+    return PyUnicode_FromString(lk_kernel_isa_name(lk_kernel_isa()));
+}
+
+static PyObject *py_kernel_isas(PyObject *self, PyObject *noargs) {
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (int i = LK_ISA_AVX512; i >= LK_ISA_C; i--) {
+        if (!lk_kernel_isa_supported((lk_kernel_isa_t)i)) continue;
+        PyObject *name = PyUnicode_FromString(lk_kernel_isa_name((lk_kernel_isa_t)i));
+        if (!name || PyList_Append(out, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return out;
+}
+
+/* Tests: pretend the CPU lacks the paths in `mask` (bit 1 << isa); 0 undoes it. */
+static PyObject *py_kernel_isa_hide(PyObject *self, PyObject *arg) {
+    unsigned long mask = PyLong_AsUnsignedLong(arg);
+    if (mask == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    lk_kernel_isa_hide_for_tests((unsigned)mask);
+    Py_RETURN_NONE;
+}
+
+/* Tests: which depthwise weight-gradient kernel conv2d plans ("auto", "onednn",
+ * "custom"); returns the previous one. */
+static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
+    static const char *names[] = {"auto", "onednn", "custom"};
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) {
+            lk_dw_bwd_w_policy old = lk_dwconv_get_policy();
+            lk_dwconv_set_policy((lk_dw_bwd_w_policy)i);
+            return PyUnicode_FromString(names[old]);
+        }
+    return PyErr_Format(PyExc_ValueError,
+                        "dwconv policy must be 'auto', 'onednn' or 'custom', got %R", arg);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -48,6 +99,15 @@ static PyObject *py_exec_counts(PyObject *self, PyObject *noargs) {
 
 PyMethodDef lk_py_core_methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "oneDNN version, runtime, ISA and threads."},
+    {"set_kernel_isa", py_set_kernel_isa, METH_O,
+     "Force the hand-written kernels' path ('avx512', 'avx2', 'c' or 'auto'); returns the "
+     "path in force."},
+    {"kernel_isas", py_kernel_isas, METH_NOARGS,
+     "Kernel paths this CPU can run, widest first."},
+    {"_kernel_isa_hide", py_kernel_isa_hide, METH_O,
+     "Tests: treat the kernel paths in the bit mask (1 << isa) as absent from this CPU."},
+    {"_dwconv_policy", py_dwconv_policy, METH_O,
+     "Tests: depthwise weight-gradient kernel conv2d plans; returns the previous policy."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},

@@ -17,6 +17,7 @@
 
 #include "lk_dwconv.h"
 #include "lk_layers.h"
+#include "lk_optim.h"
 
 static int g_reps = 10, g_warmup = 2, g_batch = 16, g_min;
 static const char *g_only;
@@ -241,6 +242,59 @@ static void bench_chmul(const char *op, int ch, int hw) {
     lk_free(x), lk_free(s), lk_free(y), lk_free(dy), lk_free(dx), lk_free(ds);
 }
 
+/* Plain-C streaming loops: residual add (forward; backward = the in-place add of
+ * gradient accumulation), stochastic depth, dropout, the spatial-attention gate,
+ * attention pooling and the depthwise bias gradient. */
+static void bench_plain(const char *op, int ch, int hw) {
+    if (!wanted(op)) return;
+    size_t nx = (size_t)g_batch * hw * hw * ch;
+    int64_t npos = (int64_t)g_batch * hw * hw;
+    float *a = rnd(nx, -1, 1), *b = rnd(nx, -1, 1), *y = rnd(nx, 0, 0);
+    float *m = rnd((size_t)npos, 0, 1), *dm = rnd((size_t)npos, 0, 0);
+    float *p = rnd((size_t)g_batch * ch, 0, 0);
+    uint8_t *mask = lk_alloc(nx);
+    double fwd = 0, bwd = 0;
+    if (!strncmp(op, "add", 3)) {
+        TIME_REPS(fwd, CK(lk_add_forward(y, a, b, (int64_t)nx)));
+        TIME_REPS(bwd, CK(lk_add_inplace(y, a, (int64_t)nx)));
+    } else if (!strncmp(op, "sdepth", 6)) {
+        TIME_REPS(fwd, CK(lk_stochdepth_forward(y, mask, a, g_batch, (int64_t)nx / g_batch, 0.2f, 7)));
+        TIME_REPS(bwd, CK(lk_stochdepth_backward(y, b, mask, g_batch, (int64_t)nx / g_batch, 0.2f)));
+    } else if (!strncmp(op, "dropout", 7)) {
+        TIME_REPS(fwd, CK(lk_dropout_forward(y, mask, a, (int64_t)nx, 0.3f, 7)));
+        TIME_REPS(bwd, CK(lk_dropout_backward(y, b, mask, (int64_t)nx, 0.3f)));
+    } else if (!strncmp(op, "spmul", 5)) {
+        TIME_REPS(fwd, CK(lk_spatial_mul_forward(y, a, m, npos, ch)));
+        TIME_REPS(bwd, CK(lk_spatial_mul_backward(y, dm, b, a, m, npos, ch)));
+    } else if (!strncmp(op, "wsum", 4)) {
+        TIME_REPS(fwd, CK(lk_weighted_sum_forward(p, a, m, g_batch, (int64_t)hw * hw, ch)));
+        TIME_REPS(bwd, CK(lk_weighted_sum_backward(y, dm, p, a, m, g_batch, (int64_t)hw * hw, ch, 0)));
+    } else if (!strncmp(op, "dwbias", 6)) {
+        TIME_REPS(bwd, CK(lk_dwconv_bwd_bias(p, a, g_batch, ch, hw, hw)));
+    }
+    report(op, 0, fwd, bwd);
+    float *bufs[] = {a, b, y, m, dm, p};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lk_free(bufs[i]);
+    lk_free(mask);
+}
+
+/* One AdamW step (with gradient-norm clipping) over `n` parameters in one segment. */
+static void bench_adamw(const char *op, int64_t n) {
+    if (!wanted(op)) return;
+    float *w = rnd((size_t)n, -1, 1), *g = rnd((size_t)n, -1e-3f, 1e-3f);
+    float *m1 = rnd((size_t)n, 0, 0), *m2 = rnd((size_t)n, 0, 0);
+    lk_optim_segment seg = {.param_offset = 0, .count = n, .state_offset = 0};
+    lk_optim_group grp;
+    lk_optim_group_defaults(&grp, LK_OPTIM_ADAMW);
+    lk_optim opt = {.kind = LK_OPTIM_ADAMW, .num_params = n, .num_state = n, .segments = &seg,
+                    .num_segments = 1, .groups = &grp, .num_groups = 1, .max_grad_norm = 1e9};
+    lk_optim_report rep;
+    double step;
+    TIME_REPS(step, CK(lk_optim_step(&opt, w, g, m1, m2, &rep)));
+    report(op, 0, step, 0);
+    lk_free(w), lk_free(g), lk_free(m1), lk_free(m2);
+}
+
 int main(int argc, char **argv) {
     int threads = 0;
     for (int i = 1; i < argc; i++) {
@@ -293,6 +347,13 @@ int main(int argc, char **argv) {
     bench_chmul("se_chmul_144_75", 144, 75);
     bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);
     bench_linear("linear_1536-2", 1536, 2);
+    bench_plain("add_144_75", 144, 75);
+    bench_plain("sdepth_144_75", 144, 75);
+    bench_plain("dropout_144_75", 144, 75);
+    bench_plain("spmul_1536_10", 1536, 10);
+    bench_plain("wsum_1536_10", 1536, 10);
+    bench_plain("dwbias_144_75", 144, 75);
+    bench_adamw("adamw_12M", 12233232);
     lk_shutdown();
     return 0;
 }

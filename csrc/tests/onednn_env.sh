@@ -17,8 +17,6 @@ if ! DNNL_PATHS=$(lk_onednn_paths); then
     fi
 fi
 read -r DNNL_INC DNNL_LIB <<<"$DNNL_PATHS"
-# The plain-C kernels are compiled for AVX2/FMA where the CPU has them, as in setup.py.
-LK_SIMD=""
-if grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null; then
-    LK_SIMD="-mavx2 -mfma"
-fi
+# No build-machine-only flags, as in setup.py: the hand-written kernels pick AVX-512, AVX2
+# or plain C at run time. LK_SIMD (e.g. "-mavx2 -mfma") adds flags, for comparisons only.
+LK_SIMD=${LK_SIMD:-}
