@@ -10,6 +10,18 @@ depth at their defaults, the same threads. Every (framework, policy) runs in its
 (this script re-invoked with --worker), interleaved; img/s = batch / median step time after
 a planning step and `--warmup` untimed steps; peak RSS per process.
 
+GFLOP/s: the FLOPs of one step per image are counted analytically by forward hooks on every
+Conv2d and Linear of the PyTorch model with the policy's freezing (batch 2, halved): the
+forward (2 FLOPs per multiply-add), plus as much again for the weight gradient of each
+trainable layer and for the input gradient of each layer whose input needs one (every
+layer after the first trainable one). So the frozen prefix counts its forward only, as
+neither framework runs a backward there; BatchNorm, activations, pooling, the head's
+small products and the AdamW update are not counted. (torch's FlopCounterMode is not
+used here: in torch 2.14 it counts a depthwise convolution's backward as if the
+convolution were dense, so B3's backward came out about 20x too large.) Both frameworks'
+rows use that count, against the fp32 peak printed as in bench_infer.py (cores x GHz x
+FMA units x lanes x 2).
+
     python benchmarks/bench_train.py [--model b3|v2s] [--batch 16] [--size 300]
         [--policies all,last_block,head] [--reps 3] [--warmup 1] [--threads N]
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_train.py   # the AVX2 figure
@@ -20,11 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from bench_infer import cpu_mhz, nominal_peak
 from bench_model import (
     ARCH,
     DEFAULT_SIZE,
@@ -81,6 +96,7 @@ def worker_ours(
     info = leukemia.build_info()
     r.update(
         isa=info["isa"],
+        kernel_isa=info["kernel_isa"],
         onednn=info["onednn_version"],
         rss0_kib=rss0,
         trainable=m.num_parameters(trainable=True),
@@ -88,15 +104,19 @@ def worker_ours(
     return r
 
 
-def worker_torch(
-    arch: str, policy: str, batch: int, size: int, threads: int, a: argparse.Namespace
-) -> dict[str, Any]:
+def torch_model(arch: str, policy: str, threads: int) -> tuple[Any, list[Any]]:
+    """The PyTorch reference (channels_last, train mode) frozen as `policy` freezes, and
+    its trainable parameters."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
     from _torch_heads import reference_model
 
     torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
     model = reference_model(arch, "multi_attention", NUM_CLASSES).to(
         memory_format=torch.channels_last
     )
@@ -113,6 +133,16 @@ def worker_torch(
         p.requires_grad_(any(name.startswith(t + ".") for t in trains))
         if p.requires_grad:
             params.append(p)
+    return model, params
+
+
+def worker_torch(
+    arch: str, policy: str, batch: int, size: int, threads: int, a: argparse.Namespace
+) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    model, params = torch_model(arch, policy, threads)
     opt = torch.optim.AdamW(params, lr=1e-4)
     xn, yn = make_input(batch, size)
     x = torch.from_numpy(xn).contiguous(memory_format=torch.channels_last)
@@ -130,8 +160,54 @@ def worker_torch(
         return t1 - t0, time.perf_counter() - t1
 
     r = time_steps(step, a.warmup, a.reps)
-    r.update(torch=torch.__version__, rss0_kib=rss0, trainable=sum(p.numel() for p in params))
+    r.update(
+        torch=f"torch {torch.__version__}, torchvision {torchvision.__version__}, threads "
+        f"{torch.get_num_threads()}, interop {torch.get_num_interop_threads()}",
+        rss0_kib=rss0,
+        trainable=sum(p.numel() for p in params),
+    )
     return r
+
+
+def worker_flops(arch: str, policy: str, size: int, threads: int) -> dict[str, Any]:
+    """FLOPs of one training step per image (see the module docstring), from forward hooks
+    on every Conv2d and Linear of the PyTorch model with the policy's freezing."""
+    import torch
+
+    model, _ = torch_model(arch, policy, threads)
+    xn, yn = make_input(2, size)
+    x = torch.from_numpy(xn).contiguous(memory_format=torch.channels_last)
+    seen: list[tuple[float, bool, bool]] = []
+
+    def hook(mod: Any, inp: tuple[Any, ...], out: Any) -> None:
+        if isinstance(mod, torch.nn.Conv2d):
+            kh, kw = mod.kernel_size
+            f = 2.0 * out.numel() * (mod.in_channels // mod.groups) * kh * kw
+        else:
+            f = 2.0 * out.numel() * mod.in_features
+        seen.append((f, mod.weight.requires_grad, inp[0].requires_grad))
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
+            mod.register_forward_hook(hook)
+    torch.nn.functional.cross_entropy(model(x), torch.from_numpy(yn))
+    # forward, plus the weight gradient where the weight trains, plus the input gradient
+    # where the input needs one (after the first trainable layer)
+    total = sum(f * (1 + w + i) for f, w, i in seen)
+    return {"flops_per_image": total / 2}
+
+
+def _run(cmd_args: list[str], threads: int) -> dict[str, Any] | None:
+    """This script as a worker (OMP/MKL threads set); its JSON answer or None."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run(
+        [sys.executable, __file__, *cmd_args], capture_output=True, text=True, env=env
+    )
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith(MARK)]
+    if out.returncode or not line:
+        print(f"{' '.join(cmd_args[-3:])}: FAILED\n{out.stderr[-2000:]}")
+        return None
+    return json.loads(line[-1][len(MARK) :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,72 +219,121 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--ghz", type=float, default=None, help="clock for the peak")
+    ap.add_argument("--fma-units", type=int, default=2, help="see bench_infer.py --help")
+    ap.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "POLICY"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     arch = ARCH[a.model]
     size = a.size or DEFAULT_SIZE[a.model]
+    policies = [p for p in a.policies.split(",") if p]
+    for p in policies:
+        if p not in TRAINS[arch]:
+            ap.error(f"unknown policy {p!r}; choose from {', '.join(TRAINS[arch])}")
     if a.worker:
         fw, policy = a.worker
-        fn = worker_ours if fw == "ours" else worker_torch
-        r = fn(arch, policy, a.batch, size, a.threads, a)
-        r["peak_kib"] = peak_kib()
+        if fw == "flops":
+            r = worker_flops(arch, policy, size, a.threads)
+        else:
+            fn = worker_ours if fw == "ours" else worker_torch
+            r = fn(arch, policy, a.batch, size, a.threads, a)
+            r["peak_kib"] = peak_kib()
         print(MARK + json.dumps(r), flush=True)
         return 0
 
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "(unset)")
     print(f"# bench_train: {arch} @ {size}, batch {a.batch}, {a.threads} threads, AdamW step")
     print(
-        f"# CPU: {cpu_model()} [{cpu_isa_flags()}]; ONEDNN_MAX_CPU_ISA="
-        f"{os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}; git {git_head()}"
+        f"# CPU: {cpu_model()} [{cpu_isa_flags()}]; ONEDNN_MAX_CPU_ISA={cap}; "
+        f"LEUKEMIA_KERNEL_ISA={os.environ.get('LEUKEMIA_KERNEL_ISA', '(unset)')}; "
+        f"git {git_head()}"
     )
-    print("# command: python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]))
+    print("# command: " + shlex.join([sys.executable, sys.argv[0], *(argv or sys.argv[1:])]))
+    common = ["--model", a.model, "--batch", str(a.batch), "--size", str(size)]
+    common += ["--reps", str(a.reps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
     results: dict[tuple[str, str], dict[str, Any]] = {}
-    policies = [p for p in a.policies.split(",") if p]
     order = []
     for i, p in enumerate(policies):
         order += [("ours", p), ("torch", p)] if i % 2 == 0 else [("torch", p), ("ours", p)]
     for fw, p in order:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--model",
-            a.model,
-            "--batch",
-            str(a.batch),
-            "--size",
-            str(size),
-            "--reps",
-            str(a.reps),
-            "--warmup",
-            str(a.warmup),
-            "--threads",
-            str(a.threads),
-            "--worker",
-            fw,
-            p,
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith(MARK)]
-        if out.returncode or not line:
-            print(f"{fw} {p}: FAILED\n{out.stderr[-2000:]}")
-            continue
-        results[(fw, p)] = json.loads(line[-1][len(MARK) :])
+        print(f"  {fw:<5s} {p} ...", end="", flush=True)
+        r = _run([*common, "--worker", fw, p], a.threads)
+        if r is not None:
+            results[(fw, p)] = r
+            print(f" {a.batch / r['median_s']:.2f} img/s", flush=True)
+    flops: dict[str, float] = {}
+    for p in policies:
+        r = _run([*common, "--worker", "flops", p], a.threads)
+        if r is not None:
+            flops[p] = r["flops_per_image"]
+
     ours_any = next((r for (fw, _), r in results.items() if fw == "ours"), {})
     tor_any = next((r for (fw, _), r in results.items() if fw == "torch"), {})
+    isa = ours_any.get("isa") or ("avx2" if "avx2" in cpu_isa_flags().split() else "sse41")
+    mhz, mhz_src = cpu_mhz()
+    ghz = a.ghz or (mhz / 1000 if mhz else None)
+    peak = nominal_peak(isa, a.threads, ghz, a.fma_units)
     print(
-        f"# oneDNN {ours_any.get('onednn', '?')} ISA {ours_any.get('isa', '?')}; "
-        f"torch {tor_any.get('torch', '?')}"
+        f"# oneDNN {ours_any.get('onednn', '?')} ISA {ours_any.get('isa', '?')}, hand-written "
+        f"kernels {ours_any.get('kernel_isa', '?')}; {tor_any.get('torch', 'torch ?')}"
     )
-    print("| policy | trainable | ours img/s | torch img/s | ratio | peak RSS ours / torch MiB |")
-    print("|---|---|---|---|---|---|")
+    pk = peak["gflops"]
+    print(
+        f"# fp32 peak = {peak['cores']} cores x {ghz or 0:.3f} GHz ("
+        f"{'--ghz' if a.ghz else mhz_src}) x {peak['fma_units']} FMA units (--fma-units) x "
+        f"{peak['lanes']} lanes ({isa}) x 2 = {pk or 0:.1f} GFLOP/s"
+    )
+    print(
+        "# GFLOP/img: one step's FLOPs per image (conv + linear layers of the PyTorch model "
+        "with the same freezing: forward, weight and input gradients where computed)"
+    )
+    print(
+        "| policy | trainable | GFLOP/img | ours img/s | torch img/s | ratio | ours GFLOP/s "
+        "(% peak) | torch GFLOP/s (% peak) | peak RSS ours / torch MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def gfs(img_s: float | None, p: str) -> str:
+        if img_s is None or p not in flops:
+            return "-"
+        g = img_s * flops[p] / 1e9
+        return f"{g:.1f} ({100 * g / pk:.0f} %)" if pk else f"{g:.1f}"
+
+    rows = []
     for p in policies:
         o, t = results.get(("ours", p)), results.get(("torch", p))
-        if not o or not t:
+        if not o and not t:
             continue
-        oi, ti = a.batch / o["median_s"], a.batch / t["median_s"]
-        print(
-            f"| {p} | {o['trainable']:,} | {oi:.2f} | {ti:.2f} | {oi / ti:.2f}x | "
-            f"{o['peak_kib'] / 1024:.0f} / {t['peak_kib'] / 1024:.0f} |"
+        oi = a.batch / o["median_s"] if o else None
+        ti = a.batch / t["median_s"] if t else None
+        rows.append(
+            {
+                "policy": p,
+                "ours_img_s": oi,
+                "torch_img_s": ti,
+                "flops_per_image": flops.get(p),
+                "ours": o,
+                "torch": t,
+            }
         )
+        trainable = (o or t)["trainable"]
+        print(
+            f"| {p} | {trainable:,} | "
+            f"{flops[p] / 1e9 if p in flops else float('nan'):.2f} | "
+            f"{oi or float('nan'):.2f} | {ti or float('nan'):.2f} | "
+            f"{oi / ti if oi and ti else float('nan'):.2f}x | {gfs(oi, p)} | {gfs(ti, p)} | "
+            f"{o['peak_kib'] / 1024 if o else float('nan'):.0f} / "
+            f"{t['peak_kib'] / 1024 if t else float('nan'):.0f} |"
+        )
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(
+            json.dumps(
+                {"cpu": cpu_model(), "onednn_max_cpu_isa": cap, "peak": peak, "rows": rows},
+                indent=1,
+            )
+        )
+        print(f"JSON written to {a.json}")
     return 0
 
 
