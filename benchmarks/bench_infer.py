@@ -648,9 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                 if ref:
                     import numpy as np
 
-                    diff = float(
-                        np.max(np.abs(np.array(rs[0]["logits"]) - np.array(ref[0]["logits"])))
-                    )
+                    want = np.array(ref[0]["logits"])
+                    got = np.array(rs[0]["logits"])
+                    diff = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
                 row = {
                     "model": m,
                     "size": size_of(m),

@@ -1,0 +1,70 @@
+"""Smoke test of the benchmark scripts (no timings asserted): they start, and bench_infer's
+leukemia and PyTorch workers run the same weights. ONNX Runtime and OpenVINO (the `bench`
+extra) are not needed here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("script", ["bench_infer.py", "bench_train.py"])
+def test_help(script):
+    r = _run([f"benchmarks/{script}", "--help"])
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and "--threads" in r.stdout
+
+
+def test_bench_infer_tiny_run_ours_and_torch(tmp_path):
+    r = _run(
+        [
+            "benchmarks/bench_infer.py",
+            "--models",
+            "b3",
+            "--size",
+            "32",
+            "--batches",
+            "1",
+            "--frameworks",
+            "ours,torch",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--work-dir",
+            str(tmp_path),
+        ]
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "# CPU:" in out and "# command:" in out and "# fp32 peak = 1 cores x" in out
+    assert "oneDNN ISA" in out and "torch 2." in out
+    rows = {
+        m.group(1): m for m in re.finditer(r"^\| b3@32 \| 1 \| (\S+) \|.*\| (\S+) \|$", out, re.M)
+    }
+    assert set(rows) == {"leukemia", "PyTorch"}, out
+    # The same seeded torchvision weights in both: logits agree to float32 accuracy.
+    assert float(rows["leukemia"].group(2)) < 1e-3, out
