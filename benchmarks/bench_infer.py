@@ -32,10 +32,10 @@ lanes x 2 (printed with where each factor came from; `--ghz`, `--fma-units` over
 and `--measure-peak` also times a large single-precision matrix product on our oneDNN
 (inner product, under the same ONEDNN_MAX_CPU_ISA) as an attainable peak.
 
-ONNX Runtime uses its own kernels (MLAS) and OpenVINO its own oneDNN fork; neither follows
-ONEDNN_MAX_CPU_ISA, so under `ONEDNN_MAX_CPU_ISA=AVX2` only ours and PyTorch are capped
-(the OpenVINO row prints the kernel types it ran). The machine is shared: numbers are
-noisy, compare rows of the same run.
+`ONEDNN_MAX_CPU_ISA=AVX2` caps ours, PyTorch's oneDNN convolutions and OpenVINO's
+convolutions (its oneDNN fork reads it; some of its other kernels stay AVX-512: the
+printed primitive types show it). ONNX Runtime's own kernels (MLAS) dispatch on cpuid and
+ignore it. The machine is shared: numbers are noisy, compare rows of the same run.
 
     python benchmarks/bench_infer.py [--models b3,v2s] [--batches auto|16,1] [--size auto|N]
         [--frameworks ours,torch,ort,ov] [--threads N] [--rounds 3] [--reps 5] [--warmup 2]
