@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir",
         type=Path,
         default=ROOT / "build" / "bench_infer",
-        help="weights and ONNX files (reused when present)",
+        help="where the weights (.npz) and ONNX files are written (remade every run)",
     )
     ap.add_argument(
         "--ghz", type=float, default=None, help="clock for the peak (default: /proc/cpuinfo)"
