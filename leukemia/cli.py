@@ -21,9 +21,10 @@ stderr with exit status 1 (set ``LEUKEMIA_DEBUG=1`` to get the traceback instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class Command:
         add_arguments: adds the subcommand's arguments to its parser.
         run: executes the parsed arguments; returns the exit status.
         description: longer text for ``leukemia NAME --help`` (defaults to ``help``).
+        distributed: runs on several MPI ranks (``mpiexec -n N leukemia NAME``); the
+            others refuse to, since every rank would write the same files.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
+    distributed: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
@@ -72,11 +76,12 @@ def command(
     help: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     description: str = "",
+    distributed: bool = False,
 ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """Decorator form of :func:`register` for a ``run(args) -> int`` function."""
 
     def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        register(Command(name, help, add_arguments, run, description))
+        register(Command(name, help, add_arguments, run, description, distributed))
         return run
 
     return wrap
@@ -536,13 +541,21 @@ def _train_options(args: argparse.Namespace) -> dict:
     return out
 
 
+def _is_root() -> bool:
+    """Rank 0 of an MPI run, or the only process: the one that writes files."""
+    from .distributed import world
+
+    return world().is_root
+
+
 def _print_evaluation(run_dir: Path, quiet: bool) -> None:
     from .evaluation import evaluate, load_run
     from .train.rundir import write_json
 
     run = load_run(run_dir)
     report = evaluate(run, progress=not quiet)
-    write_json(run_dir / "evaluation.json", report.to_dict())
+    if _is_root():
+        write_json(run_dir / "evaluation.json", report.to_dict())
     print(report)
 
 
@@ -554,7 +567,9 @@ def _print_evaluation(run_dir: Path, quiet: bool) -> None:
     "--split image is allowed but LEAKY), with AdamW, a cosine schedule with warm-up and "
     "class weights. RUN_DIR receives config.json, split.json, the history (JSON, CSV, PNG) "
     "and the best and last checkpoints. Ctrl-C stops at the next step and saves; "
-    "--resume continues exactly.",
+    "--resume continues exactly. Under mpiexec -n N (or srun) the N ranks train one model "
+    "data-parallel; --batch-size is then the global batch.",
+    distributed=True,
 )
 def _train(args: argparse.Namespace) -> int:
     from .train import Trainer, TrainingInterrupted
@@ -624,7 +639,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     "Evaluate RUN_DIR's best (or last) checkpoint on the held-out subjects of its split, "
     "or on the labelled images of DATA; subjects the run trained on are excluded and "
     "named (leakage) unless --allow-leak. Prints accuracy, weighted F1, ROC AUC, "
-    "sensitivity/specificity, the confusion matrix and per-subject accuracy.",
+    "sensitivity/specificity, the confusion matrix and per-subject accuracy. Under mpiexec "
+    "the images are split over the ranks.",
+    distributed=True,
 )
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.datasets import load_dataset
@@ -658,7 +675,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         description=description,
     )
     print(report)
-    if args.json:
+    if args.json and _is_root():
         write_json(Path(args.json), report.to_dict())
     return 0
 
@@ -701,7 +718,9 @@ def _image_files(items: Sequence[str]) -> list[Path]:
     "class probabilities per image from a trained run, as CSV",
     _predict_arguments,
     "Run RUN_DIR's model on image files (folders are searched recursively) and write one "
-    "row per image: path, the probability of each class, and the predicted class.",
+    "row per image: path, the probability of each class, and the predicted class. Under "
+    "mpiexec the images are split over the ranks.",
+    distributed=True,
 )
 def _predict(args: argparse.Namespace) -> int:
     import csv
@@ -716,6 +735,8 @@ def _predict(args: argparse.Namespace) -> int:
         run, files, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet
     )
     names = list(run.class_names)[: probs.shape[1]]
+    if not _is_root():
+        return 0
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", *(f"p_{n}" for n in names), "predicted"])
@@ -777,14 +798,17 @@ two cores (see README, "The demo")."""
     "(from ImageNet weights with the study's last_block policy when they are available, "
     "otherwise from random initialisation with every layer trained), and evaluate on "
     "held-out subjects.",
+    distributed=True,
 )
 def _demo(args: argparse.Namespace) -> int:
     import time
 
     from .data.synthetic import write_cnmc
+    from .distributed import world
     from .models.pretrained import WeightsUnavailableError, imagenet_weights
     from .train import Trainer, TrainingInterrupted, resolve_arch
 
+    w = world()  # with several MPI ranks, rank 0 renders and looks for the weights
     start = time.perf_counter()
     out = Path(args.out)
     data, run = out / "data", out / "run"
@@ -793,14 +817,22 @@ def _demo(args: argparse.Namespace) -> int:
         f"1. Rendering {args.subjects} subjects x {args.cells_per_subject} cells "
         f"({args.size} px) in the C-NMC 2019 layout into {data}"
     )
-    res = write_cnmc(
-        data, args.subjects, args.cells_per_subject, args.size, args.seed, overwrite=True
+    cells = args.cells_per_subject
+    res = w.bcast(
+        write_cnmc(data, args.subjects, cells, args.size, args.seed, overwrite=True)
+        if w.is_root
+        else None
     )
     print(f"   {res.n_images} images in {res.seconds:.1f} s")
-    try:
-        weights = imagenet_weights(arch, download=not args.offline, progress=not args.quiet)
-    except WeightsUnavailableError as exc:
-        reason = str(exc).strip().splitlines()[0]
+
+    def find_weights() -> tuple[Path | None, str]:
+        try:
+            return imagenet_weights(arch, download=not args.offline, progress=not args.quiet), ""
+        except WeightsUnavailableError as exc:
+            return None, str(exc).strip().splitlines()[0]
+
+    weights, reason = w.bcast(find_weights() if w.is_root else None)
+    if weights is None:
         print(
             "2. ImageNet weights are not available here, so this demo trains from random "
             "initialisation with every layer trainable (policy 'all'): frozen random "
@@ -1117,7 +1149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 runtime error, 2 usage)."""
+    """Run the command line; returns the exit status (0 ok, 1 runtime error, 2 usage).
+
+    Under an MPI launcher with several ranks, rank 0 alone prints results and writes
+    files; an error on any rank is printed by every rank, naming the one that failed.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -1127,10 +1163,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("leukemia: error: a COMMAND is required (see leukemia --help)", file=sys.stderr)
         return 2
+    where = ""
     try:
+        from .distributed import launcher_size, world
+
+        if launcher_size() > 1:
+            w = world()
+            where = f" (rank {w.rank} of {w.size})"
+            cmd = COMMANDS[args.command]
+            if not cmd.distributed:
+                raise CLIError(
+                    f"`leukemia {cmd.name}` runs in one process; of the commands, "
+                    + ", ".join(c.name for c in COMMANDS.values() if c.distributed)
+                    + " run on several MPI ranks"
+                )
+            with w.guard(), _quiet_unless(w.is_root):
+                status = int(args._run(args))
+                w.agree()  # every rank finished: none is left waiting for another
+            return status
         return int(args._run(args))
     except KeyboardInterrupt:
-        print("leukemia: interrupted", file=sys.stderr)
+        print(f"leukemia: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
         if os.environ.get("LEUKEMIA_DEBUG"):
@@ -1141,5 +1194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = "\n".join(text)  # our own messages: every line is meant for the user
         if isinstance(exc, (FileNotFoundError, PermissionError)) and exc.filename:
             message = f"{exc.strerror}: {exc.filename}"
-        print(f"leukemia: error: {message}", file=sys.stderr)
+        print(f"leukemia: error{where}: {message}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _quiet_unless(root: bool) -> Iterator[None]:
+    """Standard output of ranks other than 0 goes nowhere (rank 0 prints the results)."""
+    if root:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield

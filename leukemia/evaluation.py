@@ -125,7 +125,32 @@ def predict(
     """Class probabilities [N, K] (float64) for images (paths or samples), in order.
 
     ``model`` may also be an :class:`~leukemia.ensemble.Ensemble` or
-    :class:`~leukemia.ensemble.TTA` (anything with ``predict_proba``)."""
+    :class:`~leukemia.ensemble.TTA` (anything with ``predict_proba``).
+
+    Under an MPI launcher with several ranks (see :mod:`leukemia.distributed`), every
+    rank calls this with the same arguments: each predicts every size-th image and all
+    get the whole result, in the original order."""
+    from .distributed import world
+
+    w = world()
+    if w.size == 1:
+        return _predict(model, images, size, batch_size, workers, progress)
+    with w.guard():
+        n = len(images)
+        mine = np.arange(n)[w.rank :: w.size]
+        part = images[mine] if isinstance(images, np.ndarray) else [images[i] for i in mine]
+        local = _predict(model, part, size, batch_size, workers, progress and w.is_root)
+        return w.gather_rows(mine, local, n)
+
+
+def _predict(
+    model: EfficientNet | Run | Ensemble,
+    images: Sequence[Sample | str | os.PathLike[str]],
+    size: int | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> np.ndarray:
     if hasattr(model, "predict_proba"):
         return model.predict_proba(
             images, size=size, batch_size=batch_size, workers=workers, progress=progress
@@ -136,7 +161,7 @@ def predict(
     size = size or model.default_size
     samples = _as_samples(images)
     if not samples:
-        return np.zeros((0, model.num_classes))
+        return np.zeros((0, model.num_classes), np.float64)
     loader = DataLoader(samples, eval_transform(size), batch_size, num_workers=workers)
     was_training = model.training
     model.eval()
@@ -309,6 +334,27 @@ def evaluate(
     probs = predict(
         model, samples, size=size, batch_size=batch_size, workers=workers, progress=progress
     )
+    from .distributed import world
+
+    w = world()
+    with w.guard():  # with several ranks, rank 0 scores and the others receive the result
+        result = (
+            _score(probs, samples, names, leaked, description, leaky, bootstrap)
+            if w.is_root
+            else None
+        )
+        return w.bcast(result)
+
+
+def _score(
+    probs: np.ndarray,
+    samples: Sequence[Sample],
+    names: tuple[str, ...],
+    leaked: list[str],
+    description: str,
+    leaky: bool,
+    bootstrap: int,
+) -> Evaluation:
     labels = np.array([s.label for s in samples], np.int64)
     if probs.shape[1] > len(names):
         names = tuple(str(i) for i in range(probs.shape[1]))

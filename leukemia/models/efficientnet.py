@@ -217,10 +217,12 @@ class EfficientNet:
             if t[2] and (trainable is None or self._is_trainable(i) == trainable):
                 yield t[0], self._m.grad(i)
 
-    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, array) for the BatchNorm running statistics (read-only views)."""
+    def named_buffers(self, trainable: bool | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) for the BatchNorm running statistics (read-only views); with
+        `trainable` only those of the BatchNorm layers that train (True: their running
+        statistics change in train mode) or that are frozen (False)."""
         for i, t in enumerate(self._tensors):
-            if not t[2]:
+            if not t[2] and (trainable is None or bool(self._bn_trains[_bn_of(t[0])]) == trainable):
                 yield t[0], self._m.tensor(i)
 
     def param_segments(self, trainable: bool | None = True) -> list[tuple[str, int, tuple]]:
@@ -553,6 +555,11 @@ class EfficientNet:
             f"num_classes={self.num_classes}, params={self.num_parameters():,}, "
             f"policy={self.policy!r}, training={self.training})"
         )
+
+
+def _bn_of(buffer: str) -> str:
+    """The BatchNorm layer of a running-statistics tensor name."""
+    return buffer.rsplit(".", 1)[0]
 
 
 def _check_rate(name: str, v: object) -> None:

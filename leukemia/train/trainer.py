@@ -38,6 +38,7 @@ from ..data.datasets import CLASS_NAMES, Dataset, Sample, load_dataset
 from ..data.loader import DataLoader
 from ..data.splits import Split, make_split
 from ..data.transforms import eval_transform, train_transform
+from ..distributed import DataParallel, World, shard, world
 from ..evaluation import softmax
 from ..functional.loss import cross_entropy_backward, cross_entropy_forward
 from ..metrics import classification_report
@@ -122,9 +123,12 @@ class FitResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _step_seed(seed: int, step: int) -> int:
-    """Dropout / stochastic-depth seed of a global step (splitmix64 of seed and step)."""
-    z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9) % 2**64
+def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Dropout / stochastic-depth seed of a global step (splitmix64 of seed and step); the
+    ranks of a data-parallel run mix in their rank, so that their masks differ (rank 0
+    draws what a single process draws)."""
+    z = seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xBF58476D1CE4E5B9 + rank * 0xD1B54A32D192ED03
+    z %= 2**64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
     return (z ^ (z >> 31)) % 2**63
@@ -173,6 +177,8 @@ class Trainer:
         self.progress = bool(progress)
         self.callback = callback
         self._stop = False
+        self._agreed_stop = False
+        self._world: World = World()  # fit() finds the real one
 
     # ------------------------------------------------------------------ data
     def _data(self, train: Any, val: Any, cfg: TrainConfig) -> _Data:
@@ -254,17 +260,32 @@ class Trainer:
 
     # ------------------------------------------------------------- plumbing
     def _say(self, text: str) -> None:
-        if self.progress:
+        if self._show:
             from tqdm.auto import tqdm
 
             tqdm.write(text)
 
-    @staticmethod
-    def _warn(text: str) -> None:
-        """Shown even without progress output (stderr)."""
+    def _warn(self, text: str) -> None:
+        """Shown even without progress output (stderr), by rank 0 of a data-parallel run."""
         from tqdm.auto import tqdm
 
-        tqdm.write(text, file=sys.stderr)
+        if self._world.is_root:
+            tqdm.write(text, file=sys.stderr)
+
+    @property
+    def _show(self) -> bool:
+        """Progress output: asked for, and this is rank 0."""
+        return self.progress and self._world.is_root
+
+    def _stopping(self) -> bool:
+        """Stop was asked: here (one process), or on some rank at the last agreement."""
+        return self._stop if self._world.size == 1 else self._agreed_stop
+
+    def _agree_stop(self) -> bool:
+        """Every rank learns whether any was asked to stop (Ctrl-C reaches the ranks at
+        different moments; they must stop at the same step)."""
+        self._agreed_stop = any(self._world.agree(self._stop))
+        return self._agreed_stop
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._stop:  # second Ctrl-C: stop now (the checkpoints on disk are whole)
@@ -308,16 +329,72 @@ class Trainer:
                 state).
             TrainingInterrupted: Ctrl-C (a KeyboardInterrupt); ``last.ckpt`` holds the last
                 finished step, so ``fit(resume=...)`` continues exactly.
+            RankFailed: in a data-parallel run, another rank raised (named in the message);
+                the rank that raised gets its own exception.
+
+        Under an MPI launcher (``mpiexec -n N``, ``srun``) every rank calls ``fit`` with
+        the same arguments; ``batch_size`` is the global batch, split evenly over the
+        ranks (see README, "Data-parallel training over MPI").
         """
         changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v}
         cfg = self.config.replace(**changes) if changes else self.config
         given = self._given | set(changes)
+        self._world = w = world()
+        self._agreed_stop = False
+        # Rank 0 alone reads and writes the run directory and scans the data; the others
+        # get what it found. An error on any rank reaches all of them (World.guard).
+        with w.guard():
+            prepared = (
+                self._prepare(cfg, given, train, val, out, resume, force) if w.is_root else None
+            )
+            cfg, data, num_classes, run_dir, ckpt = w.bcast(prepared)
+            self.config = cfg
+            lock = lock_run_dir(run_dir) if w.is_root else None  # one run per directory
+            old_threads = get_num_threads()
+            if cfg.threads is not None:
+                set_num_threads(cfg.threads)
+            handler_installed = False
+            self._stop = False
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGINT, self._on_sigint)
+                handler_installed = True
+            try:
+                try:
+                    result = self._fit(cfg, data, num_classes, run_dir, ckpt)
+                except TrainingInterrupted:
+                    w.agree()  # rank 0 saved: the others learn whether that failed
+                    raise
+                w.agree()
+                return result
+            finally:
+                if handler_installed:
+                    signal.signal(
+                        signal.SIGINT, previous if previous is not None else signal.SIG_DFL
+                    )
+                if cfg.threads is not None:
+                    set_num_threads(old_threads)
+                if lock is not None:
+                    lock.close()
+
+    def _prepare(
+        self,
+        cfg: TrainConfig,
+        given: set[str],
+        train: Any,
+        val: Sequence[Sample] | None,
+        out: str | Path | None,
+        resume: str | Path | None,
+        force: bool,
+    ) -> tuple[TrainConfig, _Data, int, Path, Checkpoint | None]:
+        """The configuration, data, class count, run directory and checkpoint of a new or
+        resumed run, checked before anything is written."""
         ckpt: Checkpoint | None = None
         if resume is not None:
             run_dir = prepare_run_dir(resume, resume=True, force=False)
             saved = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
             _check_resume_config(saved, cfg, given)
             cfg = saved.replace(**{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE & given})
+            _check_world(cfg, self._world)
             record = read_json(run_dir / "split.json")
             if train is None:
                 tr, va = read_split(record)
@@ -338,32 +415,17 @@ class Trainer:
         else:
             if train is None:
                 raise TypeError("fit() needs training data (or resume=RUN_DIR)")
+            _check_world(cfg, self._world)
             data = self._data(train, val, cfg)
             self._check_data(data, cfg)  # before anything is written
             run_dir = prepare_run_dir(out or _default_run_dir(cfg), resume=False, force=force)
         num_classes = self._check_data(data, cfg, quiet=True)
-        self.config = cfg
-        lock = lock_run_dir(run_dir)  # one process per run directory
-        old_threads = get_num_threads()
-        if cfg.threads is not None:
-            set_num_threads(cfg.threads)
-        handler_installed = False
-        self._stop = False
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-            handler_installed = True
-        try:
-            return self._fit(cfg, data, num_classes, run_dir, ckpt)
-        finally:
-            if handler_installed:
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-            if cfg.threads is not None:
-                set_num_threads(old_threads)
-            lock.close()
+        return cfg, data, num_classes, run_dir, ckpt
 
     def _build(self, cfg: TrainConfig, num_classes: int, resuming: bool) -> EfficientNet:
-        # a resumed run's weights all come from last.ckpt: the original file is not needed
-        weights = None if resuming else cfg.weights
+        # a resumed run's weights all come from last.ckpt: the original file is not needed;
+        # in a data-parallel run rank 0 alone reads (or downloads) it and broadcasts
+        weights = None if resuming or not self._world.is_root else cfg.weights
         if weights == "imagenet":
             from ..models.pretrained import imagenet_weights
 
@@ -388,8 +450,10 @@ class Trainer:
         run_dir: Path,
         ckpt: Checkpoint | None,
     ) -> FitResult:
+        w = self._world
         model = self._build(cfg, num_classes, resuming=ckpt is not None)
         size = cfg.size or model.default_size
+        local_batch = cfg.batch_size // w.size
         head_prefix = "classifier." if cfg.head == "linear" else "head."
         backbone_lr = cfg.lr / 10 if cfg.backbone_lr is None else cfg.backbone_lr
         opt = AdamW(
@@ -440,8 +504,9 @@ class Trainer:
             self._say(
                 f"Resuming {run_dir} at epoch {state['epoch'] + 1}, step "
                 f"{state['step_in_epoch']} (global step {state['global_step']})"
+                + (f" on {w.size} ranks" if w.size > 1 else "")
             )
-        else:
+        elif w.is_root:
             import leukemia
 
             if cfg.weights is None and model.policy != "all":
@@ -465,6 +530,7 @@ class Trainer:
                         "parameters": model.num_parameters(),
                         "trainable": model.num_parameters(trainable=True),
                     },
+                    "world": {"ranks": w.size, "threads_per_rank": get_num_threads()},
                 },
             )
             write_json(
@@ -480,6 +546,13 @@ class Trainer:
                 ),
             )
 
+        self._dp = DataParallel(model, w) if w.size > 1 else None
+        if self._dp is not None:
+            self._dp.broadcast()  # the replicas start identical, whatever each rank read
+            self._say(
+                f"Data-parallel over {w.size} ranks: {local_batch} images per rank and step, "
+                f"{self._dp.gradient_bytes / 2**20:.1f} MiB of gradients averaged per step"
+            )
         workers = default_loader_workers() if cfg.loader_workers is None else cfg.loader_workers
         self._workers = workers
         self._timing_lock = threading.Lock()
@@ -487,30 +560,30 @@ class Trainer:
         train_loader = DataLoader(
             data.train,
             train_tf,
-            cfg.batch_size,
+            local_batch,
             shuffle=True,
             seed=cfg.seed,
             num_workers=0,
             drop_last=True,
         )
-        eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+        eval_bs = cfg.eval_batch_size or 2 * local_batch  # per rank
         val_loader = DataLoader(data.val, eval_transform(size), eval_bs, num_workers=0)
 
         prefix_empty = model.features_shape(size, size) == (3, size, size)
         use_cache = cfg.cache is True or (cfg.cache == "auto" and not cfg.augment)
-        budget = parse_bytes(cfg.cache_memory)
+        budget = parse_bytes(cfg.cache_memory) // w.local_size  # the machine's, shared
         fshape = model.features_shape(size, size)
         # Validation images are never augmented: their frozen-prefix output is cached
         # whenever there is a prefix (and the cache is not switched off).
         use_val_cache = cfg.cache is not False and not prefix_empty
         train_budget = budget // 2 if use_val_cache else budget
         train_cache = (
-            FeatureCache(len(data.train), fshape, train_budget, run_dir / "train.cache.f32")
+            FeatureCache(len(data.train), fshape, train_budget, _spill(run_dir, "train", w))
             if use_cache
             else None
         )
         val_cache = (
-            FeatureCache(len(data.val), fshape, budget - train_budget, run_dir / "val.cache.f32")
+            FeatureCache(len(data.val), fshape, budget - train_budget, _spill(run_dir, "val", w))
             if use_val_cache
             else None
         )
@@ -552,6 +625,13 @@ class Trainer:
                     )
                 train_seconds = time.perf_counter() - t0
                 p = state["partial"]
+                if self._dp is not None:
+                    self._dp.average_running_stats()
+                    if not self._dp.parameters_agree():  # a bug, not rounding: fail loudly
+                        raise TrainingError(
+                            f"the ranks' parameters differ after epoch {epoch + 1}; "
+                            "something changed the model on some ranks only"
+                        )
                 val = self._validate(model, val_loader, val_cache, pool, data.class_names, epoch)
                 if val is None:  # Ctrl-C during validation: save the finished epoch's steps
                     self._save(run_dir / "last.ckpt", model, opt, sched, state, history, cfg)
@@ -602,12 +682,14 @@ class Trainer:
                 )
                 if self.callback is not None:
                     self.callback("epoch", dict(row))
+                if self._dp is not None:
+                    self._agree_stop()  # a stop asked for in the callback: every rank
                 if state["stopped_early"]:
                     self._say(
                         f"early stop: no better validation weighted F1 for {cfg.patience} "
                         f"epochs (best {state['best_score']:.4f} at epoch {state['best_epoch']})"
                     )
-                if self._stop and state["epoch"] < cfg.epochs and not state["stopped_early"]:
+                if self._stopping() and state["epoch"] < cfg.epochs and not state["stopped_early"]:
                     # Ctrl-C (or stop()) during the epoch's last step or validation
                     raise TrainingInterrupted(
                         f"training stopped after epoch {epoch + 1}; saved "
@@ -624,8 +706,8 @@ class Trainer:
         if history:  # also after a kill between the history and checkpoint writes
             self._write_history(run_dir, history, title)
         if state["best_epoch"]:
-            best = load_checkpoint(run_dir / "best.ckpt")
-            model.load_state_dict(best.model, strict=True)
+            best = load_checkpoint(run_dir / "best.ckpt").model if w.is_root else None
+            model.load_state_dict(w.bcast(best), strict=True)
         model.eval()
         return self._result(model, history, run_dir, state, cfg, timing)
 
@@ -659,16 +741,20 @@ class Trainer:
         history: list[dict[str, Any]],
         cfg: TrainConfig,
     ) -> None:
+        if not self._world.is_root:
+            return
+        extra = {"config": cfg.to_dict(), "ranks": self._world.size}
         try:
-            save_checkpoint(path, model, opt, sched, state, history, {"config": cfg.to_dict()})
+            save_checkpoint(path, model, opt, sched, state, history, extra)
         except OSError as exc:
             raise TrainingError(
                 f"could not write {path}: {exc.strerror or exc}; the previous checkpoint "
                 "there is unchanged"
             ) from exc
 
-    @staticmethod
-    def _write_history(run_dir: Path, history: list[dict[str, Any]], title: str) -> None:
+    def _write_history(self, run_dir: Path, history: list[dict[str, Any]], title: str) -> None:
+        if not self._world.is_root:
+            return
         try:
             write_history(run_dir, history, title)
         except OSError as exc:
@@ -754,7 +840,10 @@ class Trainer:
 
         epoch = state["epoch"]
         start = state["step_in_epoch"]
-        order = loader.order(epoch)
+        w = self._world
+        # The epoch's global order is the same on every rank; each takes its shard, so
+        # global step s covers the same images whatever the number of ranks.
+        order = shard(loader.order(epoch), w.rank, w.size)
         p = state["partial"]
         need = (lambda idx: not cache.complete(idx)) if cache is not None else (lambda idx: True)
         bar = tqdm(
@@ -762,7 +851,7 @@ class Trainer:
             initial=start,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="step",
-            disable=not self.progress,
+            disable=not self._show,
             leave=False,
             dynamic_ncols=True,
         )
@@ -771,9 +860,9 @@ class Trainer:
         seen0 = p["seen"]
         try:
             for idx, item in self._batches(
-                loader, order, cfg.batch_size, start, steps, epoch, need, pool, timing
+                loader, order, loader.batch_size, start, steps, epoch, need, pool, timing
             ):
-                seed = _step_seed(cfg.seed, state["global_step"])
+                seed = _step_seed(cfg.seed, state["global_step"], w.rank)
                 t = time.perf_counter()
                 if item is None:
                     y = np.array([loader.samples[i].label for i in idx], np.int64)
@@ -791,6 +880,16 @@ class Trainer:
                 if not math.isfinite(loss):
                     self._nan(state, steps, run_dir, history)
                 model.backward(cross_entropy_backward(prob, y, class_weight, cfg.label_smoothing))
+                step_loss = loss * len(y)
+                correct, seen = int(np.sum(prob.argmax(1) == y)), len(y)
+                if self._dp is not None:
+                    # one agreement per step: a rank that failed, or was asked to stop, is
+                    # known to all before the gradients are exchanged
+                    sums = w.agree((step_loss, correct, seen, self._stop))
+                    self._agreed_stop = any(x[3] for x in sums)
+                    step_loss = sum(x[0] for x in sums)
+                    correct, seen = sum(x[1] for x in sums), sum(x[2] for x in sums)
+                    self._dp.average_gradients()
                 try:
                     opt.step()
                 except (FloatingPointError, ValueError) as exc:
@@ -802,9 +901,9 @@ class Trainer:
                 timing["images"] += len(y)
                 state["global_step"] += 1
                 state["step_in_epoch"] += 1
-                p["loss_sum"] += loss * len(y)
-                p["correct"] += int(np.sum(prob.argmax(1) == y))
-                p["seen"] += len(y)
+                p["loss_sum"] += step_loss
+                p["correct"] += correct
+                p["seen"] += seen
                 bar.update(1)
                 if self.callback is not None:
                     self.callback(
@@ -813,7 +912,7 @@ class Trainer:
                             "epoch": epoch + 1,
                             "step": state["step_in_epoch"],
                             "global_step": state["global_step"],
-                            "loss": loss,
+                            "loss": step_loss / seen,
                         },
                     )
                 rate = (p["seen"] - seen0) / max(time.perf_counter() - t_start, 1e-9)
@@ -825,10 +924,11 @@ class Trainer:
                 )
                 every = cfg.checkpoint_every
                 mid = state["step_in_epoch"] < steps
-                if self._stop or (every and mid and state["global_step"] % every == 0):
+                stopping = self._stopping()
+                if stopping or (every and mid and state["global_step"] % every == 0):
                     if mid:
                         self._save(run_dir / "last.ckpt", model, opt, sched, state, history, cfg)
-                    if self._stop:
+                    if stopping:
                         return not mid
         finally:
             bar.close()
@@ -857,13 +957,15 @@ class Trainer:
         epoch: int,
     ) -> dict[str, float] | None:
         """Validation metrics in inference semantics (running statistics, no dropout);
-        None when Ctrl-C (or :meth:`stop`) interrupted it."""
+        None when Ctrl-C (or :meth:`stop`) interrupted it. Data-parallel: each rank
+        validates every size-th image and the probabilities are gathered on all."""
         from tqdm.auto import tqdm
 
+        w = self._world
         n = len(loader.samples)
         bs = loader.batch_size
-        steps = -(-n // bs)
-        order = np.arange(n)
+        order = np.arange(n)[w.rank :: w.size]
+        steps = -(-len(order) // bs)
         need = (lambda idx: not cache.complete(idx)) if cache is not None else (lambda idx: True)
         timing = {"load_wait_s": 0.0, "load_work_s": 0.0}
         probs = np.empty((n, model.num_classes), np.float64)
@@ -875,7 +977,7 @@ class Trainer:
                 desc="validation",
                 unit="batch",
                 leave=False,
-                disable=not self.progress,
+                disable=not self._show,
                 dynamic_ncols=True,
             ) as bar:
                 for idx, item in self._batches(loader, order, bs, 0, steps, 0, need, pool, timing):
@@ -895,10 +997,14 @@ class Trainer:
                         )
                     probs[idx] = softmax(logits)
                     bar.update(1)
-                    if self._stop:
+                    if self._stop and w.size == 1:
                         return None
         finally:
             model.train()
+        if w.size > 1:
+            probs = w.gather_rows(order, probs[order], n)
+            if self._agree_stop():
+                return None
         nll = -np.log(np.maximum(probs[np.arange(n), labels], 1e-300))
         rep = classification_report(labels, probs, class_names)
         return {
@@ -971,3 +1077,25 @@ def fit(
     return Trainer(progress=progress, **options).fit(
         train, val, out=out, resume=resume, force=force
     )
+
+
+def _check_world(cfg: TrainConfig, w: World) -> None:
+    """The global batch must split evenly over the ranks, at least two images each
+    (batch-statistics BatchNorm needs more than one)."""
+    if w.size > 1 and (cfg.batch_size % w.size or cfg.batch_size // w.size < 2):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is the global batch: it must split evenly over the "
+            f"{w.size} ranks with at least 2 images each; use a multiple of {w.size} that is "
+            f">= {2 * w.size}"
+        )
+
+
+def _spill(run_dir: Path, side: str, w: World) -> Path:
+    """Spill file of a feature cache: in the run directory for rank 0, in the node's
+    temporary directory for the others (their own file, and the run directory may not
+    be on their machine)."""
+    if w.is_root:
+        return run_dir / f"{side}.cache.f32"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"leukemia-{os.getpid()}-rank{w.rank}-{side}.cache.f32"
