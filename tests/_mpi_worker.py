@@ -7,8 +7,9 @@
 
 JSON_OPTIONS holds the data folder (``data``) and TrainConfig fields. Faults and stops come
 through the Trainer's public callback; recording wraps leukemia.distributed.DataParallel:
-test scaffolding, nothing of it is in the package. Every rank prints one line
-``rank R: ok`` or ``rank R: <ExceptionType>: <message>`` and exits 0 or 1.
+test scaffolding, nothing of it is in the package. Every rank writes one line to
+OUT_DIR/rank<R>.txt, ``ok ...``, ``stopped: ...`` or ``<ExceptionType>: <message>``, and
+exits 0 or 1.
 """
 
 from __future__ import annotations
@@ -81,10 +82,16 @@ def main(argv: list[str]) -> int:
     except TrainingInterrupted as exc:
         line = f"stopped: {str(exc).splitlines()[0]}"
     except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
-        print(f"rank {w.rank}: {type(exc).__name__}: {exc}", flush=True)
+        _report(out, w.rank, f"{type(exc).__name__}: {exc}")
         return 1
-    print(f"rank {w.rank}: {line}", flush=True)
+    _report(out, w.rank, line)
     return 0
+
+
+def _report(out: Path, rank: int, line: str) -> None:
+    """OUT_DIR/rank<R>.txt (mpiexec may interleave the ranks' standard output)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.txt").write_text(line + "\n")
 
 
 if __name__ == "__main__":

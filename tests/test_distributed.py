@@ -88,13 +88,13 @@ def _worker(mode: str, out: Path, options: dict, *extra: object, **kw):
     return _launch([str(WORKER), mode, str(out), json.dumps(options), *map(str, extra)], **kw)
 
 
-def _rank_lines(text: str) -> dict[int, str]:
-    lines = {}
-    for line in text.splitlines():
-        if line.startswith("rank ") and ":" in line:
-            head, rest = line.split(":", 1)
-            lines[int(head.split()[1])] = rest.strip()
-    return lines
+def _rank_lines(out: Path, ranks: int = 2) -> dict[int, str]:
+    """What each rank of tests/_mpi_worker.py reported."""
+    return {
+        r: (out / f"rank{r}.txt").read_text().strip()
+        for r in range(ranks)
+        if (out / f"rank{r}.txt").exists()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(data: Path, tmp_path: Pat
     )
     proc, seconds = _worker("train", tmp_path / "two", opts)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _rank_lines(proc.stdout) == {0: "ok 3 epochs", 1: "ok 3 epochs"}, proc.stdout
+    assert _rank_lines(tmp_path / "two") == {0: "ok 3 epochs", 1: "ok 3 epochs"}, proc.stderr
     one = {k: v for k, v in opts.items() if k != "data"}
     leukemia.fit(data, out=tmp_path / "one", progress=False, threads=1, **one)
 
@@ -286,83 +286,78 @@ def test_a_rank_failing_mid_epoch_ends_every_rank(data: Path, tmp_path: Path, ra
     opts = _options(data, head="linear", policy="head", epochs=2, checkpoint_every=1)
     proc, seconds = _worker("fault", tmp_path, opts, rank, 3)
     assert proc.returncode != 0
-    lines = _rank_lines(proc.stdout)
-    assert lines[rank] == f"ValueError: injected fault on rank {rank} after step 3", proc.stdout
+    lines = _rank_lines(tmp_path)
+    assert lines[rank] == f"ValueError: injected fault on rank {rank} after step 3", proc.stderr
     other = 1 - rank
     assert lines[other].startswith(f"RankFailed: rank {rank} failed: ValueError: injected fault")
-    assert seconds < 60, seconds
+    # the other rank stopped right after the failing one (the subprocess timeout catches a hang)
+    stamps = [(tmp_path / f"rank{r}.txt").stat().st_mtime for r in (0, 1)]
+    assert abs(stamps[0] - stamps[1]) < 20, (stamps, seconds)
     ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
     assert ckpt.meta["trainer"]["global_step"] == (3 if rank == 1 else 2)
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def _learn_options(data: Path) -> dict:
-    return _options(
-        data,
-        head="multi_attention",
-        policy="all",
-        size=40,
-        epochs=5,
-        batch_size=16,
-        lr=1e-3,
-        backbone_lr=1e-3,
-        weight_decay=0.05,
-        seed=0,
-    )
+LEARN = {"subjects": 24, "cells": 40, "size": 32, "epochs": 8, "stop_after": 6}
+"""The demo's data and recipe (``leukemia demo`` without ImageNet weights) at 32 px
+instead of 48 to halve the time. One process with 2 threads, measured: validation
+weighted F1 0.64, 0.10, 0.64, 0.67, 0.91, 0.96, 0.96, 0.95 over the 8 epochs (AUC 0.99
+from epoch 4); the 1-rank demo test asks weighted F1 >= 0.8 and ROC AUC >= 0.9."""
 
 
 @pytest.fixture(scope="module")
 def learn_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("learn")
-    write_cnmc(root, 16, 24, 40, seed=0, workers=2)
+    write_cnmc(root, LEARN["subjects"], LEARN["cells"], LEARN["size"], seed=0, workers=2)
     return root
 
 
 def test_two_ranks_learn_as_one_and_resume_on_one(learn_data: Path, tmp_path: Path) -> None:
-    """The demo's recipe on a smaller set: 2 ranks (threads per rank left to the default)
-    stopped by a request on rank 1 after epoch 4 of 5, resumed on one rank; scored
-    against the same schedule run in one process. The checkpoint loads in one process
-    and split evaluation and prediction (the CLI on 2 ranks) match one process."""
-    opts = _learn_options(learn_data)
-    n_train = len(make_split(load_dataset(learn_data).labelled(), "patient", 0.2, 0).train)
-    steps = n_train // opts["batch_size"]
-    proc, seconds_two = _worker("stop", tmp_path, opts, 1, 4 * steps - 1, threads=None)
+    """The demo's recipe on 2 ranks (threads per rank left to the default), stopped by a
+    request on rank 1 after epoch 6 of 8 and resumed on one rank, clears the bar of the
+    1-rank demo. The checkpoint of 2 ranks loads in one process, and evaluation and
+    prediction split over 2 ranks (the CLI) give the one-process results in order."""
+    opts = _options(
+        learn_data,
+        head="multi_attention",
+        policy="all",
+        size=LEARN["size"],
+        epochs=LEARN["epochs"],
+        batch_size=32,
+        lr=1e-3,
+        backbone_lr=1e-3,
+        weight_decay=0.05,
+        seed=0,
+    )
+    proc, seconds_two = _worker("stop", tmp_path, opts, 1, LEARN["stop_after"], threads=None)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = _rank_lines(proc.stdout)
-    assert lines[0].startswith("stopped: training stopped after epoch 4"), lines
-    assert lines[1] == lines[0]
+    lines = _rank_lines(tmp_path)
+    assert lines[0].startswith(f"stopped: training stopped after epoch {LEARN['stop_after']};")
+    assert lines[1] == lines[0], lines
     run = tmp_path / "run"
     cfg = json.loads((run / "config.json").read_text())
     cpus = len(os.sched_getaffinity(0))
     assert cfg["world"] == {"ranks": 2, "threads_per_rank": max(1, cpus // 2)}
     two = load_checkpoint(run / "last.ckpt")
-    assert (two.epoch, two.step_in_epoch) == (4, 0)
+    assert (two.epoch, two.step_in_epoch) == (LEARN["stop_after"], 0)
 
     # the checkpoint of 2 ranks, in one process
     mid = evaluate(load_run(run, "last"), bootstrap=0)
     assert mid.metrics["n"] == len(mid.samples) > 0
 
     start = time.perf_counter()
-    resumed = leukemia.fit(resume=run, progress=False, threads=2)
+    resumed = leukemia.fit(resume=run, progress=False)
     seconds_resume = time.perf_counter() - start
-    assert len(resumed.history) == 5
-    assert resumed.history[:4] == two.meta["history"]
-
-    one_opts = {k: v for k, v in opts.items() if k != "data"}
-    start = time.perf_counter()
-    one = leukemia.fit(learn_data, out=tmp_path / "one", progress=False, threads=2, **one_opts)
-    seconds_one = time.perf_counter() - start
-    f1_two = max(h["val_weighted_f1"] for h in resumed.history)
-    f1_one = max(h["val_weighted_f1"] for h in one.history)
-    auc_two = resumed.history[-1]["val_roc_auc"]
+    assert len(resumed.history) == LEARN["epochs"]
+    assert resumed.history[: LEARN["stop_after"]] == two.meta["history"]
+    f1 = [round(h["val_weighted_f1"], 3) for h in resumed.history]
+    auc = resumed.history[-1]["val_roc_auc"]
     print(
-        f"weighted F1 2 ranks (+1 resumed) {f1_two:.3f} vs 1 rank {f1_one:.3f}; AUC "
-        f"{auc_two:.3f} vs {one.history[-1]['val_roc_auc']:.3f}; 2 ranks x 4 epochs "
-        f"{seconds_two:.0f} s, resume {seconds_resume:.0f} s, 1 rank x 5 epochs {seconds_one:.0f} s"
+        f"validation weighted F1 per epoch {f1}, final AUC {auc:.3f}; 2 ranks "
+        f"{seconds_two:.0f} s, resumed on 1 rank {seconds_resume:.0f} s"
     )
-    assert f1_one >= 0.8, one.history  # the recipe learns at all
-    assert f1_two >= f1_one - 0.1, (resumed.history, one.history)
-    assert auc_two >= 0.85, resumed.history
+    assert max(f1) >= 0.8 and resumed.best_epoch > 2, f1
+    assert auc >= 0.9, resumed.history
 
     # evaluate and predict split over 2 ranks (CLI): the one-process numbers, in order
     files = sorted(p for p in learn_data.rglob("*.bmp"))[::7]
@@ -376,9 +371,12 @@ def test_two_ranks_learn_as_one_and_resume_on_one(learn_data: Path, tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
     local = evaluate(load_run(run))
     got = json.loads(report.read_text())
-    for k in ("accuracy", "weighted_f1", "roc_auc"):
+    for k in ("n", "accuracy", "weighted_f1", "roc_auc"):
         assert got["metrics"][k] == pytest.approx(local.metrics[k], abs=1e-9), k
-    assert got["subjects"] == json.loads(json.dumps(local.to_dict()["subjects"]))
+    assert len(got["subjects"]) == len(local.subjects)
+    for a, b in zip(got["subjects"], local.subjects, strict=True):
+        assert (a["subject"], a["images"], a["call"]) == (b["subject"], b["images"], b["call"])
+        assert a["mean_p1"] == pytest.approx(b["mean_p1"], abs=1e-6)
     with open(preds) as f:
         rows = list(csv.reader(f))[1:]
     assert [r[0] for r in rows] == [str(p) for p in files]  # the original order

@@ -73,11 +73,12 @@ up to 10 % faster than decoding between steps and never slower beyond noise, whi
 core with one thread fewer loses 25-30 %."""
 
 
-def default_loader_workers() -> int:
+def default_loader_workers(cpus: int | None = None) -> int:
     """:data:`DEFAULT_LOADER_WORKERS` up to 4 CPUs, then a quarter of them (at most 4):
     decoding a 450 px BMP into an augmented 300 px tensor takes ~15 ms of one core, so
-    more cores train faster than one thread can feed them."""
-    cpus = os.cpu_count() or 1
+    more cores train faster than one thread can feed them. ``cpus``: the CPUs this
+    process may use (default: all; a rank of a data-parallel run gets its share)."""
+    cpus = cpus or os.cpu_count() or 1
     return DEFAULT_LOADER_WORKERS if cpus <= 4 else min(4, cpus // 4)
 
 
@@ -553,7 +554,9 @@ class Trainer:
                 f"Data-parallel over {w.size} ranks: {local_batch} images per rank and step, "
                 f"{self._dp.gradient_bytes / 2**20:.1f} MiB of gradients averaged per step"
             )
-        workers = default_loader_workers() if cfg.loader_workers is None else cfg.loader_workers
+        workers = cfg.loader_workers
+        if workers is None:  # a rank's share of the machine
+            workers = default_loader_workers(max(1, (os.cpu_count() or 1) // w.local_size))
         self._workers = workers
         self._timing_lock = threading.Lock()
         train_tf = train_transform(size) if cfg.augment else eval_transform(size)
