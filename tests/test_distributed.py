@@ -300,9 +300,12 @@ def test_a_rank_failing_mid_epoch_ends_every_rank(data: Path, tmp_path: Path, ra
 
 LEARN = {"subjects": 24, "cells": 40, "size": 32, "epochs": 8, "stop_after": 6}
 """The demo's data and recipe (``leukemia demo`` without ImageNet weights) at 32 px
-instead of 48 to halve the time. One process with 2 threads, measured: validation
-weighted F1 0.64, 0.10, 0.64, 0.67, 0.91, 0.96, 0.96, 0.95 over the 8 epochs (AUC 0.99
-from epoch 4); the 1-rank demo test asks weighted F1 >= 0.8 and ROC AUC >= 0.9."""
+instead of 48 to halve the time."""
+ONE_RANK_F1 = 0.963
+"""The same run in one process (2 threads), measured: validation weighted F1 0.64, 0.10,
+0.64, 0.67, 0.91, 0.96, 0.96, 0.95 over the 8 epochs (AUC 0.99 from epoch 4). Two ranks
+do not repeat it bit for bit (each rank's BatchNorm sees its own half of the batch, and
+the dropout masks differ), so "as well" allows 0.1 below its best."""
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +317,8 @@ def learn_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_ranks_learn_as_one_and_resume_on_one(learn_data: Path, tmp_path: Path) -> None:
     """The demo's recipe on 2 ranks (threads per rank left to the default), stopped by a
-    request on rank 1 after epoch 6 of 8 and resumed on one rank, clears the bar of the
-    1-rank demo. The checkpoint of 2 ranks loads in one process, and evaluation and
+    request on rank 1 after epoch 6 of 8 and resumed on one rank, learns as well as one
+    process does. The checkpoint of 2 ranks loads in one process, and evaluation and
     prediction split over 2 ranks (the CLI) give the one-process results in order."""
     opts = _options(
         learn_data,
@@ -356,7 +359,7 @@ def test_two_ranks_learn_as_one_and_resume_on_one(learn_data: Path, tmp_path: Pa
         f"validation weighted F1 per epoch {f1}, final AUC {auc:.3f}; 2 ranks "
         f"{seconds_two:.0f} s, resumed on 1 rank {seconds_resume:.0f} s"
     )
-    assert max(f1) >= 0.8 and resumed.best_epoch > 2, f1
+    assert max(f1) >= ONE_RANK_F1 - 0.1 and resumed.best_epoch > 2, f1
     assert auc >= 0.9, resumed.history
 
     # evaluate and predict split over 2 ranks (CLI): the one-process numbers, in order

@@ -48,7 +48,8 @@ class TrainConfig:
         weights: None (random initialisation), ``"imagenet"`` or a weights file.
         size: image side fed to the model (None: the architecture's, 300 / 384).
         epochs, batch_size: the schedule (the last incomplete batch is dropped, since
-            batch-statistics BatchNorm needs more than one image).
+            batch-statistics BatchNorm needs more than one image). ``batch_size`` is the
+            global batch: with N MPI ranks each takes ``batch_size / N`` images per step.
         lr: learning rate of the head; backbone_lr: of the trainable backbone layers
             (None: lr / 10).
         weight_decay: AdamW's decoupled decay (not applied to norms and biases).
@@ -68,9 +69,11 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation weighted F1
             (None: never).
         seed: initialisation, shuffling, augmentation, dropout and stochastic depth.
-        threads: the C core's threads (None: as set, see ``leukemia.get_num_threads``).
+        threads: the C core's threads (None: as set, see ``leukemia.get_num_threads``; with
+            several MPI ranks, each rank's share of its machine's cores).
         loader_workers: image-decoding threads (None: the measured default, see README).
-        eval_batch_size: batch for validation and prediction (None: 2 x batch_size).
+        eval_batch_size: batch for validation and prediction, per process (None: twice
+            the training images per process and step).
         checkpoint_every: also write ``last.ckpt`` every this many steps (0: at the end
             of each epoch only).
         split: how the validation side was chosen when fit() made it (recorded).
