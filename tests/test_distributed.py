@@ -181,6 +181,18 @@ def test_cli_refuses_a_global_batch_that_does_not_split(data: Path, tmp_path: Pa
     assert "runs in one process" in proc.stderr and proc.returncode != 0, proc.stderr
 
 
+def test_named_buffers_of_the_layers_that_train() -> None:
+    """DataParallel averages these: the running statistics that change in train mode."""
+    head = EfficientNet("efficientnet_b3", 2, policy="head")
+    assert [n for n, _ in head.named_buffers(trainable=True)] == []
+    m = EfficientNet("efficientnet_b3", 2, head="multi_attention", policy="last_block")
+    trains = [n for n, _ in m.named_buffers(trainable=True)]
+    frozen = [n for n, _ in m.named_buffers(trainable=False)]
+    assert sorted(trains + frozen) == sorted(n for n, _ in m.named_buffers())
+    assert "head.bn.running_var" in trains and "features.0.1.running_mean" in frozen
+    assert all(n.startswith(("features.7.", "features.8.", "head.")) for n in trains)
+
+
 # ------------------------------------------------------------------ 2 ranks
 
 
