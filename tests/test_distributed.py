@@ -11,7 +11,8 @@ launched by ``mpiexec -n 2`` (tests/_mpi_worker.py), against one process.
 - learning: a 2-rank run learns as well as one rank, its checkpoint loads in one process
   and the run resumes on one rank;
 - evaluate and predict split over 2 ranks give the one-process results, in order;
-- a rank that raises mid-epoch ends every rank with the error named, within a timeout.
+- a rank that raises mid-epoch ends every rank with the error named, within a timeout;
+- Ctrl-C stops both ranks after the same step, and one rank resumes the run.
 
 The mpi extra (mpi4py, mpich) is part of the test install: without it these tests fail.
 """
@@ -22,6 +23,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -308,6 +310,48 @@ def test_a_rank_failing_mid_epoch_ends_every_rank(data: Path, tmp_path: Path, ra
     ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
     assert ckpt.meta["trainer"]["global_step"] == (3 if rank == 1 else 2)
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_ctrl_c_stops_both_ranks_at_one_step_and_one_rank_resumes(
+    data: Path, tmp_path: Path
+) -> None:
+    """mpiexec forwards Ctrl-C to every rank; they reach it at different moments but stop
+    after the same step (the next agreement), rank 0 saves, both exit with 130, and the
+    run finishes on one rank."""
+    out = tmp_path / "run"
+    args = ["-m", "leukemia", "train", str(data), "--out", str(out), "--quiet"]
+    args += ["--head", "linear", "--policy", "head", "--size", "32", "--batch-size", "8"]
+    args += ["--epochs", "6", "--checkpoint-every", "1"]
+    proc = subprocess.Popen(
+        [_mpiexec(), "-n", "2", sys.executable, *args],
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    end = time.monotonic() + TIMEOUT
+    while not (out / "last.ckpt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the ranks did not stop after Ctrl-C: {proc.communicate()}")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("leukemia: training stopped")]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err  # the same step on both
+    ck = load_checkpoint(out / "last.ckpt")
+    assert ck.meta["trainer"]["global_step"] >= 1 and ck.epoch < 6
+    from leukemia.cli import main
+
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
 
 
 LEARN = {"subjects": 24, "cells": 40, "size": 32, "epochs": 8, "stop_after": 6}
