@@ -48,7 +48,13 @@ WORKER = Path(__file__).with_name("_mpi_worker.py")
 SIZE = 32
 TIMEOUT = 240  # seconds for one mpiexec run on a busy 2-core machine
 
-_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_LAUNCHER_VARS = (
+    "PMI_SIZE",
+    "PMI_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "SLURM_STEP_NUM_TASKS",
+)
 
 
 def _mpiexec() -> str:
