@@ -47,7 +47,23 @@ typedef struct lk_conv2d {
     const float *w_cached;  /* eval: weights already reordered for this pointer */
     uint64_t w_cached_version;
     int dw_custom;          /* depthwise weight gradient by lk_dwconv_bwd_weights (no bwd_w) */
+    int dw_gemm;            /* dense weight gradient on dnnl_sgemm (no bwd_w), see conv2d.c */
+    int gemm_threads;       /* team size the workspace was planned for */
+    int64_t gemm_rows;      /* output positions per im2col chunk (0: plain 1x1, no im2col) */
+    float *gemm_ws;         /* [gemm_threads, gemm_rows * KK + OC * KK], KK = KH*KW*IC:
+                               each thread's im2col chunk, then its partial dW [OC, KH, KW, IC] */
 } lk_conv2d;
+
+/* Which weight-gradient path conv2d plans for dense (groups == 1) layers. AUTO picks
+ * per shape (see conv2d.c); the others force one, for tests and benchmarks. Read by
+ * lk_conv2d_init only, so set it before planning (not thread-safe). */
+typedef enum lk_conv_bwd_w_policy {
+    LK_CONV_BWD_W_AUTO = 0,
+    LK_CONV_BWD_W_ONEDNN,
+    LK_CONV_BWD_W_GEMM
+} lk_conv_bwd_w_policy;
+void lk_conv2d_set_bwd_w_policy(lk_conv_bwd_w_policy p);
+lk_conv_bwd_w_policy lk_conv2d_get_bwd_w_policy(void);
 
 lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
 /* y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w, b [OC] or NULL). `w_version`

@@ -35,6 +35,7 @@
 #pragma weak lk_conv2d_forward
 #pragma weak lk_conv2d_backward
 #pragma weak lk_conv2d_free
+#pragma weak lk_conv2d_set_bwd_w_policy
 #pragma weak lk_bn_init
 #pragma weak lk_bn_forward
 #pragma weak lk_bn_backward
@@ -507,6 +508,44 @@ static int test_conv2d_dw_paths(void) {
             lk_dwconv_set_policy(LK_DW_BWD_W_AUTO);
             if (!ok) return 0;
         }
+    return 1;
+}
+
+/* Dense layers with the weight gradient forced to the sgemm path and to oneDNN's
+ * primitive (the default picks by shape): plain 1x1 (in place), 1x1 strided and
+ * kxk with symmetric and asymmetric padding (im2col), with 1, 2 and 3 threads (one
+ * partial sum per thread); the large strided 1x1 needs two im2col chunks on one
+ * thread. */
+static int test_conv2d_gemm_paths(void) {
+    NEED(lk_conv2d_init, "conv2d.c");
+    NEED(lk_conv2d_set_bwd_w_policy, "conv2d.c");
+    const lk_conv2d_cfg cases[] = {
+        {.n = 2, .ic = 5, .ih = 9, .iw = 7, .oc = 6, .kh = 1, .kw = 1, .sh = 1, .sw = 1,
+         .groups = 1, .bias = 1},
+        {.n = 1, .ic = 16, .ih = 9, .iw = 10, .oc = 7, .kh = 1, .kw = 1, .sh = 2, .sw = 2,
+         .groups = 1},
+        {.n = 2, .ic = 3, .ih = 11, .iw = 9, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 1, .bias = 1},
+        {.n = 3, .ic = 17, .ih = 40, .iw = 37, .oc = 4, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+         .pt = 0, .pl = 1, .pb = 1, .pr = 1, .groups = 1},
+        {.n = 1, .ic = 4, .ih = 8, .iw = 9, .oc = 3, .kh = 5, .kw = 3, .sh = 1, .sw = 2,
+         .pt = 2, .pl = 1, .pb = 2, .pr = 1, .groups = 1, .bias = 1},
+        {.n = 2, .ic = 16, .ih = 256, .iw = 130, .oc = 3, .kh = 1, .kw = 1, .sh = 2, .sw = 2,
+         .groups = 1},
+    };
+    const lk_conv_bwd_w_policy pols[] = {LK_CONV_BWD_W_GEMM, LK_CONV_BWD_W_ONEDNN};
+    const int threads0 = lk_get_num_threads();
+    for (int nt = 1; nt <= 3; nt++)
+        for (size_t p = 0; p < 2; p++)
+            for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                lk_set_num_threads(nt);
+                lk_conv2d_set_bwd_w_policy(pols[p]);
+                int ok = conv_case(cases[i]);
+                lk_conv2d_set_bwd_w_policy(LK_CONV_BWD_W_AUTO);
+                lk_set_num_threads(threads0);
+                if (!ok) return 0;
+                tfree_all(); /* 30 cases: stay under the per-test allocation table */
+            }
     return 1;
 }
 
@@ -2216,6 +2255,7 @@ static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
+    {"conv2d_gemm_paths", test_conv2d_gemm_paths},
     {"batchnorm", test_batchnorm},
     {"batchnorm_team", test_batchnorm_team},
     {"activation", test_activation},
