@@ -217,7 +217,8 @@ static void bench_dense_bwd_w(const char *op, int ic, int hw, int oc, int k, int
     lk_free(x), lk_free(w), lk_free(dy), lk_free(y);
 }
 
-/* Training-mode BN and/or SiLU on [N, HW, HW, C]. */
+/* Training-mode BN and/or SiLU on [N, HW, HW, C]; with_bn == 2: BN with the SiLU
+ * fused in (lk_bn_silu_forward/backward). */
 static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_silu) {
     if (!wanted(op)) return;
     size_t nx = (size_t)g_batch * hw * hw * ch;
@@ -226,10 +227,10 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
     memset(&B, 0, sizeof B);
     memset(&A, 0, sizeof A);
     lk_bn_cfg bc = {.n = g_batch, .c = ch, .h = hw, .w = hw, .eps = 1e-5f, .momentum = 0.1f,
-                    .mode = LK_BN_TRAIN, .need_dx = 1};
+                    .mode = LK_BN_TRAIN, .need_dx = 1, .silu = with_bn == 2};
     double t0 = now_ms();
     if (with_bn) CK(lk_bn_init(&B, &bc));
-    if (with_silu) CK(lk_act_init(&A, LK_ACT_SILU, (int64_t)nx, 1));
+    if (with_silu && with_bn != 2) CK(lk_act_init(&A, LK_ACT_SILU, (int64_t)nx, 1));
     double plan = now_ms() - t0;
     float *x = rnd(nx, -2, 2), *t = rnd(nx, 0, 0), *y = rnd(nx, 0, 0), *dy = rnd(nx, -1, 1);
     float *dt = rnd(nx, 0, 0), *dx = rnd(nx, 0, 0);
@@ -239,6 +240,10 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
     /* BN writes t, SiLU reads t (the pre-activation, needed by its backward). */
     const float *act_in = with_bn ? t : x;
     double fwd, bwd;
+    if (with_bn == 2) {
+        TIME_REPS(fwd, CK(lk_bn_silu_forward(&B, y, mean, var, x, g, b, rm, rv)));
+        TIME_REPS(bwd, CK(lk_bn_silu_backward(&B, dx, dg, db, dy, x, mean, var, g, b)));
+    } else {
     TIME_REPS(fwd, {
         if (with_bn) CK(lk_bn_forward(&B, with_silu ? t : y, mean, var, x, g, b, rm, rv));
         if (with_silu) CK(lk_act_forward(&A, y, act_in));
@@ -247,6 +252,7 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
         if (with_silu) CK(lk_act_backward(&A, with_bn ? dt : dx, dy, act_in, NULL));
         if (with_bn) CK(lk_bn_backward(&B, dx, dg, db, with_silu ? dt : dy, x, mean, var, g));
     });
+    }
     report(op, plan, fwd, bwd);
     lk_bn_free(&B);
     lk_act_free(&A);
@@ -429,6 +435,11 @@ int main(int argc, char **argv) {
     bench_bn_silu("bn_train_144_75", 144, 75, 1, 0);
     bench_bn_silu("silu_144_75", 144, 75, 0, 1);
     bench_bn_silu("bn+silu_144_75", 144, 75, 1, 1);
+    bench_bn_silu("bn+silu_fused_144_75", 144, 75, 2, 1);
+    bench_bn_silu("bn+silu_24_192", 24, 192, 1, 1);
+    bench_bn_silu("bn+silu_fused_24_192", 24, 192, 2, 1);
+    bench_bn_silu("bn+silu_1536_12", 1536, 12, 1, 1);
+    bench_bn_silu("bn+silu_fused_1536_12", 1536, 12, 2, 1);
     bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
     bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);

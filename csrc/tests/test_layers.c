@@ -36,6 +36,8 @@
 #pragma weak lk_conv2d_backward
 #pragma weak lk_conv2d_free
 #pragma weak lk_conv2d_set_bwd_w_policy
+#pragma weak lk_bn_silu_forward
+#pragma weak lk_bn_silu_backward
 #pragma weak lk_bn_init
 #pragma weak lk_bn_forward
 #pragma weak lk_bn_backward
@@ -795,6 +797,127 @@ static int test_batchnorm_team(void) {
         lk_bn_free(&L);
         if (!ok) return 0;
     }
+    return 1;
+}
+
+/* Fused BN + SiLU (cfg.silu): forward (y, batch statistics, running statistics) and
+ * backward (dx, dgamma, dbeta) against a double reference of BN then SiLU, with the
+ * same bits for any team. Channel counts below, across and above one 64-channel block
+ * and above one 2048-float tile (the segmented pass), rows over several chunks and
+ * not a multiple of the 64-row tile, a mean far from zero. */
+typedef struct {
+    lk_bn *L;
+    const float *x, *dy, *gamma, *beta, *rm0, *rv0;
+    float *rm, *rv;
+    int c;
+    size_t nx;
+} bn_silu_ctx;
+
+static lk_status bn_silu_run(void *ctx, float *out) { /* [y | dx | mean | var | dg | db | rm | rv] */
+    const bn_silu_ctx *k = ctx;
+    const size_t C = (size_t)k->c;
+    float *y = out, *dx = out + k->nx, *mean = dx + k->nx, *var = mean + C, *dg = var + C;
+    float *db = dg + C, *rm = db + C, *rv = rm + C;
+    memcpy(rm, k->rm0, C * sizeof *rm);
+    memcpy(rv, k->rv0, C * sizeof *rv);
+    lk_status st = lk_bn_silu_forward(k->L, y, mean, var, k->x, k->gamma, k->beta, rm, rv);
+    if (st != LK_OK) return st;
+    return lk_bn_silu_backward(k->L, dx, dg, db, k->dy, k->x, mean, var, k->gamma, k->beta);
+}
+
+static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) {
+    c.mode = LK_BN_TRAIN;
+    c.silu = 1;
+    c.need_dx = 1;
+    OK(lk_bn_init(L, &c));
+    const int C = c.c;
+    const size_t M = (size_t)c.n * c.h * c.w, nx = M * C, nout = 2 * nx + 6 * (size_t)C;
+    float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *gamma = frand(C, 0.5, 1.5);
+    float *beta = frand(C, -1, 1), *rm0 = frand(C, -0.5, 0.5), *rv0 = frand(C, 0.5, 2);
+    for (size_t i = 0; i < nx; i++) x[i] += (float)offset;
+    float *out = fbuf(nout);
+    double *ref = dbuf(nout);
+    double *ry = ref, *rdx = ref + nx, *rmean = rdx + nx, *rvar = rmean + C, *rdg = rvar + C;
+    double *rdb = rdg + C, *rrm = rdb + C, *rrv = rrm + C;
+    for (int ch = 0; ch < C; ch++) {
+        double s = 0, q = 0, sg = 0, sgx = 0;
+        for (size_t i = 0; i < M; i++) s += x[i * C + ch];
+        const double mu = s / (double)M;
+        for (size_t i = 0; i < M; i++) q += (x[i * C + ch] - mu) * (x[i * C + ch] - mu);
+        const double v = q / (double)M, rstd = 1.0 / sqrt(v + c.eps);
+        for (size_t i = 0; i < M; i++) {
+            const double xh = (x[i * C + ch] - mu) * rstd, a = xh * gamma[ch] + beta[ch];
+            const double sa = 1.0 / (1.0 + exp(-a)), g = dy[i * C + ch] * sa * (1.0 + a * (1.0 - sa));
+            ry[i * C + ch] = a * sa;
+            rdx[i * C + ch] = g; /* g for now */
+            sg += g;
+            sgx += g * xh;
+        }
+        for (size_t i = 0; i < M; i++) {
+            const double xh = (x[i * C + ch] - mu) * rstd;
+            rdx[i * C + ch] = gamma[ch] * rstd * (rdx[i * C + ch] - sg / M - xh * sgx / M);
+        }
+        rmean[ch] = mu;
+        rvar[ch] = v;
+        rdg[ch] = sgx;
+        rdb[ch] = sg;
+        rrm[ch] = (1.0 - c.momentum) * rm0[ch] + c.momentum * mu;
+        rrv[ch] = (1.0 - c.momentum) * rv0[ch] + c.momentum * v * (double)M / (double)(M - 1);
+    }
+    bn_silu_ctx k = {L, x, dy, gamma, beta, rm0, rv0, NULL, NULL, C, nx};
+    SAME_BITS("bn+silu outputs", bn_silu_run, &k, out, nout);
+    CLOSE("bn+silu y", out, ry, nx);
+    CLOSE("bn+silu dx", out + nx, rdx, nx);
+    CLOSE("bn+silu mean", out + 2 * nx, rmean, (size_t)C);
+    CLOSE("bn+silu var", out + 2 * nx + C, rvar, (size_t)C);
+    CLOSE("bn+silu dgamma", out + 2 * nx + 2 * C, rdg, (size_t)C);
+    CLOSE("bn+silu dbeta", out + 2 * nx + 3 * C, rdb, (size_t)C);
+    CLOSE("bn+silu running_mean", out + 2 * nx + 4 * C, rrm, (size_t)C);
+    CLOSE("bn+silu running_var", out + 2 * nx + 5 * C, rrv, (size_t)C);
+    /* dgamma/dbeta alone; the unfused entry points refuse a fused plan. */
+    float *dg = fbuf(C), *db = fbuf(C);
+    OK(lk_bn_silu_backward(L, NULL, dg, db, dy, x, out + 2 * nx, out + 2 * nx + C, gamma, beta));
+    EXPECT(!memcmp(dg, out + 2 * nx + 2 * C, C * sizeof *dg) &&
+           !memcmp(db, out + 2 * nx + 3 * C, C * sizeof *db), "dgamma/dbeta without dx differ");
+    BAD(lk_bn_forward(L, out, NULL, NULL, x, gamma, beta, NULL, NULL), LK_ERR_ARG);
+    BAD(lk_bn_backward(L, out, dg, db, dy, x, rm0, rv0, gamma), LK_ERR_ARG);
+    BAD(lk_bn_silu_forward(L, out, NULL, NULL, x, gamma, NULL, NULL, NULL), LK_ERR_ARG);
+    return 1;
+}
+
+static int test_bn_silu(void) {
+    NEED(lk_bn_silu_forward, "batchnorm.c");
+    NEED(lk_bn_silu_backward, "batchnorm.c");
+    const lk_bn_cfg cases[] = {
+        {.n = 2, .c = 5, .h = 3, .w = 7, .eps = 1e-5f, .momentum = 0.1f},
+        /* the next three are large enough to run in parallel (>= 2^15 elements) */
+        {.n = 4, .c = 24, .h = 23, .w = 25, .eps = 1e-3f, .momentum = 0.1f},  /* 8 chunks */
+        {.n = 2, .c = 130, .h = 15, .w = 12, .eps = 1e-5f, .momentum = 0.01f}, /* 3 blocks */
+        {.n = 2, .c = 2100, .h = 3, .w = 3, .eps = 1e-3f, .momentum = 0.1f}, /* > 1 tile */
+    };
+    const double offsets[] = {0.0, 0.0, 30.0, 0.0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lk_bn L = {0};
+        int ok = bn_silu_case(&L, cases[i], offsets[i]);
+        lk_bn_free(&L);
+        if (!ok) {
+            char tmp[768];
+            snprintf(tmp, sizeof tmp, "%.700s", g_msg);
+            snprintf(g_msg, sizeof g_msg, "[bn+silu case %zu] %s", i, tmp);
+            return 0;
+        }
+        tfree_all();
+    }
+    /* Refused configurations: EVAL/FROZEN modes and a 1x1 (BatchNorm1d) input. */
+    lk_bn L = {0};
+    lk_bn_cfg bad = {.n = 2, .c = 4, .h = 3, .w = 3, .eps = 1e-5f, .momentum = 0.1f,
+                     .mode = LK_BN_FROZEN, .silu = 1};
+    BAD(lk_bn_init(&L, &bad), LK_ERR_ARG);
+    lk_bn_free(&L);
+    bad.mode = LK_BN_TRAIN;
+    bad.h = bad.w = 1;
+    BAD(lk_bn_init(&L, &bad), LK_ERR_ARG);
+    lk_bn_free(&L);
     return 1;
 }
 
@@ -2256,6 +2379,7 @@ static const test_case tests[] = {
     {"dwconv", test_dwconv},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
     {"conv2d_gemm_paths", test_conv2d_gemm_paths},
+    {"bn_silu", test_bn_silu},
     {"batchnorm", test_batchnorm},
     {"batchnorm_team", test_batchnorm_team},
     {"activation", test_activation},
