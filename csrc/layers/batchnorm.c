@@ -470,8 +470,6 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                 lk_silu_backward_serial(g, dy + off, at, (int64_t)nr * jn);
                 /* The tile's rows in float (at most BN_TILE / C terms, in order), then
                  * into the chunk's double sums: a fixed order either way. */
-                float *f1 = at, *f0 = at + jn; /* [jn] each, reusing the consumed input */
-                for (int j = 0; j < jn; j++) f1[j] = f0[j] = 0.0f;
                 if (2 * jn > BN_TILE) { /* one wide row: no room for both, straight to double */
                     for (int j = 0; j < jn; j++) {
                         sgd[j0 + j] += (double)g[j] * ((double)xt[j] - m[j]);
@@ -479,6 +477,8 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                     }
                     continue;
                 }
+                float *f1 = at, *f0 = at + jn; /* [jn] each, reusing the consumed input */
+                for (int j = 0; j < jn; j++) f1[j] = f0[j] = 0.0f;
                 for (int r = 0; r < nr; r++)
                     for (int j = 0; j < jn; j++) {
                         const float gv = g[r * jn + j];

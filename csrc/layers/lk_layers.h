@@ -8,7 +8,9 @@
  *  - backward functions OVERWRITE their gradient outputs (no accumulation);
  *    a NULL gradient output skips that gradient;
  *  - `_init` fills a zeroed struct; on failure the caller still calls `_free`,
- *    which accepts partially built and zeroed structs.
+ *    which accepts partially built and zeroed structs;
+ *  - every buffer a call needs is planned at `_init` (no allocation in forward or
+ *    backward), so a layer object serves one thread at a time.
  * Each layer's forward and backward live in one file: csrc/layers/<layer>.c.
  */
 #ifndef LK_LAYERS_H

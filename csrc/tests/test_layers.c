@@ -243,6 +243,16 @@ static int same_bits_any_team(const char *what, reduce_fn fn, void *ctx, float *
     }
     return 1;
 }
+/* A layer object serves one thread at a time (its memory objects, scratchpads and
+ * planned partial sums are its own): a reduction under SAME_BITS keeps one layer per
+ * outer thread and picks it with this. */
+static int outer_thread(void) {
+#ifdef _OPENMP
+    return omp_in_parallel() ? omp_get_thread_num() & 1 : 0;
+#else
+    return 0;
+#endif
+}
 #define SAME_BITS(what, fn, ctx, out, nout) \
     do { if (!same_bits_any_team(what, fn, ctx, out, nout, __LINE__)) return 0; } while (0)
 
@@ -739,18 +749,20 @@ static int test_batchnorm(void) {
  * must not depend on the team: the same bits with 1 and 2 threads and with a
  * one-member team nested in a parallel region, and match a double reference. */
 typedef struct {
-    lk_bn *L;
+    lk_bn *L; /* [2]: one per outer thread */
     const float *dy, *x, *mean, *var;
     int c;
 } bn_pg_ctx;
 
 static lk_status bn_pg_run(void *ctx, float *out) { /* out = [dgamma | dbeta] */
     const bn_pg_ctx *k = ctx;
-    return lk_bn_backward(k->L, NULL, out, out + k->c, k->dy, k->x, k->mean, k->var, NULL);
+    return lk_bn_backward(&k->L[outer_thread()], NULL, out, out + k->c, k->dy, k->x, k->mean,
+                          k->var, NULL);
 }
 
-static int bn_pg_case(lk_bn *L, lk_bn_cfg c) {
-    OK(lk_bn_init(L, &c));
+static int bn_pg_case(lk_bn *L, lk_bn_cfg c) { /* L [2] */
+    OK(lk_bn_init(&L[0], &c));
+    OK(lk_bn_init(&L[1], &c));
     const int C = c.c;
     const size_t M = (size_t)c.n * c.h * c.w, nx = M * C;
     float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *mean = frand(C, -0.5, 1.5);
@@ -792,9 +804,10 @@ static int test_batchnorm_team(void) {
         {.n = 3, .c = 5, .h = 7, .w = 2, .eps = 1e-3f, .momentum = 0.1f, .mode = LK_BN_FROZEN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        lk_bn L = {0};
-        int ok = bn_pg_case(&L, cases[i]);
-        lk_bn_free(&L);
+        lk_bn L[2] = {{0}, {0}};
+        int ok = bn_pg_case(L, cases[i]);
+        lk_bn_free(&L[0]);
+        lk_bn_free(&L[1]);
         if (!ok) return 0;
     }
     return 1;
@@ -806,7 +819,7 @@ static int test_batchnorm_team(void) {
  * and above one 2048-float tile (the segmented pass), rows over several chunks and
  * not a multiple of the 64-row tile, a mean far from zero. */
 typedef struct {
-    lk_bn *L;
+    lk_bn *L; /* [2]: one per outer thread */
     const float *x, *dy, *gamma, *beta, *rm0, *rv0;
     float *rm, *rv;
     int c;
@@ -820,16 +833,18 @@ static lk_status bn_silu_run(void *ctx, float *out) { /* [y | dx | mean | var | 
     float *db = dg + C, *rm = db + C, *rv = rm + C;
     memcpy(rm, k->rm0, C * sizeof *rm);
     memcpy(rv, k->rv0, C * sizeof *rv);
-    lk_status st = lk_bn_silu_forward(k->L, y, mean, var, k->x, k->gamma, k->beta, rm, rv);
+    lk_bn *L = &k->L[outer_thread()];
+    lk_status st = lk_bn_silu_forward(L, y, mean, var, k->x, k->gamma, k->beta, rm, rv);
     if (st != LK_OK) return st;
-    return lk_bn_silu_backward(k->L, dx, dg, db, k->dy, k->x, mean, var, k->gamma, k->beta);
+    return lk_bn_silu_backward(L, dx, dg, db, k->dy, k->x, mean, var, k->gamma, k->beta);
 }
 
-static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) {
+static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) { /* L [2] */
     c.mode = LK_BN_TRAIN;
     c.silu = 1;
     c.need_dx = 1;
-    OK(lk_bn_init(L, &c));
+    OK(lk_bn_init(&L[0], &c));
+    OK(lk_bn_init(&L[1], &c));
     const int C = c.c;
     const size_t M = (size_t)c.n * c.h * c.w, nx = M * C, nout = 2 * nx + 6 * (size_t)C;
     float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *gamma = frand(C, 0.5, 1.5);
@@ -897,9 +912,10 @@ static int test_bn_silu(void) {
     };
     const double offsets[] = {0.0, 0.0, 30.0, 0.0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        lk_bn L = {0};
-        int ok = bn_silu_case(&L, cases[i], offsets[i]);
-        lk_bn_free(&L);
+        lk_bn L[2] = {{0}, {0}};
+        int ok = bn_silu_case(L, cases[i], offsets[i]);
+        lk_bn_free(&L[0]);
+        lk_bn_free(&L[1]);
         if (!ok) {
             char tmp[768];
             snprintf(tmp, sizeof tmp, "%.700s", g_msg);
@@ -1292,18 +1308,19 @@ static int test_chmul(void) {
 /* ds of the channel multiply (summed over position chunks) must not depend on
  * the team either: batch 1 with one channel block is split into chunks. */
 typedef struct {
-    lk_chmul *L;
+    lk_chmul *L; /* [2]: one per outer thread */
     const float *dy, *x, *s;
     size_t nx;
 } chmul_ctx;
 
 static lk_status chmul_run(void *ctx, float *out) { /* out = [dx | ds] */
     const chmul_ctx *k = ctx;
-    return lk_chmul_backward(k->L, out, out + k->nx, k->dy, k->x, k->s);
+    return lk_chmul_backward(&k->L[outer_thread()], out, out + k->nx, k->dy, k->x, k->s);
 }
 
-static int chmul_team_body(lk_chmul *L, int n, int c, int h, int w) {
-    OK(lk_chmul_init(L, n, c, h, w));
+static int chmul_team_body(lk_chmul *L, int n, int c, int h, int w) { /* L [2] */
+    OK(lk_chmul_init(&L[0], n, c, h, w));
+    OK(lk_chmul_init(&L[1], n, c, h, w));
     const size_t hw = (size_t)h * w, nx = (size_t)n * hw * c, ns = (size_t)n * c;
     float *x = frand(nx, -2, 2), *s = frand(ns, 0, 1), *dy = frand(nx, -1, 1);
     float *out = fbuf(nx + ns);
@@ -1336,9 +1353,10 @@ static int test_chmul_team(void) {
     NEED(lk_chmul_free, "elementwise.c");
     const int shapes[][4] = {{1, 24, 64, 64}, {2, 70, 33, 17}};
     for (int i = 0; i < 2; i++) {
-        lk_chmul L = {0};
-        int ok = chmul_team_body(&L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
-        lk_chmul_free(&L);
+        lk_chmul L[2] = {{0}, {0}};
+        int ok = chmul_team_body(L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+        lk_chmul_free(&L[0]);
+        lk_chmul_free(&L[1]);
         if (!ok) return 0;
     }
     return 1;
