@@ -421,9 +421,11 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
         const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
         const float *xt = x + r0 * ch;
         float *yt = y + r0 * ch;
-        for (int64_t r = 0; r < nr; r++)
-            for (int j = 0; j < ch; j++)
-                yt[r * ch + j] = (xt[r * ch + j] - mean[j]) * scale[j] + beta[j];
+        for (int64_t r = 0; r < nr; r++) { /* row pointers: the j loop vectorises */
+            const float *xr = xt + r * ch;
+            float *yr = yt + r * ch;
+            for (int j = 0; j < ch; j++) yr[j] = (xr[j] - mean[j]) * scale[j] + beta[j];
+        }
         lk_silu_forward_serial(yt, yt, nr * ch);
     }
     if (running_mean)
@@ -463,9 +465,11 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                 const int jn = ch - j0 < seg ? ch - j0 : seg;
                 const int64_t off = rb * ch + j0; /* nr == 1 or jn == C: contiguous */
                 const float *xt = x + off, *m = mean + j0, *sc = scale + j0, *be = beta + j0;
-                for (int r = 0; r < nr; r++)
-                    for (int j = 0; j < jn; j++)
-                        at[r * jn + j] = (xt[r * ch + j] - m[j]) * sc[j] + be[j];
+                for (int r = 0; r < nr; r++) { /* row pointers: the j loops vectorise */
+                    const float *xr = xt + (int64_t)r * ch;
+                    float *ar = at + (int64_t)r * jn;
+                    for (int j = 0; j < jn; j++) ar[j] = (xr[j] - m[j]) * sc[j] + be[j];
+                }
                 float *g = dx ? dx + off : gt;
                 lk_silu_backward_serial(g, dy + off, at, (int64_t)nr * jn);
                 /* The tile's rows in float (at most BN_TILE / C terms, in order), then
@@ -479,12 +483,13 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                 }
                 float *f1 = at, *f0 = at + jn; /* [jn] each, reusing the consumed input */
                 for (int j = 0; j < jn; j++) f1[j] = f0[j] = 0.0f;
-                for (int r = 0; r < nr; r++)
+                for (int r = 0; r < nr; r++) {
+                    const float *xr = xt + (int64_t)r * ch, *gr = g + (int64_t)r * jn;
                     for (int j = 0; j < jn; j++) {
-                        const float gv = g[r * jn + j];
-                        f1[j] += gv * (xt[r * ch + j] - m[j]);
-                        f0[j] += gv;
+                        f1[j] += gr[j] * (xr[j] - m[j]);
+                        f0[j] += gr[j];
                     }
+                }
                 for (int j = 0; j < jn; j++) {
                     sgd[j0 + j] += f1[j];
                     sg[j0 + j] += f0[j];
