@@ -19,6 +19,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "lk_cpu.h"
 #include "lk_layers.h"
 
 /* Plain-C reductions over the N*H*W rows of NHWC.
@@ -370,6 +371,91 @@ static void bn_sum_chunks(const lk_bn *L, int64_t nchunk, double *s0, double *s1
     *s1 = b;
 }
 
+/* The fused passes' loops, compiled for each kernel path (lk_cpu.h): the callers split
+ * the work, these run one task or tile on the calling thread. */
+
+/* Statistics of rows r0 .. r1 - 1, channels j0 .. j0 + jn - 1: dst[j] = sum of d and
+ * dst[C + j] = sum of d^2, d = x - x[row 0] in double (the shift keeps
+ * E[d^2] - E[d]^2 free of cancellation when |mean| >> std). */
+LK_ALWAYS_INLINE void bn_stats_body(double *dst, const float *x, int ch, int j0, int jn,
+                                    int64_t r0, int64_t r1) {
+    double sd[BN_CB] = {0}, sq[BN_CB] = {0};
+    const float *x0 = x + j0;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * ch + j0;
+        for (int j = 0; j < jn; j++) {
+            const double d = (double)xr[j] - x0[j];
+            sd[j] += d;
+            sq[j] += d * d;
+        }
+    }
+    for (int j = 0; j < jn; j++) {
+        dst[j] = sd[j];
+        dst[ch + j] = sq[j];
+    }
+}
+LK_KERNEL_CLONES(bn_stats, (double *dst, const float *x, int ch, int j0, int jn, int64_t r0,
+                            int64_t r1), (dst, x, ch, j0, jn, r0, r1))
+
+/* a [nr, jn] = (x - mean) * scale + beta for nr rows of x (row stride C). Row pointers:
+ * the j loop vectorises (the indexed form did not). */
+LK_ALWAYS_INLINE void bn_affine_body(float *a, const float *x, const float *m, const float *sc,
+                                     const float *be, int nr, int jn, int ch) {
+    for (int r = 0; r < nr; r++) {
+        const float *xr = x + (int64_t)r * ch;
+        float *ar = a + (int64_t)r * jn;
+        for (int j = 0; j < jn; j++) ar[j] = (xr[j] - m[j]) * sc[j] + be[j];
+    }
+}
+LK_KERNEL_CLONES(bn_affine, (float *a, const float *x, const float *m, const float *sc,
+                             const float *be, int nr, int jn, int ch),
+                 (a, x, m, sc, be, nr, jn, ch))
+
+/* sgd[j] += sum over the nr rows of g * (x - mean), sg[j] += sum of g (g [nr, jn], x
+ * with row stride C): the tile's rows in float (at most BN_TILE / C terms, in order),
+ * then into the chunk's double sums, a fixed order either way; one wide row goes
+ * straight to double. f [2, jn] is float scratch. */
+LK_ALWAYS_INLINE void bn_accum_body(double *sgd, double *sg, float *f, const float *g,
+                                    const float *x, const float *m, int nr, int jn, int ch) {
+    if (nr == 1) {
+        for (int j = 0; j < jn; j++) {
+            sgd[j] += (double)g[j] * ((double)x[j] - m[j]);
+            sg[j] += g[j];
+        }
+        return;
+    }
+    float *f1 = f, *f0 = f + jn;
+    for (int j = 0; j < jn; j++) f1[j] = f0[j] = 0.0f;
+    for (int r = 0; r < nr; r++) {
+        const float *xr = x + (int64_t)r * ch, *gr = g + (int64_t)r * jn;
+        for (int j = 0; j < jn; j++) {
+            f1[j] += gr[j] * (xr[j] - m[j]);
+            f0[j] += gr[j];
+        }
+    }
+    for (int j = 0; j < jn; j++) {
+        sgd[j] += f1[j];
+        sg[j] += f0[j];
+    }
+}
+LK_KERNEL_CLONES(bn_accum, (double *sgd, double *sg, float *f, const float *g, const float *x,
+                            const float *m, int nr, int jn, int ch),
+                 (sgd, sg, f, g, x, m, nr, jn, ch))
+
+/* dx = scale * ((g - mg) - (x - mean) * k) for rows r0 .. r1 - 1, in place over g. */
+LK_ALWAYS_INLINE void bn_dx_body(float *dx, const float *x, const float *mean, const float *scale,
+                                 const float *mg, const float *k, int64_t r0, int64_t r1, int ch) {
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = x + r * ch;
+        float *dxr = dx + r * ch;
+        for (int j = 0; j < ch; j++)
+            dxr[j] = scale[j] * ((dxr[j] - mg[j]) - (xr[j] - mean[j]) * k[j]);
+    }
+}
+LK_KERNEL_CLONES(bn_dx, (float *dx, const float *x, const float *mean, const float *scale,
+                         const float *mg, const float *k, int64_t r0, int64_t r1, int ch),
+                 (dx, x, mean, scale, mg, k, r0, r1, ch))
+
 lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
                              const float *gamma, const float *beta, float *running_mean,
                              float *running_var) {
@@ -382,28 +468,17 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
     if (!var) var = L->scaleshift_tmp + c->c;
     const int ch = c->c, nblk = (ch + BN_CB - 1) / BN_CB;
     const int64_t rows = (int64_t)c->n * c->h * c->w, nchunk = L->nchunk, ntask = nchunk * nblk;
-    /* Statistics: per chunk, sums of d = x - x[0] and d^2 in double (the shift by the
-     * first row keeps E[d^2] - E[d]^2 free of cancellation when |mean| >> std). */
+    void (*stats)(double *, const float *, int, int, int, int64_t, int64_t) =
+        LK_KERNEL_PICK(bn_stats);
+    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
+                   int) = LK_KERNEL_PICK(bn_affine);
+    /* Statistics per (chunk, channel block) task. */
 #pragma omp parallel for schedule(static) if (ntask > 1 && rows * ch >= BN_PAR_MIN)
     for (int64_t t = 0; t < ntask; t++) {
         const int64_t k = t / nblk;
         const int j0 = (int)(t % nblk) * BN_CB, jn = ch - j0 < BN_CB ? ch - j0 : BN_CB;
-        const int64_t r0 = rows * k / nchunk, r1 = rows * (k + 1) / nchunk;
-        double sd[BN_CB] = {0}, sq[BN_CB] = {0};
-        const float *x0 = x + j0;
-        for (int64_t r = r0; r < r1; r++) {
-            const float *xr = x + r * ch + j0;
-            for (int j = 0; j < jn; j++) {
-                const double d = (double)xr[j] - x0[j];
-                sd[j] += d;
-                sq[j] += d * d;
-            }
-        }
-        double *dst = L->part + (size_t)k * 2 * ch + j0;
-        for (int j = 0; j < jn; j++) {
-            dst[j] = sd[j];
-            dst[ch + j] = sq[j];
-        }
+        stats(L->part + (size_t)k * 2 * ch + j0, x, ch, j0, jn, rows * k / nchunk,
+              rows * (k + 1) / nchunk);
     }
     float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] gamma / sqrt(var + eps) */
     for (int j = 0; j < ch; j++) {
@@ -419,13 +494,8 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
 #pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
     for (int64_t t = 0; t < ntile; t++) {
         const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
-        const float *xt = x + r0 * ch;
         float *yt = y + r0 * ch;
-        for (int64_t r = 0; r < nr; r++) { /* row pointers: the j loop vectorises */
-            const float *xr = xt + r * ch;
-            float *yr = yt + r * ch;
-            for (int j = 0; j < ch; j++) yr[j] = (xr[j] - mean[j]) * scale[j] + beta[j];
-        }
+        affine(yt, x + r0 * ch, mean, scale, beta, (int)nr, ch, ch);
         lk_silu_forward_serial(yt, yt, nr * ch);
     }
     if (running_mean)
@@ -444,6 +514,10 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
     const int64_t rows = (int64_t)c->n * c->h * c->w;
     float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] gamma * rstd */
     for (int j = 0; j < ch; j++) scale[j] = (float)(gamma[j] / sqrt((double)var[j] + c->eps));
+    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
+                   int) = LK_KERNEL_PICK(bn_affine);
+    void (*accum)(double *, double *, float *, const float *, const float *, const float *, int,
+                  int, int) = LK_KERNEL_PICK(bn_accum);
     /* Pass 1: g = dy * silu'(a), a = (x - mean) * scale + beta recomputed, and per
      * chunk sum(g * (x - mean)) and sum(g) in double, accumulated straight into the
      * chunk's partials. Tiles are contiguous: whole rows (C <= BN_TILE) or one row cut
@@ -464,36 +538,12 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
             for (int j0 = 0; j0 < ch; j0 += seg) {
                 const int jn = ch - j0 < seg ? ch - j0 : seg;
                 const int64_t off = rb * ch + j0; /* nr == 1 or jn == C: contiguous */
-                const float *xt = x + off, *m = mean + j0, *sc = scale + j0, *be = beta + j0;
-                for (int r = 0; r < nr; r++) { /* row pointers: the j loops vectorise */
-                    const float *xr = xt + (int64_t)r * ch;
-                    float *ar = at + (int64_t)r * jn;
-                    for (int j = 0; j < jn; j++) ar[j] = (xr[j] - m[j]) * sc[j] + be[j];
-                }
+                affine(at, x + off, mean + j0, scale + j0, beta + j0, nr, jn, ch);
                 float *g = dx ? dx + off : gt;
                 lk_silu_backward_serial(g, dy + off, at, (int64_t)nr * jn);
-                /* The tile's rows in float (at most BN_TILE / C terms, in order), then
-                 * into the chunk's double sums: a fixed order either way. */
-                if (2 * jn > BN_TILE) { /* one wide row: no room for both, straight to double */
-                    for (int j = 0; j < jn; j++) {
-                        sgd[j0 + j] += (double)g[j] * ((double)xt[j] - m[j]);
-                        sg[j0 + j] += g[j];
-                    }
-                    continue;
-                }
-                float *f1 = at, *f0 = at + jn; /* [jn] each, reusing the consumed input */
-                for (int j = 0; j < jn; j++) f1[j] = f0[j] = 0.0f;
-                for (int r = 0; r < nr; r++) {
-                    const float *xr = xt + (int64_t)r * ch, *gr = g + (int64_t)r * jn;
-                    for (int j = 0; j < jn; j++) {
-                        f1[j] += gr[j] * (xr[j] - m[j]);
-                        f0[j] += gr[j];
-                    }
-                }
-                for (int j = 0; j < jn; j++) {
-                    sgd[j0 + j] += f1[j];
-                    sg[j0 + j] += f0[j];
-                }
+                /* at is consumed: its first 2 * jn floats (nr > 1: 2 * jn <= BN_TILE)
+                 * hold the float tile sums. */
+                accum(sgd + j0, sg + j0, at, g, x + off, mean + j0, nr, jn, ch);
             }
         }
     }
@@ -514,14 +564,13 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
         mg[j] = (float)(sg / (double)rows);
     }
     if (!dx) return LK_OK;
-    /* Pass 2, in place over g. */
-#pragma omp parallel for schedule(static) if (rows * ch >= BN_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * ch;
-        float *dxr = dx + r * ch;
-        for (int j = 0; j < ch; j++)
-            dxr[j] = scale[j] * ((dxr[j] - mg[j]) - (xr[j] - mean[j]) * k[j]);
-    }
+    /* Pass 2, in place over g, in blocks of rows. */
+    void (*dxf)(float *, const float *, const float *, const float *, const float *,
+                const float *, int64_t, int64_t, int) = LK_KERNEL_PICK(bn_dx);
+    const int64_t rb = ch >= BN_TILE ? 1 : BN_TILE / ch, nrb = (rows + rb - 1) / rb;
+#pragma omp parallel for schedule(static) if (nrb > 1 && rows * ch >= BN_PAR_MIN)
+    for (int64_t t = 0; t < nrb; t++)
+        dxf(dx, x, mean, scale, mg, k, t * rb, (t + 1) * rb < rows ? (t + 1) * rb : rows, ch);
     return LK_OK;
 }
 

@@ -804,7 +804,8 @@ static int test_batchnorm_team(void) {
         {.n = 3, .c = 5, .h = 7, .w = 2, .eps = 1e-3f, .momentum = 0.1f, .mode = LK_BN_FROZEN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        lk_bn L[2] = {{0}, {0}};
+        lk_bn L[2];
+        memset(L, 0, sizeof L);
         int ok = bn_pg_case(L, cases[i]);
         lk_bn_free(&L[0]);
         lk_bn_free(&L[1]);
@@ -912,7 +913,8 @@ static int test_bn_silu(void) {
     };
     const double offsets[] = {0.0, 0.0, 30.0, 0.0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        lk_bn L[2] = {{0}, {0}};
+        lk_bn L[2];
+        memset(L, 0, sizeof L);
         int ok = bn_silu_case(L, cases[i], offsets[i]);
         lk_bn_free(&L[0]);
         lk_bn_free(&L[1]);
