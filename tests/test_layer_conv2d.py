@@ -29,6 +29,12 @@ CASES = [
     (1, 77, 9, 10, 77, 5, 2, 77, False, "symmetric"),
     (2, 21, 7, 13, 21, 5, 2, 21, True, (1, 2, 2, 1)),
     (1, 24, 5, 5, 24, 5, 1, 24, False, "same"),
+    # Dense weight gradients on sgemm (conv2d.c: plain 1x1 always, other kernels at
+    # IC >= 16 and >= 32x32 output positions): im2col over two chunks with bias,
+    # TF SAME stride 2, and a strided 1x1 (im2col with one tap).
+    (2, 16, 32, 33, 24, 3, 1, 1, True, "symmetric"),
+    (1, 16, 65, 64, 8, 3, 2, 1, False, "same"),
+    (1, 16, 64, 63, 8, 1, 2, 1, True, 0),
 ]
 
 

@@ -2,7 +2,9 @@
  *   EVAL   one convolution with BN folded in and SiLU fused as a post-op;
  *   FROZEN the same folded convolution, SiLU kept apart so that its backward has
  *          the pre-activation; backward-data only (the weights are constants);
- *   TRAIN  convolution, batch-statistics BN, SiLU, and every gradient.
+ *   TRAIN  convolution, batch-statistics BN, SiLU, and every gradient. BN and SiLU run
+ *          fused (lk_bn_silu_*): only the conv output z and the unit output are
+ *          stored; the backward recomputes the BN output from z.
  */
 #include <math.h>
 #include <string.h>
@@ -46,10 +48,13 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     LK_TRY(lk_conv2d_init(&u->conv, &cc));
     u->oh = u->conv.oh;
     u->ow = u->conv.ow;
+    /* The fused SiLU needs h*w > 1 (always true here: a 1x1 output would be a
+     * BatchNorm1d; fall back to BN + SiLU apart then). */
+    const int fuse = u->has_act && u->oh * u->ow > 1;
     lk_bn_cfg bc = {.n = o->n, .c = u->oc, .h = u->oh, .w = u->ow, .eps = o->bn_eps,
-                    .momentum = o->bn_momentum, .mode = LK_BN_TRAIN, .need_dx = 1};
+                    .momentum = o->bn_momentum, .mode = LK_BN_TRAIN, .need_dx = 1, .silu = fuse};
     LK_TRY(lk_bn_init(&u->bn, &bc));
-    if (u->has_act)
+    if (u->has_act && !fuse)
         LK_TRY(lk_act_init(&u->act, LK_ACT_SILU, (int64_t)o->n * u->oh * u->ow * u->oc, 1));
     return LK_OK;
 }
@@ -67,9 +72,9 @@ void lk_cba_bind(lk_cba *u, lk_arena *a) {
         u->z = u->a = lk_arena_take(a, count);
         u->out = u->has_act ? lk_arena_take(a, count) : u->z;
         break;
-    case LK_MODE_TRAIN:
+    case LK_MODE_TRAIN: /* a: BN output, kept only when SiLU is not fused into the BN */
         u->z = lk_arena_take(a, count);
-        u->a = lk_arena_take(a, count);
+        u->a = u->bn.cfg.silu ? NULL : lk_arena_take(a, count);
         u->out = u->has_act ? lk_arena_take(a, count) : u->a;
         u->mean = lk_arena_take(a, (size_t)u->oc);
         u->var = lk_arena_take(a, (size_t)u->oc);
@@ -101,6 +106,9 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
         return LK_OK;
     }
     LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
+    if (u->bn.cfg.silu)
+        return lk_bn_silu_forward(&u->bn, u->out, u->mean, u->var, u->z, u->p.gamma, u->p.beta,
+                                  u->p.rmean, u->p.rvar);
     LK_TRY(lk_bn_forward(&u->bn, u->a, u->mean, u->var, u->z, u->p.gamma, u->p.beta, u->p.rmean,
                          u->p.rvar));
     if (u->has_act) LK_TRY(lk_act_forward(&u->act, u->out, u->a));
@@ -118,6 +126,12 @@ lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
             dz = g->s1;
         }
         return lk_conv2d_backward(&u->conv, dx, NULL, NULL, dz, x, u->wf);
+    }
+    if (u->bn.cfg.silu) {
+        LK_TRY(lk_bn_silu_backward(&u->bn, g->s2, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean,
+                                   u->var, u->p.gamma, u->p.beta));
+        return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, g->s2, x,
+                                  u->p.w);
     }
     const float *da = dy;
     if (u->has_act) {

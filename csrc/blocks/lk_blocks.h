@@ -78,10 +78,10 @@ typedef struct lk_cba {
     int need_dx;                            /* (TRAIN/FROZEN) pass the input gradient on */
     int n, ih, iw, oh, ow;
     lk_conv2d conv;
-    lk_bn bn;                  /* TRAIN only */
-    lk_act act;                /* TRAIN and FROZEN with an activation */
+    lk_bn bn;                  /* TRAIN only (with the SiLU fused in when there is one) */
+    lk_act act;                /* FROZEN with an activation (TRAIN: only if not fused) */
     float *z;          /* [N, OH, OW, OC] conv output (TRAIN: BN input; FROZEN: SiLU input) */
-    float *a;          /* [N, OH, OW, OC] BN output, SiLU input (TRAIN) */
+    float *a;          /* [N, OH, OW, OC] BN output (TRAIN without a fused SiLU; else NULL) */
     float *out;        /* [N, OH, OW, OC] unit output */
     float *mean, *var; /* [OC] batch statistics (TRAIN) */
     /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */

@@ -270,6 +270,33 @@ static void silu_run(float *out, const float *a, const float *b, int64_t n) {
     }
 }
 
+/* For fused callers that split the work themselves (batchnorm.c's BN+SiLU): the
+ * same kernels on the calling thread only, never opening a parallel region. */
+static void silu_serial(float *out, const float *a, const float *b, int64_t n) {
+    if (n <= 0) return;
+#ifdef LK_SILU_X86
+    const int isa = silu_isa();
+    if (isa == SILU_AVX512) {
+        if (b) silu_bwd_avx512(out, a, b, n);
+        else silu_fwd_avx512(out, a, n);
+        return;
+    }
+    if (isa == SILU_AVX2) {
+        if (b) silu_bwd_avx2(out, a, b, n);
+        else silu_fwd_avx2(out, a, n);
+        return;
+    }
+#endif
+    if (b) silu_bwd_c(out, a, b, n);
+    else silu_fwd_c(out, a, n);
+}
+
+void lk_silu_forward_serial(float *y, const float *x, int64_t n) { silu_serial(y, x, NULL, n); }
+
+void lk_silu_backward_serial(float *dx, const float *dy, const float *x, int64_t n) {
+    silu_serial(dx, dy, x, n);
+}
+
 /* ---------------------------------------------------------- oneDNN eltwise */
 
 typedef struct act_alg {

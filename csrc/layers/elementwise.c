@@ -21,11 +21,31 @@ enum { CHMUL_CB = 64,              /* channels per block (4 cache lines per row)
        CHMUL_MIN_CHUNK = 256,      /* fewest positions per chunk worth a task */
        CHMUL_TASKS = 64 };         /* tasks wanted (4 per thread up to 16 threads) */
 
+/* Position chunks of the ds reduction: a function of the sizes only (it fixes the
+ * summation order of ds). Task grid: n x channel blocks x chunks. */
+static int64_t chmul_nchunk(int n, int c, int64_t hw) {
+    const int nblk = (c + CHMUL_CB - 1) / CHMUL_CB;
+    int64_t nchunk = 1;
+    if ((int64_t)n * nblk < CHMUL_TASKS) {
+        nchunk = (CHMUL_TASKS + (int64_t)n * nblk - 1) / ((int64_t)n * nblk);
+        int64_t most = hw / CHMUL_MIN_CHUNK;
+        if (nchunk > most) nchunk = most;
+        if (nchunk < 1) nchunk = 1;
+    }
+    return nchunk;
+}
+
 lk_status lk_chmul_init(lk_chmul *L, int n, int c, int h, int w) {
     memset(L, 0, sizeof *L);
     *L = (lk_chmul){.n = n, .c = c, .h = h, .w = w};
     LK_REQUIRE(n > 0 && c > 0 && h > 0 && w > 0,
                "channel multiply: sizes must be positive (n=%d c=%d h=%d w=%d)", n, c, h, w);
+    /* Planned here so that no backward allocates. */
+    L->nchunk = chmul_nchunk(n, c, (int64_t)h * w);
+    L->part = lk_alloc(sizeof(double) * (size_t)n * (size_t)L->nchunk * (size_t)c);
+    if (!L->part)
+        return LK_FAIL(LK_ERR_NOMEM, "channel multiply: [%d, %lld, %d] partial sums", n,
+                       (long long)L->nchunk, c);
 
     dnnl_engine_t eng = NULL;
     LK_TRY(lk_engine(&eng));
@@ -85,18 +105,9 @@ lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, 
         if (dx) chmul_dx(dx, dy, s, n, hw, c);
         return LK_OK;
     }
-    /* Task grid: n x nblk channel blocks x nchunk position chunks. nchunk is a
-     * function of the sizes only: it fixes the summation order of ds. */
     const int nblk = (c + CHMUL_CB - 1) / CHMUL_CB;
-    int64_t nchunk = 1;
-    if ((int64_t)n * nblk < CHMUL_TASKS) {
-        nchunk = (CHMUL_TASKS + (int64_t)n * nblk - 1) / ((int64_t)n * nblk);
-        int64_t most = hw / CHMUL_MIN_CHUNK;
-        if (nchunk > most) nchunk = most;
-        if (nchunk < 1) nchunk = 1;
-    }
-    double *part = lk_alloc(sizeof(double) * (size_t)n * (size_t)nchunk * (size_t)c);
-    if (!part) return LK_FAIL(LK_ERR_NOMEM, "channel multiply backward: partial sums");
+    const int64_t nchunk = L->nchunk;
+    double *part = L->part;
     const int64_t ntask = (int64_t)n * nblk * nchunk;
 
     /* part [N, nchunk, C]: sum of dy * x over one chunk of positions. */
@@ -127,12 +138,12 @@ lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, 
             for (int64_t ch = 0; ch < nchunk; ch++) sum += part[((int64_t)i * nchunk + ch) * c + k];
             ds[(int64_t)i * c + k] = (float)sum;
         }
-    lk_free(part);
     return LK_OK;
 }
 
 void lk_chmul_free(lk_chmul *L) {
     lk_prim_free(&L->fwd);
+    lk_free(L->part);
     dnnl_memory_t *mems[] = {&L->m_x, &L->m_s, &L->m_y};
     for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);
     memset(L, 0, sizeof *L);

@@ -8,7 +8,9 @@
  *  - backward functions OVERWRITE their gradient outputs (no accumulation);
  *    a NULL gradient output skips that gradient;
  *  - `_init` fills a zeroed struct; on failure the caller still calls `_free`,
- *    which accepts partially built and zeroed structs.
+ *    which accepts partially built and zeroed structs;
+ *  - every buffer a call needs is planned at `_init` (no allocation in forward or
+ *    backward), so a layer object serves one thread at a time.
  * Each layer's forward and backward live in one file: csrc/layers/<layer>.c.
  */
 #ifndef LK_LAYERS_H
@@ -47,7 +49,23 @@ typedef struct lk_conv2d {
     const float *w_cached;  /* eval: weights already reordered for this pointer */
     uint64_t w_cached_version;
     int dw_custom;          /* depthwise weight gradient by lk_dwconv_bwd_weights (no bwd_w) */
+    int dw_gemm;            /* dense weight gradient on dnnl_sgemm (no bwd_w), see conv2d.c */
+    int gemm_threads;       /* team size the workspace was planned for */
+    int64_t gemm_rows;      /* output positions per im2col chunk (0: plain 1x1, no im2col) */
+    float *gemm_ws;         /* [gemm_threads, gemm_rows * KK + OC * KK], KK = KH*KW*IC:
+                               each thread's im2col chunk, then its partial dW [OC, KH, KW, IC] */
 } lk_conv2d;
+
+/* Which weight-gradient path conv2d plans for dense (groups == 1) layers. AUTO picks
+ * per shape (see conv2d.c); the others force one, for tests and benchmarks. Read by
+ * lk_conv2d_init only, so set it before planning (not thread-safe). */
+typedef enum lk_conv_bwd_w_policy {
+    LK_CONV_BWD_W_AUTO = 0,
+    LK_CONV_BWD_W_ONEDNN,
+    LK_CONV_BWD_W_GEMM
+} lk_conv_bwd_w_policy;
+void lk_conv2d_set_bwd_w_policy(lk_conv_bwd_w_policy p);
+lk_conv_bwd_w_policy lk_conv2d_get_bwd_w_policy(void);
 
 lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
 /* y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w, b [OC] or NULL). `w_version`
@@ -72,12 +90,18 @@ typedef struct lk_bn_cfg {
     float eps, momentum;
     lk_bn_mode mode;
     int need_dx;      /* (train/frozen) compute the input gradient */
+    int silu;         /* (TRAIN, h*w > 1) SiLU fused after the normalisation: use
+                         lk_bn_silu_forward/backward (plain C, no oneDNN primitives) */
 } lk_bn_cfg;
 
 typedef struct lk_bn {
     lk_bn_cfg cfg;
     lk_prim fwd, bwd;
     float *scaleshift_tmp; /* [2, C] scratch for gradients if needed */
+    int nchunk;            /* row chunks of the plain-C reductions (fixed by the sizes) */
+    int nchunk_fused;      /* row chunks of the fused SiLU backward (cfg.silu) */
+    double *part;          /* [max(nchunk, nchunk_fused), 2, C] per-chunk partial sums
+                              (h*w > 1, not EVAL) */
     dnnl_memory_t m_x, m_y, m_mean, m_var, m_scale, m_shift, m_dx, m_dy, m_dscale, m_dshift;
 } lk_bn;
 
@@ -92,6 +116,21 @@ lk_status lk_bn_forward(lk_bn *L, float *y, float *mean, float *var, const float
 /* TRAIN: mean/var are the saved batch statistics; FROZEN: pass the running ones. */
 lk_status lk_bn_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                          const float *x, const float *mean, const float *var, const float *gamma);
+/* cfg.silu: y = silu(gamma * (x - mean) / sqrt(var + eps) + beta) with the batch
+ * statistics, as lk_bn_forward then SiLU, but the normalised tensor is never
+ * stored (its backward recomputes it from x and the statistics). Statistics and
+ * running-statistics update as lk_bn_forward in TRAIN mode. */
+lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
+                             const float *gamma, const float *beta, float *running_mean,
+                             float *running_var);
+/* Gradient of lk_bn_silu_forward: dx [N, H, W, C] (NULL to skip), dgamma, dbeta [C]
+ * from dy, recomputing the SiLU input from x, mean, var, gamma and beta. Pass 1 reads
+ * dy and x for the SiLU gradient and both reductions and parks the SiLU gradient in
+ * dx; pass 2 turns it into dx in place (dx must not alias dy or x). The reductions are
+ * summed in double in fixed chunks: results do not depend on the thread count. */
+lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
+                              const float *x, const float *mean, const float *var,
+                              const float *gamma, const float *beta);
 void lk_bn_free(lk_bn *L);
 
 /* ------------------------------------------------------------ activation.c */
@@ -112,6 +151,11 @@ lk_status lk_act_forward(lk_act *L, float *y, const float *x);
  * be NULL). dx == dy is allowed. */
 lk_status lk_act_backward(lk_act *L, float *dx, const float *dy, const float *x, const float *y);
 void lk_act_free(lk_act *L);
+/* SiLU kernels on the calling thread only (no parallel region), for fused layers that
+ * split the work themselves: y = silu(x), dx = dy * silu'(x) over n floats (in place
+ * allowed). The same arithmetic as lk_act's SiLU. */
+void lk_silu_forward_serial(float *y, const float *x, int64_t n);
+void lk_silu_backward_serial(float *dx, const float *dy, const float *x, int64_t n);
 
 /* --------------------------------------------------------------- pooling.c */
 typedef enum lk_pool_kind { LK_POOL_AVG, LK_POOL_MAX } lk_pool_kind;
@@ -160,6 +204,8 @@ void lk_linear_free(lk_linear *L);
  * y [N, H, W, C] = x [N, H, W, C] * s [N, C]. */
 typedef struct lk_chmul {
     int n, c, h, w;
+    int64_t nchunk;   /* position chunks of the ds reduction (fixed by the sizes) */
+    double *part;     /* [N, nchunk, C] their partial sums, planned at init */
     lk_prim fwd;
     dnnl_memory_t m_x, m_s, m_y;
 } lk_chmul;

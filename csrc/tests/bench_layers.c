@@ -151,7 +151,74 @@ static void bench_dw_bwd_w(const char *op, int ch, int hw, int k, int s) {
     lk_free(x), lk_free(w), lk_free(dy);
 }
 
-/* Training-mode BN and/or SiLU on [N, HW, HW, C]. */
+/* Dense weight gradient alone (need_dx=0): oneDNN's backward-weights primitive vs
+ * the sgemm path of conv2d.c, with the same layer's forward as the yardstick. The
+ * three run interleaved, round by round (fairer on a shared machine), after
+ * --warmup rounds. RESULT lines `<op>_onednn` and `<op>_gemm` (bwd column; fwd is the
+ * layer's forward), and a `CONVBW` line with the median and fastest times in ms, the
+ * fastest as GFLOP/s, and the speedup of the medians. */
+static void bench_dense_bwd_w(const char *op, int ic, int hw, int oc, int k, int s) {
+    if (!wanted(op)) return;
+    int p = (k - 1) / 2;
+    lk_conv2d_cfg c = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = k, .kw = k,
+                       .sh = s, .sw = s, .pt = p, .pl = p, .pb = p, .pr = p, .groups = 1,
+                       .train = 1};
+    lk_conv2d L[2];
+    const lk_conv_bwd_w_policy pol[2] = {LK_CONV_BWD_W_ONEDNN, LK_CONV_BWD_W_GEMM};
+    double plan[2];
+    for (int v = 0; v < 2; v++) {
+        lk_conv2d_set_bwd_w_policy(pol[v]);
+        double t0 = now_ms();
+        CK(lk_conv2d_init(&L[v], &c));
+        plan[v] = now_ms() - t0;
+    }
+    lk_conv2d_set_bwd_w_policy(LK_CONV_BWD_W_AUTO);
+    size_t nx = (size_t)g_batch * hw * hw * ic, ny = (size_t)g_batch * L[0].oh * L[0].ow * oc;
+    size_t nw = (size_t)oc * ic * k * k;
+    float *x = rnd(nx, -1, 1), *w = rnd(nw, -0.1f, 0.1f), *dy = rnd(ny, -1, 1), *y = rnd(ny, 0, 0);
+    float *dw[2] = {rnd(nw, 0, 0), rnd(nw, 0, 0)};
+    enum { MAXR = 256 };
+    double t[3][MAXR];
+    int n = g_reps < MAXR ? g_reps : MAXR;
+    for (int r = -g_warmup; r < n; r++) {
+        double a = now_ms();
+        CK(lk_conv2d_forward(&L[0], y, x, w, NULL, 0));
+        double b = now_ms();
+        CK(lk_conv2d_backward(&L[0], NULL, dw[0], NULL, dy, x, w));
+        double d = now_ms();
+        CK(lk_conv2d_backward(&L[1], NULL, dw[1], NULL, dy, x, w));
+        double e = now_ms();
+        if (r < 0) continue;
+        t[0][r] = b - a, t[1][r] = d - b, t[2][r] = e - d;
+    }
+    double med[3], best[3];
+    for (int v = 0; v < 3; v++) {
+        qsort(t[v], (size_t)n, sizeof t[v][0], cmp_d);
+        best[v] = t[v][0];
+        med[v] = n % 2 ? t[v][n / 2] : 0.5 * (t[v][n / 2 - 1] + t[v][n / 2]);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < nw; i++) {
+        double dd = dw[0][i] - dw[1][i], m = dw[0][i] < 0 ? -dw[0][i] : dw[0][i];
+        dd = (dd < 0 ? -dd : dd) / (m + 1.0);
+        if (dd > worst) worst = dd;
+    }
+    const double mflop = 2.0 * (double)ny * ic * k * k * 1e-6;
+    char name[128];
+    snprintf(name, sizeof name, "%s_onednn", op);
+    report(name, plan[0], med[0], med[1]);
+    snprintf(name, sizeof name, "%s_gemm", op);
+    report(name, plan[1], med[0], med[2]);
+    printf("CONVBW %-28s fwd %7.2f/%7.2f ms (%5.1f GF/s)  onednn %7.2f/%7.2f (%5.1f)  "
+           "gemm %7.2f/%7.2f (%5.1f)  speedup %.2fx  max rel diff %.1e\n",
+           op, med[0], best[0], mflop / best[0], med[1], best[1], mflop / best[1], med[2],
+           best[2], mflop / best[2], med[1] / med[2], worst);
+    for (int v = 0; v < 2; v++) lk_conv2d_free(&L[v]), lk_free(dw[v]);
+    lk_free(x), lk_free(w), lk_free(dy), lk_free(y);
+}
+
+/* Training-mode BN and/or SiLU on [N, HW, HW, C]; with_bn == 2: BN with the SiLU
+ * fused in (lk_bn_silu_forward/backward). */
 static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_silu) {
     if (!wanted(op)) return;
     size_t nx = (size_t)g_batch * hw * hw * ch;
@@ -160,10 +227,10 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
     memset(&B, 0, sizeof B);
     memset(&A, 0, sizeof A);
     lk_bn_cfg bc = {.n = g_batch, .c = ch, .h = hw, .w = hw, .eps = 1e-5f, .momentum = 0.1f,
-                    .mode = LK_BN_TRAIN, .need_dx = 1};
+                    .mode = LK_BN_TRAIN, .need_dx = 1, .silu = with_bn == 2};
     double t0 = now_ms();
     if (with_bn) CK(lk_bn_init(&B, &bc));
-    if (with_silu) CK(lk_act_init(&A, LK_ACT_SILU, (int64_t)nx, 1));
+    if (with_silu && with_bn != 2) CK(lk_act_init(&A, LK_ACT_SILU, (int64_t)nx, 1));
     double plan = now_ms() - t0;
     float *x = rnd(nx, -2, 2), *t = rnd(nx, 0, 0), *y = rnd(nx, 0, 0), *dy = rnd(nx, -1, 1);
     float *dt = rnd(nx, 0, 0), *dx = rnd(nx, 0, 0);
@@ -173,6 +240,10 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
     /* BN writes t, SiLU reads t (the pre-activation, needed by its backward). */
     const float *act_in = with_bn ? t : x;
     double fwd, bwd;
+    if (with_bn == 2) {
+        TIME_REPS(fwd, CK(lk_bn_silu_forward(&B, y, mean, var, x, g, b, rm, rv)));
+        TIME_REPS(bwd, CK(lk_bn_silu_backward(&B, dx, dg, db, dy, x, mean, var, g, b)));
+    } else {
     TIME_REPS(fwd, {
         if (with_bn) CK(lk_bn_forward(&B, with_silu ? t : y, mean, var, x, g, b, rm, rv));
         if (with_silu) CK(lk_act_forward(&A, y, act_in));
@@ -181,6 +252,7 @@ static void bench_bn_silu(const char *op, int ch, int hw, int with_bn, int with_
         if (with_silu) CK(lk_act_backward(&A, with_bn ? dt : dx, dy, act_in, NULL));
         if (with_bn) CK(lk_bn_backward(&B, dx, dg, db, with_silu ? dt : dy, x, mean, var, g));
     });
+    }
     report(op, plan, fwd, bwd);
     lk_bn_free(&B);
     lk_act_free(&A);
@@ -340,9 +412,34 @@ int main(int argc, char **argv) {
     bench_dw_bwd_w("dwbw_k3_s1_576_19", 576, 19, 3, 1);
     bench_dw_bwd_w("dwbw_k3_s1_1392_10", 1392, 10, 3, 1);
     bench_dw_bwd_w("dwbw_k3_s1_2304_10", 2304, 10, 3, 1);
+    /* Dense weight gradients: B3 at 300 and V2-S at 384 (full convolutions). */
+    bench_dense_bwd_w("convbw_b3_stem_3-40_300", 3, 300, 40, 3, 2);
+    bench_dense_bwd_w("convbw_b3_1x1_40-24_150", 40, 150, 24, 1, 1);
+    bench_dense_bwd_w("convbw_b3_1x1_24-144_150", 24, 150, 144, 1, 1);
+    bench_dense_bwd_w("convbw_b3_1x1_144-32_75", 144, 75, 32, 1, 1);
+    bench_dense_bwd_w("convbw_b3_1x1_48-288_38", 48, 38, 288, 1, 1);
+    bench_dense_bwd_w("convbw_b3_1x1_576-136_19", 576, 19, 136, 1, 1);
+    bench_dense_bwd_w("convbw_b3_1x1_2304-384_10", 2304, 10, 384, 1, 1);
+    bench_dense_bwd_w("convbw_b3_head_3x3_64-32_10", 64, 10, 32, 3, 1);
+    bench_dense_bwd_w("convbw_b3_se_816-34_1", 816, 1, 34, 1, 1);
+    bench_dense_bwd_w("convbw_v2s_stem_3-24_384", 3, 384, 24, 3, 2);
+    bench_dense_bwd_w("convbw_v2s_3x3_24-24_192", 24, 192, 24, 3, 1);
+    bench_dense_bwd_w("convbw_v2s_3x3s2_24-96_192", 24, 192, 96, 3, 2);
+    bench_dense_bwd_w("convbw_v2s_3x3_48-192_96", 48, 96, 192, 3, 1);
+    bench_dense_bwd_w("convbw_v2s_3x3s2_48-192_96", 48, 96, 192, 3, 2);
+    bench_dense_bwd_w("convbw_v2s_3x3_64-256_48", 64, 48, 256, 3, 1);
+    bench_dense_bwd_w("convbw_v2s_1x1_192-48_96", 192, 96, 48, 1, 1);
+    bench_dense_bwd_w("convbw_v2s_1x1_256-64_48", 256, 48, 64, 1, 1);
+    bench_dense_bwd_w("convbw_v2s_1x1_160-960_24", 160, 24, 960, 1, 1);
+    bench_dense_bwd_w("convbw_v2s_1x1_1536-256_12", 1536, 12, 256, 1, 1);
     bench_bn_silu("bn_train_144_75", 144, 75, 1, 0);
     bench_bn_silu("silu_144_75", 144, 75, 0, 1);
     bench_bn_silu("bn+silu_144_75", 144, 75, 1, 1);
+    bench_bn_silu("bn+silu_fused_144_75", 144, 75, 2, 1);
+    bench_bn_silu("bn+silu_24_192", 24, 192, 1, 1);
+    bench_bn_silu("bn+silu_fused_24_192", 24, 192, 2, 1);
+    bench_bn_silu("bn+silu_1536_12", 1536, 12, 1, 1);
+    bench_bn_silu("bn+silu_fused_1536_12", 1536, 12, 2, 1);
     bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
     bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);

@@ -35,6 +35,9 @@
 #pragma weak lk_conv2d_forward
 #pragma weak lk_conv2d_backward
 #pragma weak lk_conv2d_free
+#pragma weak lk_conv2d_set_bwd_w_policy
+#pragma weak lk_bn_silu_forward
+#pragma weak lk_bn_silu_backward
 #pragma weak lk_bn_init
 #pragma weak lk_bn_forward
 #pragma weak lk_bn_backward
@@ -239,6 +242,16 @@ static int same_bits_any_team(const char *what, reduce_fn fn, void *ctx, float *
         }
     }
     return 1;
+}
+/* A layer object serves one thread at a time (its memory objects, scratchpads and
+ * planned partial sums are its own): a reduction under SAME_BITS keeps one layer per
+ * outer thread and picks it with this. */
+static int outer_thread(void) {
+#ifdef _OPENMP
+    return omp_in_parallel() ? omp_get_thread_num() & 1 : 0;
+#else
+    return 0;
+#endif
 }
 #define SAME_BITS(what, fn, ctx, out, nout) \
     do { if (!same_bits_any_team(what, fn, ctx, out, nout, __LINE__)) return 0; } while (0)
@@ -510,6 +523,44 @@ static int test_conv2d_dw_paths(void) {
     return 1;
 }
 
+/* Dense layers with the weight gradient forced to the sgemm path and to oneDNN's
+ * primitive (the default picks by shape): plain 1x1 (in place), 1x1 strided and
+ * kxk with symmetric and asymmetric padding (im2col), with 1, 2 and 3 threads (one
+ * partial sum per thread); the large strided 1x1 needs two im2col chunks on one
+ * thread. */
+static int test_conv2d_gemm_paths(void) {
+    NEED(lk_conv2d_init, "conv2d.c");
+    NEED(lk_conv2d_set_bwd_w_policy, "conv2d.c");
+    const lk_conv2d_cfg cases[] = {
+        {.n = 2, .ic = 5, .ih = 9, .iw = 7, .oc = 6, .kh = 1, .kw = 1, .sh = 1, .sw = 1,
+         .groups = 1, .bias = 1},
+        {.n = 1, .ic = 16, .ih = 9, .iw = 10, .oc = 7, .kh = 1, .kw = 1, .sh = 2, .sw = 2,
+         .groups = 1},
+        {.n = 2, .ic = 3, .ih = 11, .iw = 9, .oc = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+         .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 1, .bias = 1},
+        {.n = 3, .ic = 17, .ih = 40, .iw = 37, .oc = 4, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+         .pt = 0, .pl = 1, .pb = 1, .pr = 1, .groups = 1},
+        {.n = 1, .ic = 4, .ih = 8, .iw = 9, .oc = 3, .kh = 5, .kw = 3, .sh = 1, .sw = 2,
+         .pt = 2, .pl = 1, .pb = 2, .pr = 1, .groups = 1, .bias = 1},
+        {.n = 2, .ic = 16, .ih = 256, .iw = 130, .oc = 3, .kh = 1, .kw = 1, .sh = 2, .sw = 2,
+         .groups = 1},
+    };
+    const lk_conv_bwd_w_policy pols[] = {LK_CONV_BWD_W_GEMM, LK_CONV_BWD_W_ONEDNN};
+    const int threads0 = lk_get_num_threads();
+    for (int nt = 1; nt <= 3; nt++)
+        for (size_t p = 0; p < 2; p++)
+            for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                lk_set_num_threads(nt);
+                lk_conv2d_set_bwd_w_policy(pols[p]);
+                int ok = conv_case(cases[i]);
+                lk_conv2d_set_bwd_w_policy(LK_CONV_BWD_W_AUTO);
+                lk_set_num_threads(threads0);
+                if (!ok) return 0;
+                tfree_all(); /* 30 cases: stay under the per-test allocation table */
+            }
+    return 1;
+}
+
 static int conv_bad_body(lk_conv2d *L) {
     const lk_conv2d_cfg good = {.n = 1, .ic = 6, .ih = 5, .iw = 5, .oc = 6, .kh = 3, .kw = 3,
                                 .sh = 1, .sw = 1, .pt = 1, .pl = 1, .pb = 1, .pr = 1,
@@ -698,18 +749,20 @@ static int test_batchnorm(void) {
  * must not depend on the team: the same bits with 1 and 2 threads and with a
  * one-member team nested in a parallel region, and match a double reference. */
 typedef struct {
-    lk_bn *L;
+    lk_bn *L; /* [2]: one per outer thread */
     const float *dy, *x, *mean, *var;
     int c;
 } bn_pg_ctx;
 
 static lk_status bn_pg_run(void *ctx, float *out) { /* out = [dgamma | dbeta] */
     const bn_pg_ctx *k = ctx;
-    return lk_bn_backward(k->L, NULL, out, out + k->c, k->dy, k->x, k->mean, k->var, NULL);
+    return lk_bn_backward(&k->L[outer_thread()], NULL, out, out + k->c, k->dy, k->x, k->mean,
+                          k->var, NULL);
 }
 
-static int bn_pg_case(lk_bn *L, lk_bn_cfg c) {
-    OK(lk_bn_init(L, &c));
+static int bn_pg_case(lk_bn *L, lk_bn_cfg c) { /* L [2] */
+    OK(lk_bn_init(&L[0], &c));
+    OK(lk_bn_init(&L[1], &c));
     const int C = c.c;
     const size_t M = (size_t)c.n * c.h * c.w, nx = M * C;
     float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *mean = frand(C, -0.5, 1.5);
@@ -751,11 +804,138 @@ static int test_batchnorm_team(void) {
         {.n = 3, .c = 5, .h = 7, .w = 2, .eps = 1e-3f, .momentum = 0.1f, .mode = LK_BN_FROZEN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        lk_bn L = {0};
-        int ok = bn_pg_case(&L, cases[i]);
-        lk_bn_free(&L);
+        lk_bn L[2];
+        memset(L, 0, sizeof L);
+        int ok = bn_pg_case(L, cases[i]);
+        lk_bn_free(&L[0]);
+        lk_bn_free(&L[1]);
         if (!ok) return 0;
     }
+    return 1;
+}
+
+/* Fused BN + SiLU (cfg.silu): forward (y, batch statistics, running statistics) and
+ * backward (dx, dgamma, dbeta) against a double reference of BN then SiLU, with the
+ * same bits for any team. Channel counts below, across and above one 64-channel block
+ * and above one 2048-float tile (the segmented pass), rows over several chunks and
+ * not a multiple of the 64-row tile, a mean far from zero. */
+typedef struct {
+    lk_bn *L; /* [2]: one per outer thread */
+    const float *x, *dy, *gamma, *beta, *rm0, *rv0;
+    float *rm, *rv;
+    int c;
+    size_t nx;
+} bn_silu_ctx;
+
+static lk_status bn_silu_run(void *ctx, float *out) { /* [y | dx | mean | var | dg | db | rm | rv] */
+    const bn_silu_ctx *k = ctx;
+    const size_t C = (size_t)k->c;
+    float *y = out, *dx = out + k->nx, *mean = dx + k->nx, *var = mean + C, *dg = var + C;
+    float *db = dg + C, *rm = db + C, *rv = rm + C;
+    memcpy(rm, k->rm0, C * sizeof *rm);
+    memcpy(rv, k->rv0, C * sizeof *rv);
+    lk_bn *L = &k->L[outer_thread()];
+    lk_status st = lk_bn_silu_forward(L, y, mean, var, k->x, k->gamma, k->beta, rm, rv);
+    if (st != LK_OK) return st;
+    return lk_bn_silu_backward(L, dx, dg, db, k->dy, k->x, mean, var, k->gamma, k->beta);
+}
+
+static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) { /* L [2] */
+    c.mode = LK_BN_TRAIN;
+    c.silu = 1;
+    c.need_dx = 1;
+    OK(lk_bn_init(&L[0], &c));
+    OK(lk_bn_init(&L[1], &c));
+    const int C = c.c;
+    const size_t M = (size_t)c.n * c.h * c.w, nx = M * C, nout = 2 * nx + 6 * (size_t)C;
+    float *x = frand(nx, -2, 3), *dy = frand(nx, -1, 1), *gamma = frand(C, 0.5, 1.5);
+    float *beta = frand(C, -1, 1), *rm0 = frand(C, -0.5, 0.5), *rv0 = frand(C, 0.5, 2);
+    for (size_t i = 0; i < nx; i++) x[i] += (float)offset;
+    float *out = fbuf(nout);
+    double *ref = dbuf(nout);
+    double *ry = ref, *rdx = ref + nx, *rmean = rdx + nx, *rvar = rmean + C, *rdg = rvar + C;
+    double *rdb = rdg + C, *rrm = rdb + C, *rrv = rrm + C;
+    for (int ch = 0; ch < C; ch++) {
+        double s = 0, q = 0, sg = 0, sgx = 0;
+        for (size_t i = 0; i < M; i++) s += x[i * C + ch];
+        const double mu = s / (double)M;
+        for (size_t i = 0; i < M; i++) q += (x[i * C + ch] - mu) * (x[i * C + ch] - mu);
+        const double v = q / (double)M, rstd = 1.0 / sqrt(v + c.eps);
+        for (size_t i = 0; i < M; i++) {
+            const double xh = (x[i * C + ch] - mu) * rstd, a = xh * gamma[ch] + beta[ch];
+            const double sa = 1.0 / (1.0 + exp(-a)), g = dy[i * C + ch] * sa * (1.0 + a * (1.0 - sa));
+            ry[i * C + ch] = a * sa;
+            rdx[i * C + ch] = g; /* g for now */
+            sg += g;
+            sgx += g * xh;
+        }
+        for (size_t i = 0; i < M; i++) {
+            const double xh = (x[i * C + ch] - mu) * rstd;
+            rdx[i * C + ch] = gamma[ch] * rstd * (rdx[i * C + ch] - sg / M - xh * sgx / M);
+        }
+        rmean[ch] = mu;
+        rvar[ch] = v;
+        rdg[ch] = sgx;
+        rdb[ch] = sg;
+        rrm[ch] = (1.0 - c.momentum) * rm0[ch] + c.momentum * mu;
+        rrv[ch] = (1.0 - c.momentum) * rv0[ch] + c.momentum * v * (double)M / (double)(M - 1);
+    }
+    bn_silu_ctx k = {L, x, dy, gamma, beta, rm0, rv0, NULL, NULL, C, nx};
+    SAME_BITS("bn+silu outputs", bn_silu_run, &k, out, nout);
+    CLOSE("bn+silu y", out, ry, nx);
+    CLOSE("bn+silu dx", out + nx, rdx, nx);
+    CLOSE("bn+silu mean", out + 2 * nx, rmean, (size_t)C);
+    CLOSE("bn+silu var", out + 2 * nx + C, rvar, (size_t)C);
+    CLOSE("bn+silu dgamma", out + 2 * nx + 2 * C, rdg, (size_t)C);
+    CLOSE("bn+silu dbeta", out + 2 * nx + 3 * C, rdb, (size_t)C);
+    CLOSE("bn+silu running_mean", out + 2 * nx + 4 * C, rrm, (size_t)C);
+    CLOSE("bn+silu running_var", out + 2 * nx + 5 * C, rrv, (size_t)C);
+    /* dgamma/dbeta alone; the unfused entry points refuse a fused plan. */
+    float *dg = fbuf(C), *db = fbuf(C);
+    OK(lk_bn_silu_backward(L, NULL, dg, db, dy, x, out + 2 * nx, out + 2 * nx + C, gamma, beta));
+    EXPECT(!memcmp(dg, out + 2 * nx + 2 * C, C * sizeof *dg) &&
+           !memcmp(db, out + 2 * nx + 3 * C, C * sizeof *db), "dgamma/dbeta without dx differ");
+    BAD(lk_bn_forward(L, out, NULL, NULL, x, gamma, beta, NULL, NULL), LK_ERR_ARG);
+    BAD(lk_bn_backward(L, out, dg, db, dy, x, rm0, rv0, gamma), LK_ERR_ARG);
+    BAD(lk_bn_silu_forward(L, out, NULL, NULL, x, gamma, NULL, NULL, NULL), LK_ERR_ARG);
+    return 1;
+}
+
+static int test_bn_silu(void) {
+    NEED(lk_bn_silu_forward, "batchnorm.c");
+    NEED(lk_bn_silu_backward, "batchnorm.c");
+    const lk_bn_cfg cases[] = {
+        {.n = 2, .c = 5, .h = 3, .w = 7, .eps = 1e-5f, .momentum = 0.1f},
+        /* the next three are large enough to run in parallel (>= 2^15 elements) */
+        {.n = 4, .c = 24, .h = 23, .w = 25, .eps = 1e-3f, .momentum = 0.1f},  /* 8 chunks */
+        {.n = 2, .c = 130, .h = 15, .w = 12, .eps = 1e-5f, .momentum = 0.01f}, /* 3 blocks */
+        {.n = 2, .c = 2100, .h = 3, .w = 3, .eps = 1e-3f, .momentum = 0.1f}, /* > 1 tile */
+    };
+    const double offsets[] = {0.0, 0.0, 30.0, 0.0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lk_bn L[2];
+        memset(L, 0, sizeof L);
+        int ok = bn_silu_case(L, cases[i], offsets[i]);
+        lk_bn_free(&L[0]);
+        lk_bn_free(&L[1]);
+        if (!ok) {
+            char tmp[768];
+            snprintf(tmp, sizeof tmp, "%.700s", g_msg);
+            snprintf(g_msg, sizeof g_msg, "[bn+silu case %zu] %s", i, tmp);
+            return 0;
+        }
+        tfree_all();
+    }
+    /* Refused configurations: EVAL/FROZEN modes and a 1x1 (BatchNorm1d) input. */
+    lk_bn L = {0};
+    lk_bn_cfg bad = {.n = 2, .c = 4, .h = 3, .w = 3, .eps = 1e-5f, .momentum = 0.1f,
+                     .mode = LK_BN_FROZEN, .silu = 1};
+    BAD(lk_bn_init(&L, &bad), LK_ERR_ARG);
+    lk_bn_free(&L);
+    bad.mode = LK_BN_TRAIN;
+    bad.h = bad.w = 1;
+    BAD(lk_bn_init(&L, &bad), LK_ERR_ARG);
+    lk_bn_free(&L);
     return 1;
 }
 
@@ -1130,18 +1310,19 @@ static int test_chmul(void) {
 /* ds of the channel multiply (summed over position chunks) must not depend on
  * the team either: batch 1 with one channel block is split into chunks. */
 typedef struct {
-    lk_chmul *L;
+    lk_chmul *L; /* [2]: one per outer thread */
     const float *dy, *x, *s;
     size_t nx;
 } chmul_ctx;
 
 static lk_status chmul_run(void *ctx, float *out) { /* out = [dx | ds] */
     const chmul_ctx *k = ctx;
-    return lk_chmul_backward(k->L, out, out + k->nx, k->dy, k->x, k->s);
+    return lk_chmul_backward(&k->L[outer_thread()], out, out + k->nx, k->dy, k->x, k->s);
 }
 
-static int chmul_team_body(lk_chmul *L, int n, int c, int h, int w) {
-    OK(lk_chmul_init(L, n, c, h, w));
+static int chmul_team_body(lk_chmul *L, int n, int c, int h, int w) { /* L [2] */
+    OK(lk_chmul_init(&L[0], n, c, h, w));
+    OK(lk_chmul_init(&L[1], n, c, h, w));
     const size_t hw = (size_t)h * w, nx = (size_t)n * hw * c, ns = (size_t)n * c;
     float *x = frand(nx, -2, 2), *s = frand(ns, 0, 1), *dy = frand(nx, -1, 1);
     float *out = fbuf(nx + ns);
@@ -1174,9 +1355,10 @@ static int test_chmul_team(void) {
     NEED(lk_chmul_free, "elementwise.c");
     const int shapes[][4] = {{1, 24, 64, 64}, {2, 70, 33, 17}};
     for (int i = 0; i < 2; i++) {
-        lk_chmul L = {0};
-        int ok = chmul_team_body(&L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
-        lk_chmul_free(&L);
+        lk_chmul L[2] = {{0}, {0}};
+        int ok = chmul_team_body(L, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3]);
+        lk_chmul_free(&L[0]);
+        lk_chmul_free(&L[1]);
         if (!ok) return 0;
     }
     return 1;
@@ -2216,6 +2398,8 @@ static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
+    {"conv2d_gemm_paths", test_conv2d_gemm_paths},
+    {"bn_silu", test_bn_silu},
     {"batchnorm", test_batchnorm},
     {"batchnorm_team", test_batchnorm_team},
     {"activation", test_activation},
