@@ -21,7 +21,6 @@ import torch
 from test_model_heads import LOGIT_RTOL, _dlogits, _randomised_reference
 from test_model_parity import _rel
 
-import leukemia
 import leukemia.models as M
 from leukemia.optim import AdamW
 
@@ -126,22 +125,3 @@ def test_eval_after_policy_change_and_step_uses_the_new_weights():
     m.set_policy("last_block")
     y = m(x)
     assert np.array_equal(y, _fresh(m, "last_block").eval()(x))
-
-
-def test_eval_squeeze_excitation_split_over_positions_matches_reference():
-    """At batch 1 the eval SE splits its pooling over position chunks (so both threads
-    work); the logits match the unfused reference and do not depend on the thread count."""
-    state = _state(11)
-    m = _model(state, "all").eval()
-    for n, size in [(1, 128), (3, 96)]:
-        x = _images(12 + n, n=n, size=size)
-        before = leukemia.get_num_threads()
-        try:
-            leukemia.set_num_threads(1)
-            y1 = m(x)
-            leukemia.set_num_threads(2)
-            y2 = m(x)
-        finally:
-            leukemia.set_num_threads(before)
-        assert np.array_equal(y1, y2), f"batch {n}: logits depend on the thread count"
-        assert _rel(y1, _torch_eval(state, x)) < LOGIT_RTOL, f"batch {n} at {size}"

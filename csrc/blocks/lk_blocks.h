@@ -118,20 +118,13 @@ typedef struct lk_se {
     float *pooled;      /* [N, C] */
     float *z1, *a1;     /* [N, SQ] fc1 output, after SiLU */
     float *z2, *gate;   /* [N, C] fc2 output, after sigmoid */
-    float *out;         /* [N, H, W, C]; EVAL: the input itself, scaled in place */
+    float *out;         /* [N, H, W, C] */
     float *dsmall;      /* [4, N, max(C, SQ)] gradient scratch of the small vectors */
-    /* EVAL: the whole SE in one parallel region (se.c), split over images, channel
-     * blocks and position chunks so that batch 1 keeps every thread busy. */
-    int nchunk;         /* position chunks of the pooling (a function of the sizes) */
-    double *part;       /* [N, nchunk, C] partial sums of the pooling */
-    float *w2t;         /* [SQ, C] fc2's weights transposed, refreshed when the version moves */
-    uint64_t w2t_version;
 } lk_se;
 
 lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w);
 void lk_se_bind(lk_se *s, lk_arena *a);
-/* `version`: of the SE's weights (their reorder is cached by it; 0 = always reorder).
- * EVAL writes x * gate over x: bind, then point s->out at x before the forward. */
+/* `version`: of the SE's weights (their reorder is cached by it; 0 = always reorder). */
 lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
