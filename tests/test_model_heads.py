@@ -148,7 +148,11 @@ def test_multi_attention_parity_eval_and_train(arch):
             _check_eval(ref, m, xb)
         ref.train()
         m.train()
-        _check_train_step(ref, m, x, rng.integers(0, k, n))
+        # A gradient may be off by 5x torch float32's own error against float64 (as in
+        # test_model_policy): batch-statistics BN over 3-4 images amplifies rounding, and
+        # a change in summation order alone moved our error from 0.9e-3 to 1.3e-3 of the
+        # largest entry, while a semantic error is off by O(1).
+        _check_train_step(ref, m, x, rng.integers(0, k, n), noise_factor=5.0)
 
 
 @pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
@@ -161,7 +165,7 @@ def test_ablation_heads_parity(head):
     _check_eval(ref, m, x)
     ref.train()
     m.train()
-    _check_train_step(ref, m, x, rng.integers(0, k, 3))
+    _check_train_step(ref, m, x, rng.integers(0, k, 3), noise_factor=5.0)  # see above
 
 
 def _shrink_residual_branches(ref: torch.nn.Module, factor: float = 0.25) -> None:
