@@ -348,6 +348,30 @@ static PyObject *model_flat(PyModel *self, PyObject *args) {
     return view(self, p, NULL, 1, n, want_grad || writable);
 }
 
+/* x as a batch of RGB images [N, 3, H, W] float32 (shape in xd), or NULL with an error. */
+static const float *rgb_images(PyObject *x, npy_intp xd[4]) {
+    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
+    if (!xp) return NULL;
+    if (xd[1] != 3) {
+        PyErr_Format(PyExc_ValueError, "x must be [N, 3, H, W] RGB images, got %ld channels",
+                     (long)xd[1]);
+        return NULL;
+    }
+    if (xd[0] > 100000 || xd[2] > 100000 || xd[3] > 100000) {
+        PyErr_Format(PyExc_ValueError, "x is too large");
+        return NULL;
+    }
+    return xp;
+}
+
+/* The caller's logits output [n, num_classes] float32, or NULL with an error. */
+static float *logits_out(PyObject *logits, npy_intp n, const lk_model_info *info) {
+    float *lp = lk_py_array(logits, "logits", NPY_FLOAT32, 2, 1, 0, NULL);
+    if (!lp) return NULL;
+    if (lk_py_shape(logits, "logits", 2, (npy_intp[]){n, info->num_classes}) < 0) return NULL;
+    return lp;
+}
+
 static PyObject *model_forward_impl(PyModel *self, PyObject *args) {
     PyObject *logits, *x, *features = Py_None;
     unsigned int flags;
@@ -370,9 +394,8 @@ static PyObject *model_forward_impl(PyModel *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "x must be [N, 3, H, W] RGB images, got %ld channels",
                             (long)xd[1]);
     }
-    float *lp = lk_py_array(logits, "logits", NPY_FLOAT32, 2, 1, 0, NULL);
+    float *lp = logits_out(logits, xd[0], &info);
     if (!lp) return NULL;
-    if (lk_py_shape(logits, "logits", 2, (npy_intp[]){xd[0], info.num_classes}) < 0) return NULL;
     float *fp = lk_py_array(features, "features", NPY_FLOAT32, 4, 1, 1, NULL);
     if (PyErr_Occurred()) return NULL;
     if (fp) {
@@ -392,13 +415,8 @@ static PyObject *model_frozen_features_impl(PyModel *self, PyObject *args) {
     PyObject *out, *x;
     if (!PyArg_ParseTuple(args, "OO:frozen_features", &out, &x)) return NULL;
     npy_intp xd[4];
-    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
+    const float *xp = rgb_images(x, xd);
     if (!xp) return NULL;
-    if (xd[1] != 3)
-        return PyErr_Format(PyExc_ValueError, "x must be [N, 3, H, W] RGB images, got %ld channels",
-                            (long)xd[1]);
-    if (xd[0] > 100000 || xd[2] > 100000 || xd[3] > 100000)
-        return PyErr_Format(PyExc_ValueError, "x is too large");
     float *op = lk_py_array(out, "features", NPY_FLOAT32, 4, 1, 0, NULL);
     if (!op) return NULL;
     int c, fh, fw;
@@ -497,18 +515,12 @@ static PyObject *model_explain_forward_impl(PyModel *self, PyObject *args) {
     PyObject *logits, *feat, *x;
     if (!PyArg_ParseTuple(args, "OOO:explain_forward", &logits, &feat, &x)) return NULL;
     npy_intp xd[4];
-    const float *xp = lk_py_array(x, "x", NPY_FLOAT32, 4, 0, 0, xd);
+    const float *xp = rgb_images(x, xd);
     if (!xp) return NULL;
-    if (xd[1] != 3)
-        return PyErr_Format(PyExc_ValueError, "x must be [N, 3, H, W] RGB images, got %ld channels",
-                            (long)xd[1]);
-    if (xd[0] > 100000 || xd[2] > 100000 || xd[3] > 100000)
-        return PyErr_Format(PyExc_ValueError, "x is too large");
     lk_model_info info;
     lk_model_get_info(self->m, &info);
-    float *lp = lk_py_array(logits, "logits", NPY_FLOAT32, 2, 1, 0, NULL);
+    float *lp = logits_out(logits, xd[0], &info);
     if (!lp) return NULL;
-    if (lk_py_shape(logits, "logits", 2, (npy_intp[]){xd[0], info.num_classes}) < 0) return NULL;
     float *fp = lk_py_array(feat, "feat", NPY_FLOAT32, 4, 1, 1, NULL);
     if (PyErr_Occurred()) return NULL;
     if (fp) {
