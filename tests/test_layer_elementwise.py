@@ -1,4 +1,7 @@
-"""Broadcast channel multiply and elementwise add against PyTorch and finite differences."""
+"""Broadcast channel multiply and elementwise add against PyTorch and finite differences.
+
+The channel multiply's backward is a hand-written kernel: its tests run once per kernel
+path this CPU has (the `kernel_isa` fixture)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _gradcheck import FD_RTOL, FWD_RTOL, GRAD_RTOL, assert_close, directional_fd, probe
+from _kernel_isa import kernel_isa  # noqa: F401  (fixture)
 
 from leukemia import _ext, get_num_threads, set_num_threads
 from leukemia.functional import add_forward, channel_mul_backward, channel_mul_forward
@@ -18,10 +22,12 @@ SHAPES = [
     (2, 40, 15, 15),  # B3 SE gate at small scale
     (1, 16, 40, 37),  # batch 1, many positions: ds split over position chunks
     (2, 136, 5, 3),  # channel blocks of 64 with a partial last block
+    (2, 72, 19, 9),  # runs of 16 positions with a partial last run, partial block
     (4, 10, 1, 1),
 ]
 
 
+@pytest.mark.usefixtures("kernel_isa")  # AVX-512, AVX2 and plain-C backward kernels
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 def test_channel_mul_matches_torch_and_fd(shape):
     rng = np.random.default_rng(zlib.crc32(repr(shape).encode()))
@@ -45,6 +51,7 @@ def test_channel_mul_matches_torch_and_fd(shape):
     assert directional_fd(fs, s, ds, rng) < FD_RTOL
 
 
+@pytest.mark.usefixtures("kernel_isa")
 def test_channel_mul_aliasing_partial_and_threads():
     rng = np.random.default_rng(11)
     xh = rng.standard_normal((2, 9, 7, 70)).astype(np.float32)  # NHWC

@@ -1,11 +1,12 @@
 /* Broadcast channel multiply (oneDNN binary forward, plain-C backward) and
  * elementwise add (plain C).
  *
- * chmul backward is plain C because oneDNN has no backward for binary ops:
+ * chmul backward is hand-written because oneDNN has no backward for binary ops:
  * one pass over dy and x gives both dx = dy * s and ds = sum_HW dy * x. Work
  * is split over (image, channel block, position chunk) so that batch-1 calls
  * with few channels still use every thread; partial channel sums are kept in
- * double (a 150 x 150 plane sums 22,500 products) and reduced in a fixed
+ * double (a 150 x 150 plane sums 22,500 products; runs of 16 go in float, which
+ * vectorises for the kernel path in force) and reduced in a fixed
  * order. The number of chunks depends only on the sizes (never on the
  * threads), so results are the same bits for every thread count.
  *
@@ -15,11 +16,13 @@
  */
 #include <string.h>
 
+#include "lk_cpu.h"
 #include "lk_layers.h"
 
 enum { CHMUL_CB = 64,              /* channels per block (4 cache lines per row) */
        CHMUL_MIN_CHUNK = 256,      /* fewest positions per chunk worth a task */
-       CHMUL_TASKS = 64 };         /* tasks wanted (4 per thread up to 16 threads) */
+       CHMUL_TASKS = 64,           /* tasks wanted (4 per thread up to 16 threads) */
+       CHMUL_RUN = 16 };           /* positions summed in float before double */
 
 /* Position chunks of the ds reduction: a function of the sizes only (it fixes the
  * summation order of ds). Task grid: n x channel blocks x chunks. */
@@ -93,6 +96,35 @@ static void chmul_dx(float *dx, const float *dy, const float *s, int n, int64_t 
         }
 }
 
+/* One task of the ds reduction, for the kernel path in force (lk_cpu.h): dst[k] = sum
+ * over np positions (row stride c) of dy * x, channels k < kn; dx = dy * s alongside when
+ * dx is given (it may alias dy: each position is read before it is written). Products
+ * are summed in float over runs of CHMUL_RUN positions, which vectorise over the
+ * channels, and the runs in double: a fixed order for every path and thread count. */
+LK_ALWAYS_INLINE void chmul_task_body(double *dst, float *dx, const float *dy, const float *x,
+                                      const float *s, int64_t c, int64_t np, int kn) {
+    double acc[CHMUL_CB];
+    float run[CHMUL_CB];
+    for (int k = 0; k < kn; k++) acc[k] = 0.0;
+    for (int64_t q = 0; q < np; q += CHMUL_RUN) {
+        const int64_t q1 = q + CHMUL_RUN < np ? q + CHMUL_RUN : np;
+        for (int k = 0; k < kn; k++) run[k] = 0.0f;
+        for (int64_t p = q; p < q1; p++) {
+            const float *dyp = dy + p * c, *xp = x + p * c;
+            for (int k = 0; k < kn; k++) run[k] += dyp[k] * xp[k];
+            if (dx) {
+                float *dxp = dx + p * c;
+                for (int k = 0; k < kn; k++) dxp[k] = dyp[k] * s[k];
+            }
+        }
+        for (int k = 0; k < kn; k++) acc[k] += run[k];
+    }
+    for (int k = 0; k < kn; k++) dst[k] = acc[k];
+}
+LK_KERNEL_CLONES(chmul_task, (double *dst, float *dx, const float *dy, const float *x,
+                              const float *s, int64_t c, int64_t np, int kn),
+                 (dst, dx, dy, x, s, c, np, kn))
+
 lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, const float *x,
                             const float *s) {
     LK_REQUIRE(L->fwd.p, "channel multiply: layer not initialised");
@@ -111,6 +143,8 @@ lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, 
     const int64_t ntask = (int64_t)n * nblk * nchunk;
 
     /* part [N, nchunk, C]: sum of dy * x over one chunk of positions. */
+    void (*task)(double *, float *, const float *, const float *, const float *, int64_t,
+                 int64_t, int) = LK_KERNEL_PICK(chmul_task);
 #pragma omp parallel for schedule(static) if (ntask > 1 && (int64_t)n * hw * c > (1 << 15))
     for (int64_t t = 0; t < ntask; t++) {
         const int i = (int)(t / ((int64_t)nblk * nchunk));
@@ -118,19 +152,9 @@ lk_status lk_chmul_backward(lk_chmul *L, float *dx, float *ds, const float *dy, 
         const int64_t ch = t % nchunk;
         const int k0 = b * CHMUL_CB, kn = c - k0 < CHMUL_CB ? c - k0 : CHMUL_CB;
         const int64_t p0 = hw * ch / nchunk, p1 = hw * (ch + 1) / nchunk;
-        const float *si = s ? s + (int64_t)i * c + k0 : NULL;
-        double acc[CHMUL_CB] = {0};
-        for (int64_t p = p0; p < p1; p++) {
-            const int64_t o = ((int64_t)i * hw + p) * c + k0;
-            const float *dyp = dy + o, *xp = x + o;
-            for (int k = 0; k < kn; k++) acc[k] += (double)dyp[k] * (double)xp[k];
-            if (dx) {
-                float *dxp = dx + o; /* written after the read above: dx may alias dy */
-                for (int k = 0; k < kn; k++) dxp[k] = dyp[k] * si[k];
-            }
-        }
-        double *dst = part + ((int64_t)i * nchunk + ch) * c + k0;
-        for (int k = 0; k < kn; k++) dst[k] = acc[k];
+        const int64_t o = ((int64_t)i * hw + p0) * c + k0;
+        task(part + ((int64_t)i * nchunk + ch) * c + k0, dx ? dx + o : NULL, dy + o, x + o,
+             s ? s + (int64_t)i * c + k0 : NULL, c, p1 - p0, kn);
     }
     for (int i = 0; i < n; i++)
         for (int k = 0; k < c; k++) {
