@@ -68,3 +68,21 @@ def test_bench_infer_tiny_run_ours_and_torch(tmp_path):
     assert set(rows) == {"leukemia", "PyTorch"}, out
     # The same seeded torchvision weights in both: logits agree to float32 accuracy.
     assert float(rows["leukemia"].group(2)) < 1e-3, out
+
+
+def test_bench_train_tiny_run_with_ceiling():
+    r = _run(
+        [
+            "benchmarks/bench_train.py",
+            *("--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0"),
+            *("--policies", "head", "--threads", "1", "--measure-peak"),
+        ]
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "# attainable peak:" in out and "| ceiling |" in out, out
+    row = re.search(r"^\| head \|.*? \| (\S+)x \|[^|]+\|[^|]+\| (\S+)x \| \d+ / \d+ \|$", out, re.M)
+    assert row, out
+    ratio, ceiling = float(row.group(1)), float(row.group(2))
+    # At the peak, ours would be at least as far ahead as it is now.
+    assert ceiling >= ratio > 0, out
