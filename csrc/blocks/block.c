@@ -122,28 +122,30 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
 }
 
 /* Walks the units backwards and stops below the last one that needs a gradient. */
-lk_status lk_block_backward(lk_block *b, float *dx, const float *dy, const float *x,
+lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
                             const lk_grad_scratch *g) {
     LK_REQUIRE(b->mode != LK_MODE_EVAL, "block backward: the block has no backward (EVAL)");
     LK_REQUIRE(dx != dy, "block backward: dx must not alias dy");
     LK_REQUIRE(dx || !b->need_dx, "block backward: dx is required");
     int64_t per = (int64_t)b->oh * b->ow * b->cfg.out;
-    const float *cur = dy;
+    /* The units consume their dy; the residual needs dy again at the end. */
+    float *cur = dy;
     if (block_has_sd(b)) {
         LK_TRY(lk_stochdepth_backward(g->t1, dy, b->keep, b->n, per, b->cfg.sd_prob));
+        cur = g->t1;
+    } else if (b->cfg.residual && b->need_dx) {
+        memcpy(g->t1, dy, sizeof(float) * (size_t)(per * b->n));
         cur = g->t1;
     }
     for (int i = b->nu - 1; i >= b->first; i--) {
         lk_cba *u = &b->u[i];
         if (i == b->se_after) {
             if (b->se.mode == LK_MODE_EVAL) break;
-            float *o = cur == g->t1 ? g->t2 : g->t1;
-            LK_TRY(lk_se_backward(&b->se, o, cur, u->out, g));
-            cur = o;
+            LK_TRY(lk_se_backward(&b->se, cur, cur, u->out)); /* in place */
         }
         if (u->mode == LK_MODE_EVAL) break;
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
-        LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x), g));
+        LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));
         if (!u->need_dx) break;
         cur = o;
     }

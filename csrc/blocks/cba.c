@@ -115,32 +115,25 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
     return LK_OK;
 }
 
-lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
-                          const lk_grad_scratch *g) {
+/* Every step before the convolution's backward works in place over dy (SiLU and the
+ * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
+ * unit needs no activation-sized scratch of its own. */
+lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
     if (u->mode == LK_MODE_FROZEN) {
         if (!u->need_dx) return LK_OK;
-        const float *dz = dy;
-        if (u->has_act) {
-            LK_TRY(lk_act_backward(&u->act, g->s1, dy, u->z, u->out));
-            dz = g->s1;
-        }
-        return lk_conv2d_backward(&u->conv, dx, NULL, NULL, dz, x, u->wf);
+        if (u->has_act) LK_TRY(lk_act_backward(&u->act, dy, dy, u->z, u->out));
+        return lk_conv2d_backward(&u->conv, dx, NULL, NULL, dy, x, u->wf);
     }
     if (u->bn.cfg.silu) {
-        LK_TRY(lk_bn_silu_backward(&u->bn, g->s2, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean,
+        LK_TRY(lk_bn_silu_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean,
                                    u->var, u->p.gamma, u->p.beta));
-        return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, g->s2, x,
-                                  u->p.w);
+    } else {
+        if (u->has_act) LK_TRY(lk_act_backward(&u->act, dy, dy, u->a, u->out));
+        LK_TRY(lk_bn_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean, u->var,
+                              u->p.gamma));
     }
-    const float *da = dy;
-    if (u->has_act) {
-        LK_TRY(lk_act_backward(&u->act, g->s1, dy, u->a, u->out));
-        da = g->s1;
-    }
-    LK_TRY(lk_bn_backward(&u->bn, g->s2, u->p.dgamma, u->p.dbeta, da, u->z, u->mean, u->var,
-                          u->p.gamma));
-    return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, g->s2, x, u->p.w);
+    return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, dy, x, u->p.w);
 }
 
 void lk_cba_free(lk_cba *u) {

@@ -53,11 +53,10 @@ static inline uint64_t lk_unit_version(const lk_versions *v, int trainable) {
     return trainable ? v->all : v->frozen;
 }
 
-/* Shared gradient scratch of the backward pass (each >= the largest activation),
- * owned by the model's plan. s1, s2 are used inside one cba backward; t1, t2 inside
- * one block backward. */
+/* Shared gradient scratch of one block backward (each >= the largest activation),
+ * owned by the model's plan. The units need none of their own: each consumes its dy,
+ * turning it into its BN/activation gradient in place. */
 typedef struct lk_grad_scratch {
-    float *s1, *s2;
     float *t1, *t2;
 } lk_grad_scratch;
 
@@ -94,9 +93,9 @@ typedef struct lk_cba {
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
 void lk_cba_bind(lk_cba *u, lk_arena *a);
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
-/* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. */
-lk_status lk_cba_backward(lk_cba *u, float *dx, const float *dy, const float *x,
-                          const lk_grad_scratch *g);
+/* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
+ * consumed: the activation and BN gradients overwrite it in place (no scratch). */
+lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);
 void lk_cba_free(lk_cba *u);
 
 /* ------------------------------------------------------------------- se.c */
@@ -126,9 +125,9 @@ lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w
 void lk_se_bind(lk_se *s, lk_arena *a);
 /* `version`: of the SE's weights (their reorder is cached by it; 0 = always reorder). */
 lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
-/* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy. */
-lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
-                         const lk_grad_scratch *g);
+/* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
+ * may alias dy. */
+lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x);
 void lk_se_free(lk_se *s);
 
 /* ---------------------------------------------------------------- block.c */
@@ -172,8 +171,9 @@ lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_
                         int iw);
 void lk_block_bind(lk_block *b, lk_arena *a);
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v);
-/* dx [N, IH, IW, IN] (NULL when !need_dx) from dy [N, OH, OW, OUT]; dx must not alias dy. */
-lk_status lk_block_backward(lk_block *b, float *dx, const float *dy, const float *x,
+/* dx [N, IH, IW, IN] (NULL when !need_dx) from dy [N, OH, OW, OUT]; dx must not alias
+ * dy. dy is scratch to the block: it may be overwritten. */
+lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
                             const lk_grad_scratch *g);
 void lk_block_free(lk_block *b);
 /* Whether any unit of the block trains. */

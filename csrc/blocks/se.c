@@ -11,7 +11,8 @@ lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w
     s->n = o->n;
     s->h = h;
     s->w = w;
-    LK_TRY(lk_gpool_init(&s->pool, LK_POOL_AVG, o->n, s->c, h, w, bwd));
+    /* Its backward is a broadcast add into dx (lk_se_backward), not the pool's own. */
+    LK_TRY(lk_gpool_init(&s->pool, LK_POOL_AVG, o->n, s->c, h, w, 0));
     lk_conv2d_cfg c1 = {.n = o->n, .ic = s->c, .ih = 1, .iw = 1, .oc = s->sq, .kh = 1, .kw = 1,
                         .sh = 1, .sw = 1, .groups = 1, .bias = 1, .train = bwd,
                         .need_dx = 1, .no_dw = mode == LK_MODE_FROZEN};
@@ -47,9 +48,9 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version) {
     return lk_chmul_forward(&s->mul, s->out, x, s->gate);
 }
 
-/* dx [N, H, W, C] = dy * gate + GAP^T(d pooled); uses g->s1 for the pooled path. */
-lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
-                         const lk_grad_scratch *g) {
+/* dx [N, H, W, C] = dy * gate + GAP^T(d pooled): the pooled path is added into dx
+ * directly, so no activation-sized scratch is needed (dx may alias dy). */
+lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x) {
     LK_REQUIRE(s->mode != LK_MODE_EVAL, "squeeze-excitation: no backward in EVAL mode");
     const int train = s->mode == LK_MODE_TRAIN;
     size_t big = (size_t)s->n * (s->c > s->sq ? s->c : s->sq);
@@ -62,8 +63,8 @@ lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x,
     LK_TRY(lk_act_backward(&s->act1, da1, da1, s->z1, s->a1));
     LK_TRY(lk_conv2d_backward(&s->fc1, dpool, train ? s->p.dw1 : NULL, train ? s->p.db1 : NULL,
                               da1, s->pooled, s->p.w1));
-    LK_TRY(lk_gpool_backward(&s->pool, g->s1, dpool));
-    return lk_add_inplace(dx, g->s1, (int64_t)s->n * s->h * s->w * s->c);
+    return lk_add_channels(dx, dpool, s->n, (int64_t)s->h * s->w, s->c,
+                           1.0f / (float)((int64_t)s->h * s->w));
 }
 
 void lk_se_free(lk_se *s) {

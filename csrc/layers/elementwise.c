@@ -184,6 +184,20 @@ lk_status lk_add_forward(float *y, const float *a, const float *b, int64_t count
     return LK_OK;
 }
 
+lk_status lk_add_channels(float *y, const float *v, int n, int64_t hw, int c, float scale) {
+    LK_REQUIRE(y && v, "add channels: NULL argument");
+    LK_REQUIRE(n > 0 && hw > 0 && c > 0, "add channels: sizes must be positive (n=%d hw=%lld c=%d)",
+               n, (long long)hw, c);
+#pragma omp parallel for collapse(2) schedule(static) if ((int64_t)n * hw * c > ADD_PAR_MIN)
+    for (int i = 0; i < n; i++)
+        for (int64_t p = 0; p < hw; p++) {
+            const float *vi = v + (int64_t)i * c;
+            float *yp = y + ((int64_t)i * hw + p) * c;
+            for (int k = 0; k < c; k++) yp[k] += scale * vi[k];
+        }
+    return LK_OK;
+}
+
 lk_status lk_add_inplace(float *y, const float *x, int64_t count) {
     LK_REQUIRE(y && x, "add: NULL argument");
     LK_REQUIRE(count >= 0, "add: count must be >= 0, got %lld", (long long)count);

@@ -221,6 +221,8 @@ void lk_chmul_free(lk_chmul *L);
 lk_status lk_add_forward(float *y, const float *a, const float *b, int64_t count);
 /* y += x (gradient accumulation, e.g. through a residual). */
 lk_status lk_add_inplace(float *y, const float *x, int64_t count);
+/* y [N, HW, C] += scale * v [N, C], broadcast over the HW positions of each image. */
+lk_status lk_add_channels(float *y, const float *v, int n, int64_t hw, int c, float scale);
 
 /* ---------------------------------------------------------------- dropout.c */
 /* Dropout: y = x * mask / (1 - p), mask[i] ~ Bernoulli(1 - p) from a

@@ -506,8 +506,6 @@ static void plan_bind(lk_model *m, lk_arena *a) {
     size_t big = a->max_act;
     m->b0 = lk_arena_take(a, big);
     m->b1 = lk_arena_take(a, big);
-    m->g.s1 = lk_arena_take(a, big);
-    m->g.s2 = lk_arena_take(a, big);
     m->g.t1 = lk_arena_take(a, big);
     m->g.t2 = lk_arena_take(a, big);
 }
@@ -717,7 +715,7 @@ static lk_status backward(lk_model *m, const float *dlogits) {
             lk_cba *u = p ? &m->conv_head : &m->stem;
             if (u->mode == LK_MODE_EVAL) return LK_OK;
             float *dx = p ? other : m->dx;
-            LK_TRY(lk_cba_backward(u, u->need_dx ? dx : NULL, cur, in, &m->g));
+            LK_TRY(lk_cba_backward(u, u->need_dx ? dx : NULL, cur, in));
             more = u->need_dx;
         } else {
             lk_block *b = &m->blocks[p - 1];
