@@ -128,6 +128,8 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
  * may alias dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x);
+/* out = x * gate again (the same primitive: the same bits as the forward's). */
+lk_status lk_se_recompute(lk_se *s, const float *x);
 void lk_se_free(lk_se *s);
 
 /* ---------------------------------------------------------------- block.c */
@@ -170,6 +172,10 @@ void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);
 lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
                         int iw);
 void lk_block_bind(lk_block *b, lk_arena *a);
+/* Floats of the SE output this block keeps in a buffer shared with the other blocks
+ * (0: none); lk_block_share_se_out hands it over after binding. */
+size_t lk_block_se_shared(const lk_block *b);
+void lk_block_share_se_out(lk_block *b, float *buf);
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v);
 /* dx [N, IH, IW, IN] (NULL when !need_dx) from dy [N, OH, OW, OUT]; dx must not alias
  * dy. dy is scratch to the block: it may be overwritten. */

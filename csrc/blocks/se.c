@@ -34,7 +34,9 @@ void lk_se_bind(lk_se *s, lk_arena *a) {
     s->a1 = lk_arena_take(a, nq);
     s->z2 = lk_arena_take(a, nc);
     s->gate = lk_arena_take(a, nc);
-    s->out = lk_arena_take(a, nc * s->h * s->w);
+    /* With a backward, out is the model's shared buffer (lk_block_share_se_out): it is
+     * read once by the projection in forward and recomputed for its weight gradient. */
+    s->out = s->mode == LK_MODE_EVAL ? lk_arena_take(a, nc * s->h * s->w) : NULL;
     lk_arena_note(a, nc * s->h * s->w);
     s->dsmall = s->mode != LK_MODE_EVAL ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
 }
@@ -45,6 +47,10 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version) {
     LK_TRY(lk_act_forward(&s->act1, s->a1, s->z1));
     LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, version));
     LK_TRY(lk_act_forward(&s->act2, s->gate, s->z2));
+    return lk_chmul_forward(&s->mul, s->out, x, s->gate);
+}
+
+lk_status lk_se_recompute(lk_se *s, const float *x) {
     return lk_chmul_forward(&s->mul, s->out, x, s->gate);
 }
 

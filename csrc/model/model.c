@@ -499,7 +499,18 @@ static void plan_bind(lk_model *m, lk_arena *a) {
             bind_piece(m, p, &ra);
         }
     }
-    for (int p = split > m->start ? split : m->start; p <= last; p++) bind_piece(m, p, a);
+    const int first_kept = split > m->start ? split : m->start;
+    for (int p = first_kept; p <= last; p++) bind_piece(m, p, a);
+    size_t se_shared = 0;
+    for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++) {
+        size_t c = p >= 1 ? lk_block_se_shared(&m->blocks[p - 1]) : 0;
+        if (c > se_shared) se_shared = c;
+    }
+    if (se_shared) {
+        float *buf = lk_arena_take(a, se_shared);
+        for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++)
+            if (p >= 1) lk_block_share_se_out(&m->blocks[p - 1], buf);
+    }
     m->dx = NULL;
     if (!train) return;
     if (m->pflags & LK_FWD_INPUT_GRAD) m->dx = lk_arena_take(a, n * m->ph * m->pw * 3);
