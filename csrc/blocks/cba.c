@@ -19,6 +19,7 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     u->iw = iw;
     u->eps = o->bn_eps;
     u->folded_version = 0;
+    u->shared_out = 0; /* the block decides (lk_block_plan) */
     if (mode == LK_MODE_EVAL) u->need_dx = 0;
     lk_conv2d_cfg cc = {.n = o->n, .ic = u->ic, .ih = ih, .iw = iw, .oc = u->oc, .kh = u->k,
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
@@ -75,7 +76,9 @@ void lk_cba_bind(lk_cba *u, lk_arena *a) {
     case LK_MODE_TRAIN: /* a: BN output, kept only when SiLU is not fused into the BN */
         u->z = lk_arena_take(a, count);
         u->a = u->bn.cfg.silu ? NULL : lk_arena_take(a, count);
-        u->out = u->has_act ? lk_arena_take(a, count) : u->a;
+        u->out = u->shared_out ? NULL /* lk_block_share */
+                 : u->has_act  ? lk_arena_take(a, count)
+                               : u->a;
         u->mean = lk_arena_take(a, (size_t)u->oc);
         u->var = lk_arena_take(a, (size_t)u->oc);
         break;
@@ -118,6 +121,11 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
 /* Every step before the convolution's backward works in place over dy (SiLU and the
  * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
  * unit needs no activation-sized scratch of its own. */
+lk_status lk_cba_recompute_out(lk_cba *u) {
+    LK_REQUIRE(u->shared_out && u->bn.cfg.silu, "conv-BN unit: its output is kept, not recomputed");
+    return lk_bn_silu_recompute(&u->bn, u->out, u->z, u->mean, u->var, u->p.gamma, u->p.beta);
+}
+
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
     if (u->mode == LK_MODE_FROZEN) {

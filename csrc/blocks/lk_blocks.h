@@ -82,6 +82,8 @@ typedef struct lk_cba {
     float *z;          /* [N, OH, OW, OC] conv output (TRAIN: BN input; FROZEN: SiLU input) */
     float *a;          /* [N, OH, OW, OC] BN output (TRAIN without a fused SiLU; else NULL) */
     float *out;        /* [N, OH, OW, OC] unit output */
+    int shared_out;    /* TRAIN, fused SiLU: out lives in the block's shared buffer and
+                          is recomputed from z for the next unit's weight gradient */
     float *mean, *var; /* [OC] batch statistics (TRAIN) */
     /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */
     float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */
@@ -93,6 +95,8 @@ typedef struct lk_cba {
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
 void lk_cba_bind(lk_cba *u, lk_arena *a);
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
+/* out again from z and the batch statistics (shared_out units): the forward's bits. */
+lk_status lk_cba_recompute_out(lk_cba *u);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
  * consumed: the activation and BN gradients overwrite it in place (no scratch). */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);
@@ -172,10 +176,12 @@ void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);
 lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
                         int iw);
 void lk_block_bind(lk_block *b, lk_arena *a);
-/* Floats of the SE output this block keeps in a buffer shared with the other blocks
- * (0: none); lk_block_share_se_out hands it over after binding. */
-size_t lk_block_se_shared(const lk_block *b);
-void lk_block_share_se_out(lk_block *b, float *buf);
+/* Floats this block keeps in a buffer shared with the other blocks (0: none): the
+ * expansion's output and the SE output of a training plan, recomputed in backward
+ * where a weight gradient needs them. lk_block_share hands the buffer over after
+ * binding. */
+size_t lk_block_shared(const lk_block *b);
+void lk_block_share(lk_block *b, float *buf);
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v);
 /* dx [N, IH, IW, IN] (NULL when !need_dx) from dy [N, OH, OW, OUT]; dx must not alias
  * dy. dy is scratch to the block: it may be overwritten. */

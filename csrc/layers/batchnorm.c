@@ -467,6 +467,36 @@ LK_KERNEL_CLONES(bn_dx, (float *dx, const float *x, const float *mean, const flo
                          const float *mg, const float *k, int64_t r0, int64_t r1, int ch),
                  (dx, x, mean, scale, mg, k, r0, r1, ch))
 
+/* y = silu((x - mean) * scale + beta), scale = gamma / sqrt(var + eps), tile by tile
+ * of whole rows (in cache): the forward's second pass, and its recompute. */
+static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
+                          const float *var, const float *gamma, const float *beta) {
+    const lk_bn_cfg *c = &L->cfg;
+    const int ch = c->c;
+    const int64_t rows = (int64_t)c->n * c->h * c->w;
+    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
+                   int) = LK_KERNEL_PICK(bn_affine);
+    float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] */
+    for (int j = 0; j < ch; j++) scale[j] = (float)(gamma[j] / sqrt((double)var[j] + c->eps));
+    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch, ntile = (rows + tr - 1) / tr;
+#pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
+    for (int64_t t = 0; t < ntile; t++) {
+        const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
+        float *yt = y + r0 * ch;
+        affine(yt, x + r0 * ch, mean, scale, beta, (int)nr, ch, ch);
+        lk_silu_forward_serial(yt, yt, nr * ch);
+    }
+}
+
+lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *mean,
+                               const float *var, const float *gamma, const float *beta) {
+    LK_REQUIRE(L->cfg.silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
+    LK_REQUIRE(y && x && mean && var && gamma && beta,
+               "batchnorm+SiLU recompute: NULL argument (y, x, mean, var, gamma, beta)");
+    bn_silu_apply(L, y, x, mean, var, gamma, beta);
+    return LK_OK;
+}
+
 lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
                              const float *gamma, const float *beta, float *running_mean,
                              float *running_var) {
@@ -481,8 +511,6 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
     const int64_t rows = (int64_t)c->n * c->h * c->w, nchunk = L->nchunk, ntask = nchunk * nblk;
     void (*stats)(double *, const float *, int, int, int, int64_t, int64_t) =
         LK_KERNEL_PICK(bn_stats);
-    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
-                   int) = LK_KERNEL_PICK(bn_affine);
     /* Statistics per (chunk, channel block) task. */
 #pragma omp parallel for schedule(static) if (ntask > 1 && rows * ch >= BN_PAR_MIN)
     for (int64_t t = 0; t < ntask; t++) {
@@ -491,24 +519,14 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
         stats(L->part + (size_t)k * 2 * ch + j0, x, ch, j0, jn, rows * k / nchunk,
               rows * (k + 1) / nchunk);
     }
-    float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] gamma / sqrt(var + eps) */
     for (int j = 0; j < ch; j++) {
         double sd, sq;
         bn_sum_chunks(L, L->nchunk, &sd, &sq, j);
         const double md = sd / (double)rows, v = sq / (double)rows - md * md;
         mean[j] = (float)((double)x[j] + md);
         var[j] = (float)(v > 0.0 ? v : 0.0); /* biased, like oneDNN and torch's normalisation */
-        scale[j] = (float)(gamma[j] / sqrt((double)var[j] + c->eps));
     }
-    /* y = silu((x - mean) * scale + beta), tile by tile of whole rows (in cache). */
-    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch, ntile = (rows + tr - 1) / tr;
-#pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
-    for (int64_t t = 0; t < ntile; t++) {
-        const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
-        float *yt = y + r0 * ch;
-        affine(yt, x + r0 * ch, mean, scale, beta, (int)nr, ch, ch);
-        lk_silu_forward_serial(yt, yt, nr * ch);
-    }
+    bn_silu_apply(L, y, x, mean, var, gamma, beta);
     if (running_mean)
         bn_update_running(running_mean, running_var, mean, var, ch, c->momentum, rows);
     return LK_OK;

@@ -123,10 +123,14 @@ lk_status lk_bn_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const
 lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
                              const float *gamma, const float *beta, float *running_mean,
                              float *running_var);
+/* y again from x and the statistics lk_bn_silu_forward returned: the same bits (for
+ * plans that recompute an activation instead of keeping it). */
+lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *mean,
+                               const float *var, const float *gamma, const float *beta);
 /* Gradient of lk_bn_silu_forward: dx [N, H, W, C] (NULL to skip), dgamma, dbeta [C]
  * from dy, recomputing the SiLU input from x, mean, var, gamma and beta. Pass 1 reads
  * dy and x for the SiLU gradient and both reductions and parks the SiLU gradient in
- * dx; pass 2 turns it into dx in place (dx must not alias dy or x). The reductions are
+ * dx; pass 2 turns it into dx in place (dx may alias dy, not x). The reductions are
  * summed in double in fixed chunks: results do not depend on the thread count. */
 lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *mean, const float *var,

@@ -501,15 +501,15 @@ static void plan_bind(lk_model *m, lk_arena *a) {
     }
     const int first_kept = split > m->start ? split : m->start;
     for (int p = first_kept; p <= last; p++) bind_piece(m, p, a);
-    size_t se_shared = 0;
+    size_t shared = 0; /* one buffer for what the blocks recompute (lk_block_shared) */
     for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++) {
-        size_t c = p >= 1 ? lk_block_se_shared(&m->blocks[p - 1]) : 0;
-        if (c > se_shared) se_shared = c;
+        size_t c = p >= 1 ? lk_block_shared(&m->blocks[p - 1]) : 0;
+        if (c > shared) shared = c;
     }
-    if (se_shared) {
-        float *buf = lk_arena_take(a, se_shared);
+    if (shared) {
+        float *buf = lk_arena_take(a, shared);
         for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++)
-            if (p >= 1) lk_block_share_se_out(&m->blocks[p - 1], buf);
+            if (p >= 1) lk_block_share(&m->blocks[p - 1], buf);
     }
     m->dx = NULL;
     if (!train) return;
