@@ -88,7 +88,10 @@ lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_
 void lk_block_bind(lk_block *b, lk_arena *a) {
     for (int i = b->first; i < b->nu; i++) {
         lk_cba_bind(&b->u[i], a);
-        if (i == b->se_after) lk_se_bind(&b->se, a);
+        if (i == b->se_after) {
+            lk_se_bind(&b->se, a);
+            if (b->se.mode == LK_MODE_EVAL) b->se.out = b->u[i].out; /* gated in place */
+        }
     }
     size_t count = (size_t)b->n * b->oh * b->ow * b->cfg.out;
     b->sd = NULL;

@@ -34,9 +34,11 @@ void lk_se_bind(lk_se *s, lk_arena *a) {
     s->a1 = lk_arena_take(a, nq);
     s->z2 = lk_arena_take(a, nc);
     s->gate = lk_arena_take(a, nc);
-    /* With a backward, out is the model's shared buffer (lk_block_share_se_out): it is
-     * read once by the projection in forward and recomputed for its weight gradient. */
-    s->out = s->mode == LK_MODE_EVAL ? lk_arena_take(a, nc * s->h * s->w) : NULL;
+    /* out is set by the block: in EVAL its input itself (the gate is applied in place,
+     * nothing reads the ungated values again), with a backward the model's shared
+     * buffer (lk_block_share): read once by the projection in forward and recomputed
+     * for its weight gradient. */
+    s->out = NULL;
     lk_arena_note(a, nc * s->h * s->w);
     s->dsmall = s->mode != LK_MODE_EVAL ? lk_arena_take(a, 4 * (nc > nq ? nc : nq)) : NULL;
 }
