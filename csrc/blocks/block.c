@@ -118,19 +118,20 @@ static size_t se_shared(const lk_block *b) {
     return (size_t)b->n * b->se.h * b->se.w * b->se.c;
 }
 
-size_t lk_block_shared(const lk_block *b) {
-    size_t s = se_shared(b);
+/* The expansion (u[0]) shares the buffer: shared_out is only ever set on it. */
+static size_t expansion_shared(const lk_block *b) {
     const lk_cba *u = &b->u[0];
-    if (b->first == 0 && u->shared_out) {
-        size_t e = (size_t)b->n * u->oh * u->ow * u->oc;
-        if (e > s) s = e;
-    }
-    return s;
+    return b->first == 0 && u->shared_out ? (size_t)b->n * u->oh * u->ow * u->oc : 0;
+}
+
+size_t lk_block_shared(const lk_block *b) {
+    size_t s = se_shared(b), e = expansion_shared(b);
+    return s > e ? s : e;
 }
 
 void lk_block_share(lk_block *b, float *buf) {
     if (se_shared(b)) b->se.out = buf;
-    if (b->first == 0 && b->u[0].shared_out) b->u[0].out = buf;
+    if (expansion_shared(b)) b->u[0].out = buf;
 }
 
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v) {
@@ -169,7 +170,7 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
         cur = g->t1;
     }
     if (se_shared(b) && b->u[b->se_after + 1].mode == LK_MODE_TRAIN)
-        LK_TRY(lk_se_recompute(&b->se, b->u[b->se_after].out));
+        LK_TRY(lk_se_apply_gate(&b->se, b->u[b->se_after].out)); /* recompute se.out */
     for (int i = b->nu - 1; i >= b->first; i--) {
         lk_cba *u = &b->u[i];
         if (i == b->se_after) {
@@ -177,7 +178,7 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
             LK_TRY(lk_se_backward(&b->se, cur, cur, u->out)); /* in place */
         }
         if (u->mode == LK_MODE_EVAL) break;
-        if (i == 1 && b->first == 0 && b->u[0].shared_out && u->mode == LK_MODE_TRAIN)
+        if (i == 1 && expansion_shared(b) && u->mode == LK_MODE_TRAIN)
             LK_TRY(lk_cba_recompute_out(&b->u[0])); /* u's input, for its weight gradient */
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
         LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));

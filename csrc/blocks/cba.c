@@ -4,7 +4,8 @@
  *          the pre-activation; backward-data only (the weights are constants);
  *   TRAIN  convolution, batch-statistics BN, SiLU, and every gradient. BN and SiLU run
  *          fused (lk_bn_silu_*): only the conv output z and the unit output are
- *          stored; the backward recomputes the BN output from z.
+ *          stored (the output not even that when the block shares it, shared_out);
+ *          the backward recomputes the BN output from z.
  */
 #include <math.h>
 #include <string.h>
@@ -118,14 +119,14 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
     return LK_OK;
 }
 
-/* Every step before the convolution's backward works in place over dy (SiLU and the
- * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
- * unit needs no activation-sized scratch of its own. */
 lk_status lk_cba_recompute_out(lk_cba *u) {
     LK_REQUIRE(u->shared_out && u->bn.cfg.silu, "conv-BN unit: its output is kept, not recomputed");
     return lk_bn_silu_recompute(&u->bn, u->out, u->z, u->mean, u->var, u->p.gamma, u->p.beta);
 }
 
+/* Every step before the convolution's backward works in place over dy (SiLU and the
+ * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
+ * unit needs no activation-sized scratch of its own. */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
     if (u->mode == LK_MODE_FROZEN) {

@@ -132,8 +132,9 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
  * may alias dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x);
-/* out = x * gate again (the same primitive: the same bits as the forward's). */
-lk_status lk_se_recompute(lk_se *s, const float *x);
+/* out = x * gate, the forward's last step; a training plan's backward calls it again to
+ * recompute out (the same primitive: the same bits). */
+lk_status lk_se_apply_gate(lk_se *s, const float *x);
 void lk_se_free(lk_se *s);
 
 /* ---------------------------------------------------------------- block.c */

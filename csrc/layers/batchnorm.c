@@ -467,8 +467,17 @@ LK_KERNEL_CLONES(bn_dx, (float *dx, const float *x, const float *mean, const flo
                          const float *mg, const float *k, int64_t r0, int64_t r1, int ch),
                  (dx, x, mean, scale, mg, k, r0, r1, ch))
 
-/* y = silu((x - mean) * scale + beta), scale = gamma / sqrt(var + eps), tile by tile
- * of whole rows (in cache): the forward's second pass, and its recompute. */
+/* scale [C] = gamma / sqrt(var + eps) in the layer's scratch (after mean and var), the
+ * one factor the fused passes apply. */
+static float *bn_silu_scale(lk_bn *L, const float *gamma, const float *var) {
+    const int ch = L->cfg.c;
+    float *scale = L->scaleshift_tmp + 2 * (size_t)ch;
+    for (int j = 0; j < ch; j++) scale[j] = (float)(gamma[j] / sqrt((double)var[j] + L->cfg.eps));
+    return scale;
+}
+
+/* y = silu((x - mean) * scale + beta), tile by tile of whole rows (in cache): the
+ * forward's second pass, and its recompute. */
 static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
                           const float *var, const float *gamma, const float *beta) {
     const lk_bn_cfg *c = &L->cfg;
@@ -476,8 +485,7 @@ static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
     const int64_t rows = (int64_t)c->n * c->h * c->w;
     void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
                    int) = LK_KERNEL_PICK(bn_affine);
-    float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] */
-    for (int j = 0; j < ch; j++) scale[j] = (float)(gamma[j] / sqrt((double)var[j] + c->eps));
+    const float *scale = bn_silu_scale(L, gamma, var);
     const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch, ntile = (rows + tr - 1) / tr;
 #pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
     for (int64_t t = 0; t < ntile; t++) {
@@ -541,8 +549,7 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                "batchnorm+SiLU backward: NULL argument (dy, x, mean, var, gamma, beta)");
     const int ch = c->c;
     const int64_t rows = (int64_t)c->n * c->h * c->w;
-    float *scale = L->scaleshift_tmp + 2 * (size_t)ch; /* [C] gamma * rstd */
-    for (int j = 0; j < ch; j++) scale[j] = (float)(gamma[j] / sqrt((double)var[j] + c->eps));
+    float *scale = bn_silu_scale(L, gamma, var); /* [C] gamma * rstd */
     void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
                    int) = LK_KERNEL_PICK(bn_affine);
     void (*accum)(double *, double *, float *, const float *, const float *, const float *, int,

@@ -501,15 +501,18 @@ static void plan_bind(lk_model *m, lk_arena *a) {
     }
     const int first_kept = split > m->start ? split : m->start;
     for (int p = first_kept; p <= last; p++) bind_piece(m, p, a);
-    size_t shared = 0; /* one buffer for what the blocks recompute (lk_block_shared) */
-    for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++) {
-        size_t c = p >= 1 ? lk_block_shared(&m->blocks[p - 1]) : 0;
+    /* One buffer for what the kept blocks recompute (lk_block_shared); block i is piece
+     * i + 1. */
+    const int lo = first_kept > 1 ? first_kept - 1 : 0;
+    const int hi = last < m->arch.nblocks ? last : m->arch.nblocks; /* one past the last */
+    size_t shared = 0;
+    for (int i = lo; i < hi; i++) {
+        size_t c = lk_block_shared(&m->blocks[i]);
         if (c > shared) shared = c;
     }
     if (shared) {
         float *buf = lk_arena_take(a, shared);
-        for (int p = first_kept; p <= last && p <= m->arch.nblocks; p++)
-            if (p >= 1) lk_block_share(&m->blocks[p - 1], buf);
+        for (int i = lo; i < hi; i++) lk_block_share(&m->blocks[i], buf);
     }
     m->dx = NULL;
     if (!train) return;
