@@ -20,6 +20,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 #include "oneapi/dnnl/dnnl.h"
 
 #define CK(call)                                                                          \
@@ -35,17 +37,6 @@
 static dnnl_engine_t eng;
 static dnnl_stream_t strm;
 static int g_reps = 20, g_median;
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* A primitive with its arguments (memories own their buffers). */
 typedef struct op {

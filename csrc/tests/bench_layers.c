@@ -15,6 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 #include "lk_dwconv.h"
 #include "lk_layers.h"
 #include "lk_optim.h"
@@ -31,17 +33,6 @@ static const char *g_only;
             exit(1);                                                                     \
         }                                                                                \
     } while (0)
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* Median (or minimum) of `g_reps` timed runs of `stmt` after `g_warmup` untimed ones. */
 #define TIME_REPS(out, stmt)                                      \
