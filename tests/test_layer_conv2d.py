@@ -29,6 +29,8 @@ CASES = [
     (1, 77, 9, 10, 77, 5, 2, 77, False, "symmetric"),
     (2, 21, 7, 13, 21, 5, 2, 21, True, (1, 2, 2, 1)),
     (1, 24, 5, 5, 24, 5, 1, 24, False, "same"),
+    # Depthwise stride 1 with a bias: dx by the forward primitive, whose bias is zeroed.
+    (2, 10, 6, 8, 10, 3, 1, 10, True, "symmetric"),
     # Dense weight gradients on sgemm (conv2d.c: plain 1x1 always, other kernels at
     # IC >= 16 and >= 32x32 output positions): im2col over two chunks with bias,
     # TF SAME stride 2, and a strided 1x1 (im2col with one tap).
@@ -127,3 +129,34 @@ def test_conv2d_bad_inputs():
             (1, 1, 1, 1),
             1,
         )
+
+
+# Depthwise stride-1 layers compute dx as a forward convolution with the kernel rotated
+# by 180 degrees (conv2d.c); the test above covers that path, this one the oneDNN
+# backward-data primitive it replaced, and checks that the two agree.
+DX_CASES = [c for c in CASES if c[7] == c[1] == c[4] and c[6] == 1]
+
+
+@pytest.mark.parametrize("case", DX_CASES, ids=[str(c[:8]) for c in DX_CASES])
+def test_depthwise_dx_paths_agree(case):
+    n, cin, h, w_, cout, k, s, g, bias, padding = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()) + 1)
+    x = rng.standard_normal((n, cin, h, w_)).astype(np.float32)
+    w = (rng.standard_normal((cout, 1, k, k)) / k).astype(np.float32)
+    pad = conv_padding(padding, (k, k), (s, s), (h, w_))
+    dy = rng.standard_normal((n, cout, h, w_)).astype(np.float32)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    _torch_conv(xt, torch.tensor(w, dtype=torch.float64), None, s, pad, g).backward(
+        torch.tensor(dy, dtype=torch.float64)
+    )
+    got = {}
+    for policy in ("auto", "onednn"):
+        before = _ext()._conv_dx_policy(policy)
+        try:
+            got[policy] = conv2d_backward(dy, x, w, bias=bias, stride=s, padding=pad, groups=g)[0]
+        finally:
+            _ext()._conv_dx_policy(before)
+        assert_close(got[policy], xt.grad.numpy(), GRAD_RTOL, f"depthwise dx ({policy})")
+    assert_close(got["auto"], got["onednn"], GRAD_RTOL, "depthwise dx, the two paths")
+    with pytest.raises(ValueError, match="policy"):
+        _ext()._conv_dx_policy("fast")

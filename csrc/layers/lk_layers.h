@@ -54,6 +54,11 @@ typedef struct lk_conv2d {
     int64_t gemm_rows;      /* output positions per im2col chunk (0: plain 1x1, no im2col) */
     float *gemm_ws;         /* [gemm_threads, gemm_rows * KK + OC * KK], KK = KH*KW*IC:
                                each thread's im2col chunk, then its partial dW [OC, KH, KW, IC] */
+    int dx_flipped;         /* depthwise stride 1: dx by the forward primitive (no bwd_d) */
+    float *w_flip;          /* [OC, 1, KH, KW] the kernel rotated by 180 degrees */
+    float *w_flip_fwd;      /* w_flip in the forward's layout (when it differs) */
+    float *zero_bias;       /* [OC] zeros, when the forward primitive takes a bias */
+    dnnl_memory_t m_w_flip; /* w_flip_fwd (or w_flip) as the forward's weights */
 } lk_conv2d;
 
 /* Which weight-gradient path conv2d plans for dense (groups == 1) layers. AUTO picks
@@ -66,6 +71,13 @@ typedef enum lk_conv_bwd_w_policy {
 } lk_conv_bwd_w_policy;
 void lk_conv2d_set_bwd_w_policy(lk_conv_bwd_w_policy p);
 lk_conv_bwd_w_policy lk_conv2d_get_bwd_w_policy(void);
+
+/* How conv2d plans a depthwise stride-1 input gradient: AUTO runs it as a forward
+ * convolution with the kernel rotated by 180 degrees (conv2d.c says why), ONEDNN keeps
+ * oneDNN's backward-data primitive. For tests and benchmarks; read by lk_conv2d_init. */
+typedef enum lk_conv_dx_policy { LK_CONV_DX_AUTO = 0, LK_CONV_DX_ONEDNN } lk_conv_dx_policy;
+void lk_conv2d_set_dx_policy(lk_conv_dx_policy p);
+lk_conv_dx_policy lk_conv2d_get_dx_policy(void);
 
 lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
 /* y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w, b [OC] or NULL). `w_version`

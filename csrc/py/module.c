@@ -6,6 +6,7 @@
 #include "lk_cpu.h"
 #include "lk_dnnl.h"
 #include "lk_dwconv.h"
+#include "lk_layers.h"
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     lk_build_info info;
@@ -71,6 +72,22 @@ static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
                         "dwconv policy must be 'auto', 'onednn' or 'custom', got %R", arg);
 }
 
+/* Tests: how conv2d plans a depthwise stride-1 input gradient ("auto": forward with the
+ * rotated kernel, "onednn": the backward-data primitive); returns the previous one. */
+static PyObject *py_conv_dx_policy(PyObject *self, PyObject *arg) {
+    static const char *names[] = {"auto", "onednn"};
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(name, names[i])) {
+            lk_conv_dx_policy old = lk_conv2d_get_dx_policy();
+            lk_conv2d_set_dx_policy((lk_conv_dx_policy)i);
+            return PyUnicode_FromString(names[old]);
+        }
+    return PyErr_Format(PyExc_ValueError, "conv dx policy must be 'auto' or 'onednn', got %R",
+                        arg);
+}
+
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
@@ -108,6 +125,8 @@ PyMethodDef lk_py_core_methods[] = {
      "Tests: treat the kernel paths in the bit mask (1 << isa) as absent from this CPU."},
     {"_dwconv_policy", py_dwconv_policy, METH_O,
      "Tests: depthwise weight-gradient kernel conv2d plans; returns the previous policy."},
+    {"_conv_dx_policy", py_conv_dx_policy, METH_O,
+     "Tests: depthwise stride-1 input-gradient path conv2d plans; returns the previous one."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
