@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 
+#include "lk_cpu.h"
 #include "lk_dwconv.h"
 #include "lk_layers.h"
 
@@ -47,17 +48,21 @@ static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
     return LK_OK;
 }
 
-/* Depthwise weight gradient: our NHWC kernel or oneDNN's? oneDNN's jit_dw
- * takes only 3-wide kernels and mostly wins there (ours 0.4-1.8x its speed
- * on the B3 3x3 shapes); wider ones fall to its generic grouped JIT, which
- * ours beats 2-10x on every B3 5x5 shape (bench_layers dwbw_*, batch 16,
- * 1-2 threads, AVX2 and AVX-512 oneDNN). */
-static int conv_dw_custom(const lk_conv2d_cfg *c) {
+/* Depthwise weight gradient: our NHWC kernel or oneDNN's? oneDNN's jit_dw takes
+ * only 3-wide kernels; wider ones fall to its generic grouped JIT, which ours beats
+ * 3-8x on every B3 5x5 shape. On 3x3 layers ours wins on large maps (1.1-1.9x at
+ * 150x150 and 75x75, both ISAs) and on AVX2 down to 19x19 (2.2x), and loses on
+ * AVX-512 at 19x19 and below and on AVX2 at 10x10 (0.7-0.8x). bench_layers dwbw_*,
+ * batch 16, 2 threads. */
+static int conv_dw_custom(const lk_conv2d_cfg *c, int oh, int ow) {
     if (!(c->train && c->groups == c->ic && c->ic == c->oc)) return 0;
     switch (lk_dwconv_get_policy()) {
     case LK_DW_BWD_W_ONEDNN: return 0;
     case LK_DW_BWD_W_CUSTOM: return 1;
-    default: return c->kw > 3 && lk_dwconv_bwd_weights_vectorised(c->kw);
+    default:
+        if (!lk_dwconv_bwd_weights_vectorised(c->kw)) return 0;
+        if (c->kw > 3) return 1;
+        return oh * ow >= 32 * 32 || (lk_kernel_isa() == LK_ISA_AVX2 && oh * ow >= 16 * 16);
     }
 }
 
@@ -310,7 +315,15 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
         }
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
-        L->dw_custom = !c->no_dw && conv_dw_custom(c);
+        L->dw_custom = !c->no_dw && conv_dw_custom(c, L->oh, L->ow);
+        if (L->dw_custom) {
+            size_t n = lk_dwconv_bwd_weights_ws(c->n, c->ic, L->oh, c->kh, c->kw);
+            L->dw_ws = n ? lk_alloc(n * sizeof(float)) : NULL;
+            if (n && !L->dw_ws) {
+                st = LK_FAIL(LK_ERR_NOMEM, "conv2d: depthwise weight-gradient workspace");
+                goto done;
+            }
+        }
         L->dw_gemm = !L->dw_custom && conv_dw_gemm(c, L->oh, L->ow);
         if (L->dw_gemm) LK_TRY_GOTO(conv_gemm_plan(L));
         if (!L->dw_custom && !L->dw_gemm && !c->no_dw) {
@@ -430,7 +443,7 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         if (L->dw_custom) {
             const lk_conv2d_cfg *c = &L->cfg;
             LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh,
-                                         c->kw, c->sh, c->sw, c->pt, c->pl));
+                                         c->kw, c->sh, c->sw, c->pt, c->pl, L->dw_ws));
             if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
             return LK_OK;
         }
@@ -472,6 +485,7 @@ void lk_conv2d_free(lk_conv2d *L) {
     lk_free(L->dw_int);
     lk_free(L->gemm_ws);
     lk_free(L->w_flip);
+    lk_free(L->dw_ws);
     lk_free(L->w_flip_fwd);
     lk_free(L->zero_bias);
     dnnl_memory_t *mems[] = {&L->m_x,     &L->m_y,      &L->m_w_user,  &L->m_w_fwd,

@@ -3,20 +3,24 @@
  * oneDNN v3.2 runs depthwise 5x5 weight gradients through its generic grouped
  * JIT (jit_dw takes only 3-wide kernels on AVX2), the slowest primitive of a
  * training step. Here channels are contiguous, so the kernel vectorises over
- * channels: a work item owns up to 64 channels (four cache lines per pixel) and
- * a range of kernel rows, and for each (n, oy, kernel row) it sums
+ * channels: the N*OH output rows are cut into chunks, and for each row of a chunk,
+ * each block of up to 64 channels and each kernel row it sums
  * dy[n, oy, ox, c] * x[n, iy, ix, c] over ox in registers (one AVX2 accumulator
  * per tap and 8 channels; AVX-512: 16 channels), then adds that row sum to the
- * item's accumulator. The instruction set is chosen at run time (lk_cpu.h).
+ * chunk's partial dw. The chunks' partials are added at the end. A chunk reads
+ * its slab of x and dy from memory once. The instruction set is chosen at run
+ * time (lk_cpu.h).
  *
- * Determinism: each dw element belongs to exactly one item and is summed over
- * (n, oy) and then ox in ascending order; which code path (32, 16, 8 or scalar
- * channels) serves a channel depends only on C and the instruction set, and the
- * vector paths all add the same fused products per lane. So results are
- * identical for every thread count and every split of the kernel rows into
- * items (and the same bits with AVX2 or AVX-512; plain C rounds each product).
+ * Determinism: the chunks depend only on the shape, each chunk sums its rows in
+ * order and the partials are added in chunk order; which code path (32, 16, 8 or
+ * scalar channels) serves a channel depends only on C and the instruction set,
+ * and the vector paths all add the same fused products per lane. So results are
+ * identical for every thread count (and the same bits with AVX2 or AVX-512; plain
+ * C rounds each product).
  */
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lk_cpu.h"
@@ -197,45 +201,53 @@ typedef struct dw_rows {
     dw_row_fn r32, r16, r8;
 } dw_rows;
 
-/* One work item: channels [c0, c1) (c1 - c0 <= DW_GW), kernel rows [i0, i1). */
-static void dw_item(float *restrict dw, const float *restrict x, const float *restrict dy,
-                    const dw_shape *s, const dw_rows *rows, int c0, int c1, int i0, int i1) {
-    float acc[DW_MAX_TAPS * DW_GW]; /* [i1 - i0][KW][DW_GW] */
-    const int C = s->c, kw = s->kw;
-    memset(acc, 0, sizeof(float) * (size_t)(i1 - i0) * kw * DW_GW);
-    for (int b = 0; b < s->n; b++)
-        for (int oy = 0; oy < s->oh; oy++) {
-            const float *dyr = dy + ((ptrdiff_t)b * s->oh + oy) * s->ow * C; /* [OW, C] */
-            for (int i = i0; i < i1; i++) {
-                int iy = oy * s->sh - s->pt + i;
-                if (iy < 0 || iy >= s->ih) continue;
-                const float *xr = x + ((ptrdiff_t)b * s->ih + iy) * s->iw * C; /* [IW, C] */
-                float *ar = acc + (ptrdiff_t)(i - i0) * kw * DW_GW;
-                for (int cc = c0; cc < c1;) {
-                    int w = c1 - cc;
-                    if (w >= 32 && rows->r32) {
-                        rows->r32(ar + (cc - c0), xr + cc, dyr + cc, s);
-                        w = 32;
-                    } else if (w >= 16 && rows->r16) {
-                        rows->r16(ar + (cc - c0), xr + cc, dyr + cc, s);
-                        w = 16;
-                    } else if (w >= 8 && rows->r8) {
-                        rows->r8(ar + (cc - c0), xr + cc, dyr + cc, s);
-                        w = 8;
-                    } else {
-                        if (w > DW_VB) w = DW_VB;
-                        dw_row_c(ar + (cc - c0), xr + cc, dyr + cc, s, w);
-                    }
-                    cc += w;
-                }
+/* Row sums of one output row for channels [c0, c1) (c1 - c0 <= DW_GW) into the block's
+ * accumulator acc [KH][KW][DW_GW]: every kernel row i whose input row exists. */
+static void dw_block_row(float *restrict acc, const float *restrict x,
+                         const float *restrict dyr, const dw_shape *s, const dw_rows *rows,
+                         int b, int oy, int c0, int c1) {
+    const int kw = s->kw;
+    for (int i = 0; i < s->kh; i++) {
+        int iy = oy * s->sh - s->pt + i;
+        if (iy < 0 || iy >= s->ih) continue;
+        const float *xr = x + ((ptrdiff_t)b * s->ih + iy) * s->iw * s->c; /* [IW, C] */
+        float *ar = acc + (ptrdiff_t)i * kw * DW_GW;
+        for (int cc = c0; cc < c1;) {
+            int w = c1 - cc;
+            if (w >= 32 && rows->r32) {
+                rows->r32(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 32;
+            } else if (w >= 16 && rows->r16) {
+                rows->r16(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 16;
+            } else if (w >= 8 && rows->r8) {
+                rows->r8(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 8;
+            } else {
+                if (w > DW_VB) w = DW_VB;
+                dw_row_c(ar + (cc - c0), xr + cc, dyr + cc, s, w);
             }
+            cc += w;
         }
-    for (int i = i0; i < i1; i++)
-        for (int j = 0; j < kw; j++) {
-            const float *a = acc + ((ptrdiff_t)(i - i0) * kw + j) * DW_GW;
-            for (int ch = c0; ch < c1; ch++)
-                dw[((ptrdiff_t)ch * s->kh + i) * kw + j] = a[ch - c0];
+    }
+}
+
+/* One chunk: output rows [r0, r1) of the N*OH, every channel, into its partial
+ * part [nblk][KH][KW][DW_GW]. A chunk streams its slab of x and dy once, all
+ * channels of a pixel together; the kernel rows re-read x from cache. */
+static void dw_chunk(float *restrict part, const float *restrict x, const float *restrict dy,
+                     const dw_shape *s, const dw_rows *rows, int64_t r0, int64_t r1) {
+    const int C = s->c, nblk = (C + DW_GW - 1) / DW_GW;
+    const size_t per_blk = (size_t)s->kh * s->kw * DW_GW;
+    memset(part, 0, sizeof(float) * per_blk * (size_t)nblk);
+    for (int64_t r = r0; r < r1; r++) {
+        const int b = (int)(r / s->oh), oy = (int)(r % s->oh);
+        const float *dyr = dy + r * s->ow * C; /* [OW, C] */
+        for (int blk = 0; blk < nblk; blk++) {
+            const int c0 = blk * DW_GW, c1 = c0 + DW_GW < C ? c0 + DW_GW : C;
+            dw_block_row(part + per_blk * (size_t)blk, x, dyr, s, rows, b, oy, c0, c1);
         }
+    }
 }
 
 /* Kernels wider than DW_MAX_TAPS (never in EfficientNet): one tap at a time. */
@@ -264,32 +276,30 @@ static void dw_wide(float *restrict dw, const float *restrict x, const float *re
             }
 }
 
-/* Work items are channel groups x groups of kernel rows. Splitting the rows
- * adds parallelism but re-reads dy once per group; pick the split whose
- * busiest thread (under schedule(static)) has the fewest kernel rows, with a
- * small charge per extra group. Any split gives the same result. */
-static int dw_row_split(int nblk, int kh, int max_rows, int nthreads) {
-    int best = (kh + max_rows - 1) / max_rows;
-    double best_cost = -1;
-    for (int ns = best; ns <= kh; ns++) {
-        int nitems = nblk * ns, per = nitems / nthreads, extra = nitems % nthreads, load = 0;
-        for (int t = 0, it = 0; t < nthreads && it < nitems; t++) {
-            int end = it + per + (t < extra), rows = 0;
-            for (; it < end; it++) {
-                int g = it % ns;
-                rows += (g + 1) * kh / ns - g * kh / ns;
-            }
-            if (rows > load) load = rows;
-        }
-        double cost = load * (1.0 + 0.05 * (ns - 1));
-        if (best_cost < 0 || cost < best_cost) best = ns, best_cost = cost;
-    }
-    return best;
+/* The N*OH output rows are cut into a number of chunks that depends on the shape
+ * only (at most DW_CHUNKS, at least DW_CHUNK_ROWS rows each unless there are fewer),
+ * so the result is the same for every thread count. Splitting by channel groups and
+ * kernel rows instead (the previous scheme) re-read x and dy from memory once per
+ * item: 2-3x the traffic of this memory-bound kernel. */
+enum { DW_CHUNKS = 16, DW_CHUNK_ROWS = 4 };
+
+static int64_t dw_nchunk(int n, int oh) {
+    const int64_t rows = (int64_t)n * oh;
+    int64_t k = rows / DW_CHUNK_ROWS;
+    if (k > DW_CHUNKS) k = DW_CHUNKS;
+    if (k < 2) k = rows < 2 ? rows : 2;
+    return k;
+}
+
+size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw) {
+    if (n <= 0 || c <= 0 || oh <= 0 || kh <= 0 || kw <= 0 || kw > DW_MAX_TAPS) return 0;
+    return (size_t)dw_nchunk(n, oh) * (size_t)((c + DW_GW - 1) / DW_GW) * (size_t)kh *
+           (size_t)kw * DW_GW;
 }
 
 lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
                                 int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
-                                int pl) {
+                                int pl, float *ws) {
     LK_REQUIRE(dw && x && dy, "dwconv bwd_w: NULL argument");
     LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0 && oh > 0 && ow > 0,
                "dwconv bwd_w: sizes must be positive (n=%d c=%d ih=%d iw=%d oh=%d ow=%d)", n, c,
@@ -318,20 +328,35 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
         if (kw == 7) rows = (dw_rows){NULL, dw_row_k7_v2, dw_row_k7_v1};
     }
 #endif
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = omp_get_max_threads();
-#endif
-    const int nblk = (c + DW_GW - 1) / DW_GW;
-    const int nsplit = dw_row_split(nblk, kh, DW_MAX_TAPS / kw, nthreads);
-    const int nitems = nblk * nsplit;
-    const double work = (double)n * oh * ow * c * kh * kw;
-#pragma omp parallel for schedule(static) if (work >= DW_PAR_MIN && nitems > 1)
-    for (int it = 0; it < nitems; it++) {
-        int blk = it / nsplit, g = it % nsplit;
-        int c0 = blk * DW_GW, c1 = c0 + DW_GW < c ? c0 + DW_GW : c;
-        dw_item(dw, x, dy, &s, &rows, c0, c1, g * kh / nsplit, (g + 1) * kh / nsplit);
+    const size_t need = lk_dwconv_bwd_weights_ws(n, c, oh, kh, kw);
+    float *own = NULL;
+    if (!ws) {
+        ws = own = malloc(need * sizeof(float));
+        if (!ws) return LK_FAIL(LK_ERR_NOMEM, "dwconv bwd_w: workspace of %zu floats", need);
     }
+    const int64_t nrows = (int64_t)n * oh, nchunk = dw_nchunk(n, oh);
+    const int nblk = (c + DW_GW - 1) / DW_GW;
+    const size_t per_blk = (size_t)kh * kw * DW_GW, per_chunk = per_blk * (size_t)nblk;
+    const double work = (double)n * oh * ow * c * kh * kw;
+#pragma omp parallel if (work >= DW_PAR_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nchunk; k++)
+            dw_chunk(ws + per_chunk * (size_t)k, x, dy, &s, &rows, nrows * k / nchunk,
+                     nrows * (k + 1) / nchunk);
+        /* dw [C, KH, KW]: the chunks' partials added in chunk order. */
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < c; ch++) {
+            const size_t off = per_blk * (size_t)(ch / DW_GW) + (size_t)(ch % DW_GW);
+            for (int t = 0; t < kh * kw; t++) {
+                float sum = 0.0f;
+                for (int64_t k = 0; k < nchunk; k++)
+                    sum += ws[per_chunk * (size_t)k + off + (size_t)t * DW_GW];
+                dw[(ptrdiff_t)ch * kh * kw + t] = sum;
+            }
+        }
+    }
+    free(own);
     return LK_OK;
 }
 

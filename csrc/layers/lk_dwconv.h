@@ -6,6 +6,8 @@
 #ifndef LK_DWCONV_H
 #define LK_DWCONV_H
 
+#include <stddef.h>
+
 #include "lk_status.h"
 
 #ifdef __cplusplus
@@ -19,7 +21,11 @@ extern "C" {
  * shapes, so the result is the same for every thread count. */
 lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
                                 int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
-                                int pl);
+                                int pl, float *ws);
+
+/* Floats of the workspace `ws` that lk_dwconv_bwd_weights needs for these sizes (the
+ * row chunks' partial sums); passing ws = NULL makes it allocate one per call. */
+size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw);
 
 /* Whether kernels `kw` wide run the AVX2/FMA path on this CPU (otherwise a
  * portable C loop, correct but not faster than oneDNN). */

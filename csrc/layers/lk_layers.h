@@ -49,6 +49,7 @@ typedef struct lk_conv2d {
     const float *w_cached;  /* eval: weights already reordered for this pointer */
     uint64_t w_cached_version;
     int dw_custom;          /* depthwise weight gradient by lk_dwconv_bwd_weights (no bwd_w) */
+    float *dw_ws;           /* its workspace (lk_dwconv_bwd_weights_ws floats) */
     int dw_gemm;            /* dense weight gradient on dnnl_sgemm (no bwd_w), see conv2d.c */
     int gemm_threads;       /* team size the workspace was planned for */
     int64_t gemm_rows;      /* output positions per im2col chunk (0: plain 1x1, no im2col) */

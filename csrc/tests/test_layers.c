@@ -472,8 +472,12 @@ static int test_dwconv(void) {
             lk_set_num_threads(nt);
             for (size_t i = 0; i < nw; i++) dw[i] = 1e6f; /* must be overwritten */
             for (int i = 0; i < c; i++) db[i] = 1e6f;
+            /* 2 threads: a caller's workspace; otherwise the kernel allocates its own. */
+            float *ws = nt == 2 ? malloc(lk_dwconv_bwd_weights_ws(n, c, oh, kh, kw) * sizeof(float))
+                                : NULL;
             lk_status st = lk_dwconv_bwd_weights(dw, x, dy, n, c, ih, iw, oh, ow, kh, kw, sh, sw,
-                                                 pt, pl);
+                                                 pt, pl, ws);
+            free(ws);
             if (st == LK_OK) st = lk_dwconv_bwd_bias(db, dy, n, c, oh, ow);
             lk_set_num_threads(threads0);
             OK(st);
@@ -490,9 +494,9 @@ static int test_dwconv(void) {
         }
     }
     float v = 0;
-    BAD(lk_dwconv_bwd_weights(NULL, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0), LK_ERR_ARG);
-    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0), LK_ERR_ARG);
-    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_weights(NULL, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, NULL), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, NULL), LK_ERR_ARG);
+    BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, NULL), LK_ERR_ARG);
     BAD(lk_dwconv_bwd_bias(&v, NULL, 1, 1, 1, 1), LK_ERR_ARG);
     return 1;
 }
