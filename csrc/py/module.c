@@ -56,36 +56,50 @@ static PyObject *py_kernel_isa_hide(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* Tests: switch a planning policy by name (names[i] is enum value i), returning the
+ * previous one's name; `what` names the policy in the error. */
+static PyObject *policy_switch(PyObject *arg, const char *const *names, int n, int (*get)(void),
+                               void (*set)(int), const char *what) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(name, names[i])) {
+            int old = get();
+            set(i);
+            return PyUnicode_FromString(names[old]);
+        }
+    PyObject *choices = PyTuple_New(n);
+    if (!choices) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) {
+            Py_DECREF(choices);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(choices, i, s);
+    }
+    PyErr_Format(PyExc_ValueError, "%s policy must be one of %R, got %R", what, choices, arg);
+    Py_DECREF(choices);
+    return NULL;
+}
+
+static int dw_get(void) { return (int)lk_dwconv_get_policy(); }
+static void dw_set(int i) { lk_dwconv_set_policy((lk_dw_bwd_w_policy)i); }
+static int dx_get(void) { return (int)lk_conv2d_get_dx_policy(); }
+static void dx_set(int i) { lk_conv2d_set_dx_policy((lk_conv_dx_policy)i); }
+
 /* Tests: which depthwise weight-gradient kernel conv2d plans ("auto", "onednn",
  * "custom"); returns the previous one. */
 static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
-    static const char *names[] = {"auto", "onednn", "custom"};
-    const char *name = PyUnicode_AsUTF8(arg);
-    if (!name) return NULL;
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(name, names[i])) {
-            lk_dw_bwd_w_policy old = lk_dwconv_get_policy();
-            lk_dwconv_set_policy((lk_dw_bwd_w_policy)i);
-            return PyUnicode_FromString(names[old]);
-        }
-    return PyErr_Format(PyExc_ValueError,
-                        "dwconv policy must be 'auto', 'onednn' or 'custom', got %R", arg);
+    static const char *const names[] = {"auto", "onednn", "custom"};
+    return policy_switch(arg, names, 3, dw_get, dw_set, "dwconv");
 }
 
 /* Tests: how conv2d plans a depthwise stride-1 input gradient ("auto": forward with the
  * rotated kernel, "onednn": the backward-data primitive); returns the previous one. */
 static PyObject *py_conv_dx_policy(PyObject *self, PyObject *arg) {
-    static const char *names[] = {"auto", "onednn"};
-    const char *name = PyUnicode_AsUTF8(arg);
-    if (!name) return NULL;
-    for (int i = 0; i < 2; i++)
-        if (!strcmp(name, names[i])) {
-            lk_conv_dx_policy old = lk_conv2d_get_dx_policy();
-            lk_conv2d_set_dx_policy((lk_conv_dx_policy)i);
-            return PyUnicode_FromString(names[old]);
-        }
-    return PyErr_Format(PyExc_ValueError, "conv dx policy must be 'auto' or 'onednn', got %R",
-                        arg);
+    static const char *const names[] = {"auto", "onednn"};
+    return policy_switch(arg, names, 2, dx_get, dx_set, "conv dx");
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
