@@ -69,6 +69,7 @@ lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_
     for (int i = b->first; i < b->nu; i++) {
         lk_cba *u = &b->u[i];
         u->need_dx = train && grad;
+        u->in_rows = i == 1 && b->u[0].shared_out;
         LK_TRY(lk_cba_plan(u, o, lk_unit_mode(train, u->trainable, grad), h, w));
         /* An expansion read only by the next unit (lk_block_shared). */
         u->shared_out = i == 0 && b->nu > 1 && u->mode == LK_MODE_TRAIN && u->bn.cfg.silu;
@@ -112,7 +113,10 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
  * is read once by the next unit in forward, so every block shares one buffer for both,
  * and the backward recomputes each (one multiply; one BN+SiLU pass from z) just before
  * the unit whose weight gradient needs it. The two are never live at once. At batch 16
- * B3@300 keeps about 1.2 GiB less (SE outputs 549 MiB, expansions 690 MiB). */
+ * B3@300 keeps about 1.2 GiB less (SE outputs 549 MiB, expansions 690 MiB). Where our
+ * depthwise kernel computes that weight gradient, it makes the expansion's output row
+ * by row from z itself (lk_cba_backward_from): the same bits, one write and one read of
+ * the expanded tensor fewer. */
 static size_t se_shared(const lk_block *b) {
     if (b->se_after < 0 || b->se.mode == LK_MODE_EVAL) return 0;
     return (size_t)b->n * b->se.h * b->se.w * b->se.c;
@@ -178,9 +182,18 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
             LK_TRY(lk_se_backward(&b->se, cur, cur, u->out)); /* in place */
         }
         if (u->mode == LK_MODE_EVAL) break;
-        if (i == 1 && expansion_shared(b) && u->mode == LK_MODE_TRAIN)
-            LK_TRY(lk_cba_recompute_out(&b->u[0])); /* u's input, for its weight gradient */
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
+        if (i == 1 && expansion_shared(b) && u->mode == LK_MODE_TRAIN) {
+            /* u's input, for its weight gradient: made row by row inside it where our
+             * depthwise kernel runs, else recomputed whole first. */
+            if (lk_cba_takes_rows(u, &b->u[0])) {
+                LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, &b->u[0]));
+                if (!u->need_dx) break;
+                cur = o;
+                continue;
+            }
+            LK_TRY(lk_cba_recompute_out(&b->u[0]));
+        }
         LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));
         if (!u->need_dx) break;
         cur = o;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "lk_blocks.h"
+#include "lk_dwconv.h"
 
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw) {
     int pad = (u->k - 1) / 2;
@@ -47,6 +48,7 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     }
     cc.train = 1;
     cc.need_dx = u->need_dx;
+    cc.in_rows = u->in_rows;
     LK_TRY(lk_conv2d_init(&u->conv, &cc));
     u->oh = u->conv.oh;
     u->ow = u->conv.ow;
@@ -127,7 +129,8 @@ lk_status lk_cba_recompute_out(lk_cba *u) {
 /* Every step before the convolution's backward works in place over dy (SiLU and the
  * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
  * unit needs no activation-sized scratch of its own. */
-lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
+static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const float *x,
+                              lk_cba *src) {
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
     if (u->mode == LK_MODE_FROZEN) {
         if (!u->need_dx) return LK_OK;
@@ -142,7 +145,29 @@ lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
         LK_TRY(lk_bn_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean, u->var,
                               u->p.gamma));
     }
-    return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, dy, x, u->p.w);
+    if (!src)
+        return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, dy, x, u->p.w);
+    /* The input is src's fused BN+SiLU output, made row by row from its z inside the
+     * depthwise weight gradient instead of recomputed whole (lk_cba_backward_from). */
+    if (u->need_dx) LK_TRY(lk_conv2d_backward(&u->conv, dx, NULL, NULL, dy, NULL, u->p.w));
+    lk_dw_input in;
+    LK_TRY(lk_bn_silu_rows_input(&src->bn, &in, src->mean, src->var, src->p.gamma, src->p.beta));
+    return lk_conv2d_backward_w_rows(&u->conv, u->p.dw, NULL, dy, src->z, &in);
+}
+
+lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
+    return cba_backward(u, dx, dy, x, NULL);
+}
+
+int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src) {
+    return u->mode == LK_MODE_TRAIN && lk_conv2d_takes_rows(&u->conv) && src->shared_out &&
+           src->bn.cfg.silu;
+}
+
+lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, lk_cba *src) {
+    LK_REQUIRE(lk_cba_takes_rows(u, src),
+               "conv-BN unit: cannot take its input as rows of the previous unit");
+    return cba_backward(u, dx, dy, NULL, src);
 }
 
 void lk_cba_free(lk_cba *u) {

@@ -84,6 +84,9 @@ typedef struct lk_cba {
     float *out;        /* [N, OH, OW, OC] unit output */
     int shared_out;    /* TRAIN, fused SiLU: out lives in the block's shared buffer and
                           is recomputed from z for the next unit's weight gradient */
+    int in_rows;       /* set by the block before planning: the input is the previous
+                          unit's shared output, which the weight gradient may make on
+                          demand (lk_cba_backward_from) */
     float *mean, *var; /* [OC] batch statistics (TRAIN) */
     /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */
     float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */
@@ -100,6 +103,11 @@ lk_status lk_cba_recompute_out(lk_cba *u);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
  * consumed: the activation and BN gradients overwrite it in place (no scratch). */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);
+/* Whether u (TRAIN, planned with in_rows) can take its input as src's fused BN+SiLU
+ * output made on demand inside its depthwise weight gradient, and that backward:
+ * src's output need not be recomputed (lk_cba_recompute_out) first. */
+int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src);
+lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, lk_cba *src);
 void lk_cba_free(lk_cba *u);
 
 /* ------------------------------------------------------------------- se.c */

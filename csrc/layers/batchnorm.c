@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "lk_cpu.h"
+#include "lk_dwconv.h"
 #include "lk_layers.h"
 
 /* Plain-C reductions over the N*H*W rows of NHWC.
@@ -494,6 +495,35 @@ static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
         affine(yt, x + r0 * ch, mean, scale, beta, (int)nr, ch, ch);
         lk_silu_forward_serial(yt, yt, nr * ch);
     }
+}
+
+/* y [npix, C] = silu((x - mean) * scale + beta) on the calling thread, tile by tile as
+ * bn_silu_apply (the same arithmetic per element, hence the same bits). */
+static void bn_silu_rows(float *y, const float *x, int64_t npix, const void *ctx) {
+    const lk_bn *L = ctx;
+    const int ch = L->cfg.c;
+    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
+                   int) = LK_KERNEL_PICK(bn_affine);
+    const float *scale = L->scaleshift_tmp + 2 * (size_t)ch;
+    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
+    for (int64_t r0 = 0; r0 < npix; r0 += tr) {
+        const int64_t nr = npix - r0 < tr ? npix - r0 : tr;
+        float *yt = y + r0 * ch;
+        affine(yt, x + r0 * ch, L->rows_mean, scale, L->rows_beta, (int)nr, ch, ch);
+        lk_silu_forward_serial(yt, yt, nr * ch);
+    }
+}
+
+lk_status lk_bn_silu_rows_input(lk_bn *L, lk_dw_input *in, const float *mean, const float *var,
+                                const float *gamma, const float *beta) {
+    LK_REQUIRE(L->cfg.silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
+    LK_REQUIRE(in && mean && var && gamma && beta,
+               "batchnorm+SiLU rows: NULL argument (in, mean, var, gamma, beta)");
+    bn_silu_scale(L, gamma, var);
+    L->rows_mean = mean;
+    L->rows_beta = beta;
+    *in = (lk_dw_input){bn_silu_rows, L};
+    return LK_OK;
 }
 
 lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *mean,

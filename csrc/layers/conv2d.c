@@ -317,7 +317,8 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
         LK_TRY_GOTO(lk_mem(&L->m_dy, y_md));
         L->dw_custom = !c->no_dw && conv_dw_custom(c, L->oh, L->ow);
         if (L->dw_custom) {
-            size_t n = lk_dwconv_bwd_weights_ws(c->n, c->ic, L->oh, c->kh, c->kw);
+            size_t n = lk_dwconv_bwd_weights_ws(c->n, c->ic, L->oh, c->kh, c->kw,
+                                                c->in_rows ? c->iw : 0);
             L->dw_ws = n ? lk_alloc(n * sizeof(float)) : NULL;
             if (n && !L->dw_ws) {
                 st = LK_FAIL(LK_ERR_NOMEM, "conv2d: depthwise weight-gradient workspace");
@@ -443,7 +444,7 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         if (L->dw_custom) {
             const lk_conv2d_cfg *c = &L->cfg;
             LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh,
-                                         c->kw, c->sh, c->sw, c->pt, c->pl, L->dw_ws));
+                                         c->kw, c->sh, c->sw, c->pt, c->pl, L->dw_ws, NULL));
             if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
             return LK_OK;
         }
@@ -470,6 +471,21 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
             LK_TRY(lk_prim_exec(&L->dw_to_user, 2, r));
         }
     }
+    return LK_OK;
+}
+
+int lk_conv2d_takes_rows(const lk_conv2d *L) { return L->dw_custom && L->cfg.in_rows; }
+
+lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
+                                    const float *x, const lk_dw_input *in) {
+    const lk_conv2d_cfg *c = &L->cfg;
+    LK_REQUIRE(lk_conv2d_takes_rows(L),
+               "conv2d backward: not planned for an input made on demand (in_rows)");
+    LK_REQUIRE(dw && dy && x && in, "conv2d backward (rows): NULL argument");
+    LK_REQUIRE(db || !c->bias, "conv2d backward: db is required (layer has a bias)");
+    LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh, c->kw,
+                                 c->sh, c->sw, c->pt, c->pl, L->dw_ws, in));
+    if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
     return LK_OK;
 }
 

@@ -40,7 +40,7 @@
 enum {
     DW_VB = 16,       /* channels per vector block: two AVX2 vectors, one cache line */
     DW_GW = 64,       /* channels per work item */
-    DW_MAX_TAPS = 32, /* kernel taps per work item (accumulator DW_MAX_TAPS x DW_GW) */
+    DW_MAX_TAPS = 32, /* widest and tallest kernel of the row kernels (wider: dw_wide) */
     DW_PAR_MIN = 1 << 15 /* below this many multiply-adds one thread is faster */
 };
 
@@ -203,14 +203,14 @@ typedef struct dw_rows {
 
 /* Row sums of one output row for channels [c0, c1) (c1 - c0 <= DW_GW) into the block's
  * accumulator acc [KH][KW][DW_GW]: every kernel row i whose input row exists. */
-static void dw_block_row(float *restrict acc, const float *restrict x,
+static void dw_block_row(float *restrict acc, const float *const *xrow,
                          const float *restrict dyr, const dw_shape *s, const dw_rows *rows,
-                         int b, int oy, int c0, int c1) {
+                         int oy, int c0, int c1) {
     const int kw = s->kw;
     for (int i = 0; i < s->kh; i++) {
         int iy = oy * s->sh - s->pt + i;
         if (iy < 0 || iy >= s->ih) continue;
-        const float *xr = x + ((ptrdiff_t)b * s->ih + iy) * s->iw * s->c; /* [IW, C] */
+        const float *xr = xrow[i]; /* [IW, C] */
         float *ar = acc + (ptrdiff_t)i * kw * DW_GW;
         for (int cc = c0; cc < c1;) {
             int w = c1 - cc;
@@ -234,18 +234,40 @@ static void dw_block_row(float *restrict acc, const float *restrict x,
 
 /* One chunk: output rows [r0, r1) of the N*OH, every channel, into its partial
  * part [nblk][KH][KW][DW_GW]. A chunk streams its slab of x and dy once, all
- * channels of a pixel together; the kernel rows re-read x from cache. */
-static void dw_chunk(float *restrict part, const float *restrict x, const float *restrict dy,
-                     const dw_shape *s, const dw_rows *rows, int64_t r0, int64_t r1) {
+ * channels of a pixel together; the kernel rows re-read x from cache. With `in`, the
+ * input rows are made from x into ring [KH][IW, C] as first needed: kernel row i of
+ * output row oy reads input row iy, kept in slot iy % KH (the KH rows one output row
+ * reads are consecutive, so never share a slot, and a row is made once per chunk). */
+static void dw_chunk(float *restrict part, float *restrict ring, const float *restrict x,
+                     const float *restrict dy, const dw_shape *s, const dw_rows *rows,
+                     const lk_dw_input *in, int64_t r0, int64_t r1) {
     const int C = s->c, nblk = (C + DW_GW - 1) / DW_GW;
-    const size_t per_blk = (size_t)s->kh * s->kw * DW_GW;
+    const size_t per_blk = (size_t)s->kh * s->kw * DW_GW, row = (size_t)s->iw * C;
+    int64_t tag[DW_MAX_TAPS]; /* the input row (b * IH + iy) held in each ring slot */
+    for (int i = 0; i < s->kh; i++) tag[i] = -1;
     memset(part, 0, sizeof(float) * per_blk * (size_t)nblk);
     for (int64_t r = r0; r < r1; r++) {
         const int b = (int)(r / s->oh), oy = (int)(r % s->oh);
         const float *dyr = dy + r * s->ow * C; /* [OW, C] */
+        const float *xrow[DW_MAX_TAPS] = {0};
+        for (int i = 0; i < s->kh; i++) {
+            const int iy = oy * s->sh - s->pt + i;
+            if (iy < 0 || iy >= s->ih) continue;
+            const int64_t g = (int64_t)b * s->ih + iy;
+            if (!in) {
+                xrow[i] = x + g * (int64_t)row;
+                continue;
+            }
+            float *slot = ring + (size_t)(iy % s->kh) * row;
+            if (tag[iy % s->kh] != g) {
+                in->rows(slot, x + g * (int64_t)row, s->iw, in->ctx);
+                tag[iy % s->kh] = g;
+            }
+            xrow[i] = slot;
+        }
         for (int blk = 0; blk < nblk; blk++) {
             const int c0 = blk * DW_GW, c1 = c0 + DW_GW < C ? c0 + DW_GW : C;
-            dw_block_row(part + per_blk * (size_t)blk, x, dyr, s, rows, b, oy, c0, c1);
+            dw_block_row(part + per_blk * (size_t)blk, xrow, dyr, s, rows, oy, c0, c1);
         }
     }
 }
@@ -291,15 +313,22 @@ static int64_t dw_nchunk(int n, int oh) {
     return k;
 }
 
-size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw) {
-    if (n <= 0 || c <= 0 || oh <= 0 || kh <= 0 || kw <= 0 || kw > DW_MAX_TAPS) return 0;
-    return (size_t)dw_nchunk(n, oh) * (size_t)((c + DW_GW - 1) / DW_GW) * (size_t)kh *
-           (size_t)kw * DW_GW;
+/* Per chunk: the partials [nblk][KH][KW][DW_GW], then (rows_iw > 0) the ring. */
+static size_t dw_chunk_floats(int c, int kh, int kw, int rows_iw) {
+    return (size_t)((c + DW_GW - 1) / DW_GW) * (size_t)kh * (size_t)kw * DW_GW +
+           (rows_iw > 0 ? (size_t)kh * (size_t)rows_iw * (size_t)c : 0);
+}
+
+size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw, int rows_iw) {
+    if (n <= 0 || c <= 0 || oh <= 0 || kh <= 0 || kw <= 0 || kw > DW_MAX_TAPS ||
+        kh > DW_MAX_TAPS)
+        return 0;
+    return (size_t)dw_nchunk(n, oh) * dw_chunk_floats(c, kh, kw, rows_iw);
 }
 
 lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
                                 int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
-                                int pl, float *ws) {
+                                int pl, float *ws, const lk_dw_input *in) {
     LK_REQUIRE(dw && x && dy, "dwconv bwd_w: NULL argument");
     LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0 && oh > 0 && ow > 0,
                "dwconv bwd_w: sizes must be positive (n=%d c=%d ih=%d iw=%d oh=%d ow=%d)", n, c,
@@ -311,7 +340,12 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
                   .sh = sh, .sw = sw, .pt = pt, .pl = pl};
     s.lo = (pl + sw - 1) / sw;
     s.hi = iw - kw + pl >= 0 ? (iw - kw + pl) / sw + 1 : 0;
-    if (kw > DW_MAX_TAPS) {
+    LK_REQUIRE(!in || (in->rows && kh <= DW_MAX_TAPS),
+               "dwconv bwd_w: an input transform needs rows() and at most %d kernel rows",
+               DW_MAX_TAPS);
+    if (kw > DW_MAX_TAPS || kh > DW_MAX_TAPS) {
+        LK_REQUIRE(!in, "dwconv bwd_w: no input transform for kernels wider than %d",
+                   DW_MAX_TAPS);
         dw_wide(dw, x, dy, &s);
         return LK_OK;
     }
@@ -328,7 +362,7 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
         if (kw == 7) rows = (dw_rows){NULL, dw_row_k7_v2, dw_row_k7_v1};
     }
 #endif
-    const size_t need = lk_dwconv_bwd_weights_ws(n, c, oh, kh, kw);
+    const size_t need = lk_dwconv_bwd_weights_ws(n, c, oh, kh, kw, in ? iw : 0);
     float *own = NULL;
     if (!ws) {
         ws = own = malloc(need * sizeof(float));
@@ -336,14 +370,15 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
     }
     const int64_t nrows = (int64_t)n * oh, nchunk = dw_nchunk(n, oh);
     const int nblk = (c + DW_GW - 1) / DW_GW;
-    const size_t per_blk = (size_t)kh * kw * DW_GW, per_chunk = per_blk * (size_t)nblk;
+    const size_t per_blk = (size_t)kh * kw * DW_GW, parts = per_blk * (size_t)nblk;
+    const size_t per_chunk = dw_chunk_floats(c, kh, kw, in ? iw : 0);
     const double work = (double)n * oh * ow * c * kh * kw;
 #pragma omp parallel if (work >= DW_PAR_MIN)
     {
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < nchunk; k++)
-            dw_chunk(ws + per_chunk * (size_t)k, x, dy, &s, &rows, nrows * k / nchunk,
-                     nrows * (k + 1) / nchunk);
+            dw_chunk(ws + per_chunk * (size_t)k, ws + per_chunk * (size_t)k + parts, x, dy, &s,
+                     &rows, in, nrows * k / nchunk, nrows * (k + 1) / nchunk);
         /* dw [C, KH, KW]: the chunks' partials added in chunk order. */
 #pragma omp for schedule(static)
         for (int ch = 0; ch < c; ch++) {

@@ -7,6 +7,7 @@
 #define LK_DWCONV_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lk_status.h"
 
@@ -19,13 +20,24 @@ extern "C" {
  *   (oy*sh - pt + i, ox*sw - pl + j), zero outside the input.
  * Each output element is summed in a fixed order that depends only on the
  * shapes, so the result is the same for every thread count. */
+/* The weight gradient's input made row by row from another tensor: rows(y, x, npix, ctx)
+ * writes y [npix, C] from x [npix, C] (one image row at a time, on the calling thread,
+ * the same bits every call). Used to recompute a BatchNorm+SiLU output on the fly
+ * instead of keeping it. */
+typedef struct lk_dw_input {
+    void (*rows)(float *y, const float *x, int64_t npix, const void *ctx);
+    const void *ctx;
+} lk_dw_input;
+
+/* `in` NULL: x is the input; otherwise x is what in->rows turns into the input. */
 lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
                                 int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
-                                int pl, float *ws);
+                                int pl, float *ws, const lk_dw_input *in);
 
 /* Floats of the workspace `ws` that lk_dwconv_bwd_weights needs for these sizes (the
- * row chunks' partial sums); passing ws = NULL makes it allocate one per call. */
-size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw);
+ * row chunks' partial sums, and with `rows_iw` > 0 a ring of KH input rows of that
+ * width per chunk for an `in` transform); ws = NULL makes it allocate one per call. */
+size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw, int rows_iw);
 
 /* Whether kernels `kw` wide run the AVX2/FMA path on this CPU (otherwise a
  * portable C loop, correct but not faster than oneDNN). */

@@ -36,6 +36,7 @@ typedef struct lk_conv2d_cfg {
     int need_dx;            /* (train) compute the input gradient */
     int no_dw;              /* (train) no weight gradient: a frozen layer passing dx on */
     int post_silu;          /* (inference) apply SiLU to the output as a fused post-op */
+    int in_rows;            /* (train) plan for lk_conv2d_backward_w_rows (input made on demand) */
 } lk_conv2d_cfg;
 
 typedef struct lk_conv2d {
@@ -89,6 +90,14 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
 /* dx [N, IH, IW, IC], dw [OC, IC/G, KH, KW], db [OC] from dy [N, OH, OW, OC]. */
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w);
+/* Whether the weight gradient can take its input as rows made on demand: planned with
+ * cfg.in_rows and on our depthwise kernel (otherwise the caller makes x beforehand). */
+int lk_conv2d_takes_rows(const lk_conv2d *L);
+/* dw (and db) alone, with the input x turned row by row into the layer's input by `in`
+ * (lk_dwconv.h): the input need not be kept. Requires lk_conv2d_takes_rows. */
+struct lk_dw_input;
+lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
+                                    const float *x, const struct lk_dw_input *in);
 void lk_conv2d_free(lk_conv2d *L);
 
 /* ------------------------------------------------------------- batchnorm.c */
@@ -116,6 +125,7 @@ typedef struct lk_bn {
     double *part;          /* [max(nchunk, nchunk_fused), 2, C] per-chunk partial sums
                               (h*w > 1, not EVAL) */
     dnnl_memory_t m_x, m_y, m_mean, m_var, m_scale, m_shift, m_dx, m_dy, m_dscale, m_dshift;
+    const float *rows_mean, *rows_beta; /* [C] each, for lk_bn_silu_rows_input's rows */
 } lk_bn;
 
 lk_status lk_bn_init(lk_bn *L, const lk_bn_cfg *cfg);
@@ -145,6 +155,11 @@ lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *
  * dy and x for the SiLU gradient and both reductions and parks the SiLU gradient in
  * dx; pass 2 turns it into dx in place (dx may alias dy, not x). The reductions are
  * summed in double in fixed chunks: results do not depend on the thread count. */
+/* The output of lk_bn_silu_forward made on demand, row by row (for a depthwise weight
+ * gradient that reads it, lk_dwconv.h): fills `in`, valid while mean, var and beta
+ * live and until the next call on L; the same bits as lk_bn_silu_recompute. */
+lk_status lk_bn_silu_rows_input(lk_bn *L, struct lk_dw_input *in, const float *mean,
+                                const float *var, const float *gamma, const float *beta);
 lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *mean, const float *var,
                               const float *gamma, const float *beta);
