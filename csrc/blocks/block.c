@@ -183,18 +183,16 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
         }
         if (u->mode == LK_MODE_EVAL) break;
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
-        if (i == 1 && expansion_shared(b) && u->mode == LK_MODE_TRAIN) {
-            /* u's input, for its weight gradient: made row by row inside it where our
-             * depthwise kernel runs, else recomputed whole first. */
-            if (lk_cba_takes_rows(u, &b->u[0])) {
-                LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, &b->u[0]));
-                if (!u->need_dx) break;
-                cur = o;
-                continue;
-            }
-            LK_TRY(lk_cba_recompute_out(&b->u[0]));
-        }
-        LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));
+        /* u's input, for its weight gradient, when the expansion's output is shared:
+         * made row by row inside it where our depthwise kernel runs, else recomputed
+         * whole first. */
+        const int shared_in = i == 1 && expansion_shared(b) && u->mode == LK_MODE_TRAIN;
+        const int rows = shared_in && lk_cba_takes_rows(u, &b->u[0]);
+        if (shared_in && !rows) LK_TRY(lk_cba_recompute_out(&b->u[0]));
+        if (rows)
+            LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, &b->u[0]));
+        else
+            LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));
         if (!u->need_dx) break;
         cur = o;
     }

@@ -477,41 +477,43 @@ static float *bn_silu_scale(lk_bn *L, const float *gamma, const float *var) {
     return scale;
 }
 
-/* y = silu((x - mean) * scale + beta), tile by tile of whole rows (in cache): the
- * forward's second pass, and its recompute. */
-static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
-                          const float *var, const float *gamma, const float *beta) {
-    const lk_bn_cfg *c = &L->cfg;
-    const int ch = c->c;
-    const int64_t rows = (int64_t)c->n * c->h * c->w;
+/* y [rows, C] = silu((x - mean) * scale + beta) on the calling thread, in tiles of
+ * whole rows that stay in cache (affine, then SiLU over the tile). */
+static void bn_silu_tiles(const lk_bn *L, float *y, const float *x, int64_t rows,
+                          const float *mean, const float *scale, const float *beta) {
+    const int ch = L->cfg.c;
     void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
                    int) = LK_KERNEL_PICK(bn_affine);
-    const float *scale = bn_silu_scale(L, gamma, var);
-    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch, ntile = (rows + tr - 1) / tr;
-#pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
-    for (int64_t t = 0; t < ntile; t++) {
-        const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
+    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
+    for (int64_t r0 = 0; r0 < rows; r0 += tr) {
+        const int64_t nr = rows - r0 < tr ? rows - r0 : tr;
         float *yt = y + r0 * ch;
         affine(yt, x + r0 * ch, mean, scale, beta, (int)nr, ch, ch);
         lk_silu_forward_serial(yt, yt, nr * ch);
     }
 }
 
-/* y [npix, C] = silu((x - mean) * scale + beta) on the calling thread, tile by tile as
- * bn_silu_apply (the same arithmetic per element, hence the same bits). */
+/* The forward's second pass, and its recompute: bn_silu_tiles one tile per task. */
+static void bn_silu_apply(lk_bn *L, float *y, const float *x, const float *mean,
+                          const float *var, const float *gamma, const float *beta) {
+    const lk_bn_cfg *c = &L->cfg;
+    const int ch = c->c;
+    const int64_t rows = (int64_t)c->n * c->h * c->w;
+    const float *scale = bn_silu_scale(L, gamma, var);
+    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch, ntile = (rows + tr - 1) / tr;
+#pragma omp parallel for schedule(static) if (ntile > 1 && rows * ch >= BN_PAR_MIN)
+    for (int64_t t = 0; t < ntile; t++) {
+        const int64_t r0 = t * tr, nr = rows - r0 < tr ? rows - r0 : tr;
+        bn_silu_tiles(L, y + r0 * ch, x + r0 * ch, nr, mean, scale, beta);
+    }
+}
+
+/* The rows of lk_bn_silu_rows_input: the same per-element arithmetic as
+ * bn_silu_apply, hence the same bits. */
 static void bn_silu_rows(float *y, const float *x, int64_t npix, const void *ctx) {
     const lk_bn *L = ctx;
-    const int ch = L->cfg.c;
-    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
-                   int) = LK_KERNEL_PICK(bn_affine);
-    const float *scale = L->scaleshift_tmp + 2 * (size_t)ch;
-    const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
-    for (int64_t r0 = 0; r0 < npix; r0 += tr) {
-        const int64_t nr = npix - r0 < tr ? npix - r0 : tr;
-        float *yt = y + r0 * ch;
-        affine(yt, x + r0 * ch, L->rows_mean, scale, L->rows_beta, (int)nr, ch, ch);
-        lk_silu_forward_serial(yt, yt, nr * ch);
-    }
+    bn_silu_tiles(L, y, x, npix, L->rows_mean, L->scaleshift_tmp + 2 * (size_t)L->cfg.c,
+                  L->rows_beta);
 }
 
 lk_status lk_bn_silu_rows_input(lk_bn *L, lk_dw_input *in, const float *mean, const float *var,

@@ -409,6 +409,16 @@ static lk_status conv_dx_by_forward(lk_conv2d *L, float *dx, const float *dy, co
     return lk_prim_exec(&L->fwd, n, args);
 }
 
+/* dw (and db) on our depthwise kernel (dw_custom); `in` as lk_dwconv_bwd_weights. */
+static lk_status conv_dw_custom_grads(lk_conv2d *L, float *dw, float *db, const float *dy,
+                                      const float *x, const lk_dw_input *in) {
+    const lk_conv2d_cfg *c = &L->cfg;
+    LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh, c->kw,
+                                 c->sh, c->sw, c->pt, c->pl, L->dw_ws, in));
+    if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
+    return LK_OK;
+}
+
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w) {
     LK_REQUIRE(L->cfg.train, "conv2d backward: layer was planned without backward (train=0)");
@@ -441,13 +451,7 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
                    "conv2d backward: planned without the weight gradient (no_dw=1)");
         LK_REQUIRE(x && dw, "conv2d backward: x and dw are required for the weight gradient");
         LK_REQUIRE(db || !L->cfg.bias, "conv2d backward: db is required (layer has a bias)");
-        if (L->dw_custom) {
-            const lk_conv2d_cfg *c = &L->cfg;
-            LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh,
-                                         c->kw, c->sh, c->sw, c->pt, c->pl, L->dw_ws, NULL));
-            if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
-            return LK_OK;
-        }
+        if (L->dw_custom) return conv_dw_custom_grads(L, dw, db, dy, x, NULL);
         if (L->dw_gemm) {
             LK_TRY(conv_bwd_w_gemm(L, dw, x, dy));
             /* db [OC] = sum of dy over positions (the depthwise kernel's column sum). */
@@ -483,10 +487,7 @@ lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const fl
                "conv2d backward: not planned for an input made on demand (in_rows)");
     LK_REQUIRE(dw && dy && x && in, "conv2d backward (rows): NULL argument");
     LK_REQUIRE(db || !c->bias, "conv2d backward: db is required (layer has a bias)");
-    LK_TRY(lk_dwconv_bwd_weights(dw, x, dy, c->n, c->ic, c->ih, c->iw, L->oh, L->ow, c->kh, c->kw,
-                                 c->sh, c->sw, c->pt, c->pl, L->dw_ws, in));
-    if (c->bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, c->n, c->oc, L->oh, L->ow));
-    return LK_OK;
+    return conv_dw_custom_grads(L, dw, db, dy, x, in);
 }
 
 void lk_conv2d_free(lk_conv2d *L) {

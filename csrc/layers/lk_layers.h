@@ -150,16 +150,16 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
  * plans that recompute an activation instead of keeping it). */
 lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *mean,
                                const float *var, const float *gamma, const float *beta);
-/* Gradient of lk_bn_silu_forward: dx [N, H, W, C] (NULL to skip), dgamma, dbeta [C]
- * from dy, recomputing the SiLU input from x, mean, var, gamma and beta. Pass 1 reads
- * dy and x for the SiLU gradient and both reductions and parks the SiLU gradient in
- * dx; pass 2 turns it into dx in place (dx may alias dy, not x). The reductions are
- * summed in double in fixed chunks: results do not depend on the thread count. */
 /* The output of lk_bn_silu_forward made on demand, row by row (for a depthwise weight
  * gradient that reads it, lk_dwconv.h): fills `in`, valid while mean, var and beta
  * live and until the next call on L; the same bits as lk_bn_silu_recompute. */
 lk_status lk_bn_silu_rows_input(lk_bn *L, struct lk_dw_input *in, const float *mean,
                                 const float *var, const float *gamma, const float *beta);
+/* Gradient of lk_bn_silu_forward: dx [N, H, W, C] (NULL to skip), dgamma, dbeta [C]
+ * from dy, recomputing the SiLU input from x, mean, var, gamma and beta. Pass 1 reads
+ * dy and x for the SiLU gradient and both reductions and parks the SiLU gradient in
+ * dx; pass 2 turns it into dx in place (dx may alias dy, not x). The reductions are
+ * summed in double in fixed chunks: results do not depend on the thread count. */
 lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *mean, const float *var,
                               const float *gamma, const float *beta);
