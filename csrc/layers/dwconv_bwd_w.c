@@ -26,9 +26,6 @@
 #include "lk_cpu.h"
 #include "lk_dwconv.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef LK_X86
 #include <immintrin.h>
 #define LK_DW_X86 1
@@ -202,15 +199,14 @@ typedef struct dw_rows {
 } dw_rows;
 
 /* Row sums of one output row for channels [c0, c1) (c1 - c0 <= DW_GW) into the block's
- * accumulator acc [KH][KW][DW_GW]: every kernel row i whose input row exists. */
+ * accumulator acc [KH][KW][DW_GW]: every kernel row i whose input row xrow[i] exists. */
 static void dw_block_row(float *restrict acc, const float *const *xrow,
                          const float *restrict dyr, const dw_shape *s, const dw_rows *rows,
-                         int oy, int c0, int c1) {
+                         int c0, int c1) {
     const int kw = s->kw;
     for (int i = 0; i < s->kh; i++) {
-        int iy = oy * s->sh - s->pt + i;
-        if (iy < 0 || iy >= s->ih) continue;
-        const float *xr = xrow[i]; /* [IW, C] */
+        const float *xr = xrow[i]; /* [IW, C], NULL where the input row is padding */
+        if (!xr) continue;
         float *ar = acc + (ptrdiff_t)i * kw * DW_GW;
         for (int cc = c0; cc < c1;) {
             int w = c1 - cc;
@@ -267,7 +263,7 @@ static void dw_chunk(float *restrict part, float *restrict ring, const float *re
         }
         for (int blk = 0; blk < nblk; blk++) {
             const int c0 = blk * DW_GW, c1 = c0 + DW_GW < C ? c0 + DW_GW : C;
-            dw_block_row(part + per_blk * (size_t)blk, xrow, dyr, s, rows, oy, c0, c1);
+            dw_block_row(part + per_blk * (size_t)blk, xrow, dyr, s, rows, c0, c1);
         }
     }
 }
@@ -340,12 +336,10 @@ lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int 
                   .sh = sh, .sw = sw, .pt = pt, .pl = pl};
     s.lo = (pl + sw - 1) / sw;
     s.hi = iw - kw + pl >= 0 ? (iw - kw + pl) / sw + 1 : 0;
-    LK_REQUIRE(!in || (in->rows && kh <= DW_MAX_TAPS),
-               "dwconv bwd_w: an input transform needs rows() and at most %d kernel rows",
-               DW_MAX_TAPS);
+    LK_REQUIRE(!in || in->rows, "dwconv bwd_w: an input transform needs its rows()");
     if (kw > DW_MAX_TAPS || kh > DW_MAX_TAPS) {
-        LK_REQUIRE(!in, "dwconv bwd_w: no input transform for kernels wider than %d",
-                   DW_MAX_TAPS);
+        LK_REQUIRE(!in, "dwconv bwd_w: no input transform for kernels larger than %dx%d",
+                   DW_MAX_TAPS, DW_MAX_TAPS);
         dw_wide(dw, x, dy, &s);
         return LK_OK;
     }
