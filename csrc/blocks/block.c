@@ -177,9 +177,18 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
         LK_TRY(lk_se_apply_gate(&b->se, b->u[b->se_after].out)); /* recompute se.out */
     for (int i = b->nu - 1; i >= b->first; i--) {
         lk_cba *u = &b->u[i];
+        /* The SE's input gradient is dy * gate + (d pooled) / HW: where the unit before
+         * it runs the fused BN+SiLU, that map is applied as its backward reads dy,
+         * instead of being written out and read back. */
+        lk_bn_gate gate, *gp = NULL;
         if (i == b->se_after) {
             if (b->se.mode == LK_MODE_EVAL) break;
-            LK_TRY(lk_se_backward(&b->se, cur, cur, u->out)); /* in place */
+            if (lk_cba_takes_gate(u)) {
+                LK_TRY(lk_se_backward_gate(&b->se, &gate, cur, u->out));
+                gp = &gate;
+            } else {
+                LK_TRY(lk_se_backward(&b->se, cur, cur, u->out)); /* in place */
+            }
         }
         if (u->mode == LK_MODE_EVAL) break;
         float *o = i == b->first ? dx : (cur == g->t1 ? g->t2 : g->t1);
@@ -190,9 +199,9 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
         const int rows = shared_in && lk_cba_takes_rows(u, &b->u[0]);
         if (shared_in && !rows) LK_TRY(lk_cba_recompute_out(&b->u[0]));
         if (rows)
-            LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, &b->u[0]));
+            LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, gp, &b->u[0]));
         else
-            LK_TRY(lk_cba_backward(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x)));
+            LK_TRY(lk_cba_backward_gated(u, u->need_dx ? o : NULL, cur, gp, unit_input(b, i, x)));
         if (!u->need_dx) break;
         cur = o;
     }

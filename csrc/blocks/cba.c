@@ -129,8 +129,10 @@ lk_status lk_cba_recompute_out(lk_cba *u) {
 /* Every step before the convolution's backward works in place over dy (SiLU and the
  * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
  * unit needs no activation-sized scratch of its own. */
-static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const float *x,
-                              lk_cba *src) {
+static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
+                              const float *x, lk_cba *src) {
+    LK_REQUIRE(!gate || lk_cba_takes_gate(u),
+               "conv-BN unit: only a training unit with the fused BN+SiLU takes a gated dy");
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
     if (u->mode == LK_MODE_FROZEN) {
         if (!u->need_dx) return LK_OK;
@@ -138,8 +140,8 @@ static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const float *x,
         return lk_conv2d_backward(&u->conv, dx, NULL, NULL, dy, x, u->wf);
     }
     if (u->bn.cfg.silu) {
-        LK_TRY(lk_bn_silu_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean,
-                                   u->var, u->p.gamma, u->p.beta));
+        LK_TRY(lk_bn_silu_backward_gated(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, gate, u->z,
+                                         u->mean, u->var, u->p.gamma, u->p.beta));
     } else {
         if (u->has_act) LK_TRY(lk_act_backward(&u->act, dy, dy, u->a, u->out));
         LK_TRY(lk_bn_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean, u->var,
@@ -156,7 +158,14 @@ static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const float *x,
 }
 
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
-    return cba_backward(u, dx, dy, x, NULL);
+    return cba_backward(u, dx, dy, NULL, x, NULL);
+}
+
+int lk_cba_takes_gate(const lk_cba *u) { return u->mode == LK_MODE_TRAIN && u->bn.cfg.silu; }
+
+lk_status lk_cba_backward_gated(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
+                                const float *x) {
+    return cba_backward(u, dx, dy, gate, x, NULL);
 }
 
 int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src) {
@@ -164,10 +173,11 @@ int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src) {
            src->bn.cfg.silu;
 }
 
-lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, lk_cba *src) {
+lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
+                               lk_cba *src) {
     LK_REQUIRE(lk_cba_takes_rows(u, src),
                "conv-BN unit: cannot take its input as rows of the previous unit");
-    return cba_backward(u, dx, dy, NULL, src);
+    return cba_backward(u, dx, dy, gate, NULL, src);
 }
 
 void lk_cba_free(lk_cba *u) {

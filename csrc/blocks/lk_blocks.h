@@ -103,11 +103,17 @@ lk_status lk_cba_recompute_out(lk_cba *u);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
  * consumed: the activation and BN gradients overwrite it in place (no scratch). */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);
+/* Whether u's backward can take its dy through a gate (lk_bn_gate: TRAIN with the fused
+ * BN+SiLU), and lk_cba_backward of dy * gate->scale + gate->shift (NULL gate: dy). */
+int lk_cba_takes_gate(const lk_cba *u);
+lk_status lk_cba_backward_gated(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
+                                const float *x);
 /* Whether u (TRAIN, planned with in_rows) can take its input as src's fused BN+SiLU
  * output made on demand inside its depthwise weight gradient, and that backward:
  * src's output need not be recomputed (lk_cba_recompute_out) first. */
 int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src);
-lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, lk_cba *src);
+lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
+                               lk_cba *src);
 void lk_cba_free(lk_cba *u);
 
 /* ------------------------------------------------------------------- se.c */
@@ -140,6 +146,11 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
  * may alias dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x);
+/* The same backward with dx left unwritten: `gate` receives the map that turns dy into
+ * dx (dx = dy * gate->scale + gate->shift per image and channel, lk_bn_gate), for a
+ * fused BN+SiLU backward to apply as it reads dy (lk_cba_backward with a gate). It
+ * reads dy and x once, for the gate's gradient; valid until the next call on s. */
+lk_status lk_se_backward_gate(lk_se *s, lk_bn_gate *gate, const float *dy, const float *x);
 /* out = x * gate, the forward's last step; a training plan's backward calls it again to
  * recompute out (the same primitive: the same bits). */
 lk_status lk_se_apply_gate(lk_se *s, const float *x);

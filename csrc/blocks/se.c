@@ -56,9 +56,10 @@ lk_status lk_se_apply_gate(lk_se *s, const float *x) {
     return lk_chmul_forward(&s->mul, s->out, x, s->gate);
 }
 
-/* dx [N, H, W, C] = dy * gate + GAP^T(d pooled): the pooled path is added into dx
- * directly, so no activation-sized scratch is needed (dx may alias dy). */
-lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x) {
+/* Everything of the backward but dx itself: the parameter gradients and d pooled
+ * (returned, [N, C]); dx = dy * gate alongside when dx is given (it may alias dy). */
+static lk_status se_backward_small(lk_se *s, float *dx, const float *dy, const float *x,
+                                   float **dpool_out) {
     LK_REQUIRE(s->mode != LK_MODE_EVAL, "squeeze-excitation: no backward in EVAL mode");
     const int train = s->mode == LK_MODE_TRAIN;
     size_t big = (size_t)s->n * (s->c > s->sq ? s->c : s->sq);
@@ -71,8 +72,30 @@ lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x) {
     LK_TRY(lk_act_backward(&s->act1, da1, da1, s->z1, s->a1));
     LK_TRY(lk_conv2d_backward(&s->fc1, dpool, train ? s->p.dw1 : NULL, train ? s->p.db1 : NULL,
                               da1, s->pooled, s->p.w1));
-    return lk_add_channels(dx, dpool, s->n, (int64_t)s->h * s->w, s->c,
-                           1.0f / (float)((int64_t)s->h * s->w));
+    *dpool_out = dpool;
+    return LK_OK;
+}
+
+/* The average pool's backward spreads d pooled evenly over the positions. */
+static float se_pool_scale(const lk_se *s) { return 1.0f / (float)((int64_t)s->h * s->w); }
+
+/* dx [N, H, W, C] = dy * gate + GAP^T(d pooled): the pooled path is added into dx
+ * directly, so no activation-sized scratch is needed (dx may alias dy). */
+lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x) {
+    float *dpool = NULL;
+    LK_TRY(se_backward_small(s, dx, dy, x, &dpool));
+    return lk_add_channels(dx, dpool, s->n, (int64_t)s->h * s->w, s->c, se_pool_scale(s));
+}
+
+lk_status lk_se_backward_gate(lk_se *s, lk_bn_gate *gate, const float *dy, const float *x) {
+    LK_REQUIRE(gate, "squeeze-excitation backward: gate is NULL");
+    float *dpool = NULL;
+    LK_TRY(se_backward_small(s, NULL, dy, x, &dpool));
+    /* The same product lk_add_channels forms at every position, formed once. */
+    const float scale = se_pool_scale(s);
+    for (size_t i = 0; i < (size_t)s->n * s->c; i++) dpool[i] = scale * dpool[i];
+    *gate = (lk_bn_gate){.scale = s->gate, .shift = dpool};
+    return LK_OK;
 }
 
 void lk_se_free(lk_se *s) {

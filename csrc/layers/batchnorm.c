@@ -468,6 +468,28 @@ LK_KERNEL_CLONES(bn_dx, (float *dx, const float *x, const float *mean, const flo
                          const float *mg, const float *k, int64_t r0, int64_t r1, int ch),
                  (dx, x, mean, scale, mg, k, r0, r1, ch))
 
+/* d [nr, jn] = dy * gate->scale[n] + gate->shift[n] for rows r0 .. r0 + nr - 1 of dy (row
+ * stride C), channels j0 .. j0 + jn - 1, n = row / hw: the gradient a squeeze-and-
+ * excitation hands back, made inside pass 1 instead of written out. Two roundings
+ * (a product, then a sum: C11 contracts no FMA), as the SE's own multiply and add. */
+LK_ALWAYS_INLINE void bn_gate_body(float *d, const float *dy, const float *gs, const float *ga,
+                                   int64_t r0, int nr, int j0, int jn, int ch, int64_t hw) {
+    int64_t n = r0 / hw, next = (n + 1) * hw; /* one division per tile, not per row */
+    for (int r = 0; r < nr; r++) {
+        const int64_t row = r0 + r;
+        if (row == next) {
+            n++;
+            next += hw;
+        }
+        const float *dyr = dy + row * ch + j0, *s = gs + n * ch + j0, *a = ga + n * ch + j0;
+        float *dr = d + (int64_t)r * jn;
+        for (int j = 0; j < jn; j++) dr[j] = dyr[j] * s[j] + a[j];
+    }
+}
+LK_KERNEL_CLONES(bn_gate, (float *d, const float *dy, const float *gs, const float *ga,
+                           int64_t r0, int nr, int j0, int jn, int ch, int64_t hw),
+                 (d, dy, gs, ga, r0, nr, j0, jn, ch, hw))
+
 /* scale [C] = gamma / sqrt(var + eps) in the layer's scratch (after mean and var), the
  * one factor the fused passes apply. */
 static float *bn_silu_scale(lk_bn *L, const float *gamma, const float *var) {
@@ -575,12 +597,23 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
 lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *mean, const float *var,
                               const float *gamma, const float *beta) {
+    return lk_bn_silu_backward_gated(L, dx, dgamma, dbeta, dy, NULL, x, mean, var, gamma, beta);
+}
+
+lk_status lk_bn_silu_backward_gated(lk_bn *L, float *dx, float *dgamma, float *dbeta,
+                                    const float *dy, const lk_bn_gate *gate, const float *x,
+                                    const float *mean, const float *var, const float *gamma,
+                                    const float *beta) {
     const lk_bn_cfg *c = &L->cfg;
     LK_REQUIRE(c->silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
     LK_REQUIRE(dy && x && mean && var && gamma && beta,
                "batchnorm+SiLU backward: NULL argument (dy, x, mean, var, gamma, beta)");
+    LK_REQUIRE(!gate || (gate->scale && gate->shift),
+               "batchnorm+SiLU backward: the gate needs both scale and shift");
     const int ch = c->c;
-    const int64_t rows = (int64_t)c->n * c->h * c->w;
+    const int64_t rows = (int64_t)c->n * c->h * c->w, hw = (int64_t)c->h * c->w;
+    void (*gatef)(float *, const float *, const float *, const float *, int64_t, int, int, int,
+                  int, int64_t) = LK_KERNEL_PICK(bn_gate);
     float *scale = bn_silu_scale(L, gamma, var); /* [C] gamma * rstd */
     void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
                    int) = LK_KERNEL_PICK(bn_affine);
@@ -600,7 +633,8 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
         const int64_t r0 = rows * k / nfc, r1 = rows * (k + 1) / nfc;
         double *sgd = L->part + (size_t)k * 2 * ch, *sg = sgd + ch; /* [C] each */
         for (int j = 0; j < ch; j++) sgd[j] = sg[j] = 0.0;
-        float at[BN_TILE], gt[BN_TILE]; /* [nr, jn]: the SiLU input, g when dx is NULL */
+        /* [nr, jn]: the SiLU input, g when dx is NULL, the gated dy */
+        float at[BN_TILE], gt[BN_TILE], dt[BN_TILE];
         for (int64_t rb = r0; rb < r1; rb += tr) {
             const int nr = (int)(r1 - rb < tr ? r1 - rb : tr);
             for (int j0 = 0; j0 < ch; j0 += seg) {
@@ -608,7 +642,12 @@ lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, 
                 const int64_t off = rb * ch + j0; /* nr == 1 or jn == C: contiguous */
                 affine(at, x + off, mean + j0, scale + j0, beta + j0, nr, jn, ch);
                 float *g = dx ? dx + off : gt;
-                lk_silu_backward_serial(g, dy + off, at, (int64_t)nr * jn);
+                const float *d = dy + off;
+                if (gate) {
+                    gatef(dt, dy, gate->scale, gate->shift, rb, nr, j0, jn, ch, hw);
+                    d = dt;
+                }
+                lk_silu_backward_serial(g, d, at, (int64_t)nr * jn);
                 /* at is consumed: its first 2 * jn floats (nr > 1: 2 * jn <= BN_TILE)
                  * hold the float tile sums. */
                 accum(sgd + j0, sg + j0, at, g, x + off, mean + j0, nr, jn, ch);

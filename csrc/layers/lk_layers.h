@@ -163,6 +163,20 @@ lk_status lk_bn_silu_rows_input(lk_bn *L, struct lk_dw_input *in, const float *m
 lk_status lk_bn_silu_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const float *dy,
                               const float *x, const float *mean, const float *var,
                               const float *gamma, const float *beta);
+/* A per-(image, channel) affine map of dy, applied as pass 1 reads it: the gradient
+ * that differentiates is dy * scale[n, c] + shift[n, c]. A squeeze-and-excitation's
+ * input gradient has this form (gate and pooled path), so the block hands it over
+ * instead of writing it out (lk_se_backward_gate). */
+typedef struct lk_bn_gate {
+    const float *scale; /* [N, C] */
+    const float *shift; /* [N, C] */
+} lk_bn_gate;
+/* lk_bn_silu_backward of dy gated by `gate` (NULL: dy as it is). dx may alias dy: each
+ * tile of dy is gated before its gradient is written. */
+lk_status lk_bn_silu_backward_gated(lk_bn *L, float *dx, float *dgamma, float *dbeta,
+                                    const float *dy, const lk_bn_gate *gate, const float *x,
+                                    const float *mean, const float *var, const float *gamma,
+                                    const float *beta);
 void lk_bn_free(lk_bn *L);
 
 /* ------------------------------------------------------------ activation.c */

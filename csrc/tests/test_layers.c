@@ -38,6 +38,7 @@
 #pragma weak lk_conv2d_set_bwd_w_policy
 #pragma weak lk_bn_silu_forward
 #pragma weak lk_bn_silu_backward
+#pragma weak lk_bn_silu_backward_gated
 #pragma weak lk_bn_init
 #pragma weak lk_bn_forward
 #pragma weak lk_bn_backward
@@ -924,6 +925,26 @@ static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) { /* L [2] */
     OK(lk_bn_silu_backward(L, NULL, dg, db, dy, x, out + 2 * nx, out + 2 * nx + C, gamma, beta));
     EXPECT(!memcmp(dg, out + 2 * nx + 2 * C, C * sizeof *dg) &&
            !memcmp(db, out + 2 * nx + 3 * C, C * sizeof *db), "dgamma/dbeta without dx differ");
+    /* A gated dy (a squeeze-and-excitation's input gradient, lk_bn_gate) gives the bits
+     * of the same map applied beforehand, with dx over dy in place as the block runs it. */
+    const size_t NC = (size_t)c.n * C, HW = (size_t)c.h * c.w;
+    float *gs = frand(NC, 0, 1), *ga = frand(NC, -0.01, 0.01), *dyg = fbuf(nx), *dxg = fbuf(nx);
+    float *dgg = fbuf(C), *dbg = fbuf(C);
+    for (size_t i = 0; i < nx; i++) {
+        const size_t img = i / C / HW, ch = i % C;
+        const float prod = dy[i] * gs[img * C + ch];
+        dyg[i] = prod + ga[img * C + ch];
+    }
+    const float *mean = out + 2 * nx, *var = mean + C;
+    OK(lk_bn_silu_backward(L, dyg, dg, db, dyg, x, mean, var, gamma, beta));
+    memcpy(dxg, dy, nx * sizeof *dxg);
+    const lk_bn_gate gate = {.scale = gs, .shift = ga};
+    OK(lk_bn_silu_backward_gated(L, dxg, dgg, dbg, dxg, &gate, x, mean, var, gamma, beta));
+    EXPECT(!memcmp(dxg, dyg, nx * sizeof *dxg) && !memcmp(dgg, dg, C * sizeof *dg) &&
+           !memcmp(dbg, db, C * sizeof *db), "gated dy: dx/dgamma/dbeta differ from the map applied first");
+    const lk_bn_gate half = {.scale = gs, .shift = NULL};
+    BAD(lk_bn_silu_backward_gated(L, dxg, dgg, dbg, dxg, &half, x, mean, var, gamma, beta),
+        LK_ERR_ARG);
     BAD(lk_bn_forward(L, out, NULL, NULL, x, gamma, beta, NULL, NULL), LK_ERR_ARG);
     BAD(lk_bn_backward(L, out, dg, db, dy, x, rm0, rv0, gamma), LK_ERR_ARG);
     BAD(lk_bn_silu_forward(L, out, NULL, NULL, x, gamma, NULL, NULL, NULL), LK_ERR_ARG);
@@ -933,6 +954,7 @@ static int bn_silu_case(lk_bn *L, lk_bn_cfg c, double offset) { /* L [2] */
 static int test_bn_silu(void) {
     NEED(lk_bn_silu_forward, "batchnorm.c");
     NEED(lk_bn_silu_backward, "batchnorm.c");
+    NEED(lk_bn_silu_backward_gated, "batchnorm.c");
     const lk_bn_cfg cases[] = {
         {.n = 2, .c = 5, .h = 3, .w = 7, .eps = 1e-5f, .momentum = 0.1f},
         /* the next three are large enough to run in parallel (>= 2^15 elements) */
