@@ -167,6 +167,31 @@ def test_multi_attention_parity_eval_and_train(arch):
         _check_train_step(ref, m, x, rng.integers(0, k, n), noise_factor=5.0)
 
 
+@pytest.mark.parametrize("fold", ["never", "always"])
+def test_se_gate_folded_into_the_projection_or_not(fold):
+    """Every MBConv block with the SE gate folded into its projection (per-image gated
+    weights forward, the gated rows made in cache for the weight gradient) and none
+    folded: both against torch in eval and train. At 64x64 the automatic rule folds
+    the early stages only; the parity tests above run that."""
+    from leukemia import _core
+
+    arch, head, k = "efficientnet_b3", "multi_attention", 3
+    ref = _randomised_reference(arch, head, k, seed=1)
+    before = _core._se_fold_policy(fold)
+    try:
+        m = _ours_from(ref, arch, head, k, "all")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, 3, 64, 64)).astype(np.float32)
+        _check_eval(ref, m, x)
+        ref.train()
+        m.train()
+        _check_train_step(ref, m, x, rng.integers(0, k, 4), noise_factor=5.0)
+    finally:
+        _core._se_fold_policy(before)
+    with pytest.raises(ValueError, match="SE fold"):
+        _core._se_fold_policy("sometimes")
+
+
 @pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
 def test_ablation_heads_parity(head):
     arch, k = "efficientnet_b3", 2

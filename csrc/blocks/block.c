@@ -6,6 +6,22 @@
 
 #include "lk_blocks.h"
 
+static lk_se_fold_policy g_se_fold = LK_SE_FOLD_AUTO;
+void lk_block_set_se_fold_policy(lk_se_fold_policy p) { g_se_fold = p; }
+lk_se_fold_policy lk_block_get_se_fold_policy(void) { return g_se_fold; }
+
+/* Measured (csrc/tests/bench_layers.c, sefold_*, batch 16, 2 threads, inference): the
+ * fold saves the gate multiply, 1.3-4 ms per block at 38x38 to 150x150, ties at 19x19,
+ * and loses 1.5 ms at 10x10 (1392 -> 232), where the per-image weight reorders cost
+ * more than the small activation's pass; both ISAs alike. */
+static int se_fold_wanted(int h, int w, int oc) {
+    switch (g_se_fold) {
+    case LK_SE_FOLD_NEVER: return 0;
+    case LK_SE_FOLD_ALWAYS: return 1;
+    default: return (int64_t)h * w >= 2 * (int64_t)oc;
+    }
+}
+
 static void unit_set(lk_cba *u, int ic, int oc, int k, int stride, int groups, int act) {
     u->ic = ic;
     u->oc = oc;
@@ -51,10 +67,16 @@ static int block_has_sd(const lk_block *b) {
     return b->mode == LK_MODE_TRAIN && b->cfg.residual && b->cfg.sd_prob > 0.f;
 }
 
-/* Input of unit i: the block input, the previous unit's output or the SE output. */
+/* Whether the SE's gate is folded into the projection (u[se_after + 1].gate_in). */
+static int se_folded(const lk_block *b) {
+    return b->se_after >= 0 && b->u[b->se_after + 1].gate_in;
+}
+
+/* Input of unit i: the block input, the previous unit's output or the SE output (with
+ * the gate folded in, the SE's input: the unit takes the gate beside it). */
 static const float *unit_input(const lk_block *b, int i, const float *x) {
     if (i == b->first) return x;
-    return b->se_after == i - 1 ? b->se.out : b->u[i - 1].out;
+    return b->se_after == i - 1 && !se_folded(b) ? b->se.out : b->u[i - 1].out;
 }
 
 lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_in, int ih,
@@ -70,7 +92,11 @@ lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_
         lk_cba *u = &b->u[i];
         u->need_dx = train && grad;
         u->in_rows = i == 1 && b->u[0].shared_out;
-        LK_TRY(lk_cba_plan(u, o, lk_unit_mode(train, u->trainable, grad), h, w));
+        const lk_mode m = lk_unit_mode(train, u->trainable, grad);
+        /* The projection after an SE takes the gate instead of the gated tensor. */
+        u->gate_in = i == b->se_after + 1 && b->se_after >= 0 && m != LK_MODE_FROZEN &&
+                     se_fold_wanted(h, w, u->oc);
+        LK_TRY(lk_cba_plan(u, o, m, h, w));
         /* An expansion read only by the next unit (lk_block_shared). */
         u->shared_out = i == 0 && b->nu > 1 && u->mode == LK_MODE_TRAIN && u->bn.cfg.silu;
         grad = grad || u->trainable;
@@ -118,7 +144,7 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
  * by row from z itself (lk_cba_backward_from): the same bits, one write and one read of
  * the expanded tensor fewer. */
 static size_t se_shared(const lk_block *b) {
-    if (b->se_after < 0 || b->se.mode == LK_MODE_EVAL) return 0;
+    if (b->se_after < 0 || b->se.mode == LK_MODE_EVAL || se_folded(b)) return 0;
     return (size_t)b->n * b->se.h * b->se.w * b->se.c;
 }
 
@@ -141,11 +167,19 @@ void lk_block_share(lk_block *b, float *buf) {
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v) {
     const float *h = x;
     for (int i = b->first; i < b->nu; i++) {
-        LK_TRY(lk_cba_forward(&b->u[i], h, lk_unit_version(v, b->u[i].trainable)));
-        h = b->u[i].out;
+        lk_cba *u = &b->u[i];
+        const uint64_t ver = lk_unit_version(v, u->trainable);
+        if (u->gate_in)
+            LK_TRY(lk_cba_forward_gated(u, h, b->se.gate, ver));
+        else
+            LK_TRY(lk_cba_forward(u, h, ver));
+        h = u->out;
         if (i == b->se_after) {
             LK_TRY(lk_se_forward(&b->se, h, lk_unit_version(v, b->se.trainable)));
-            h = b->se.out;
+            if (!se_folded(b)) {
+                LK_TRY(lk_se_apply_gate(&b->se, h));
+                h = b->se.out;
+            }
         }
     }
     if (!b->cfg.residual) return LK_OK; /* b->out aliases the last unit's output */
@@ -200,6 +234,9 @@ lk_status lk_block_backward(lk_block *b, float *dx, float *dy, const float *x,
         if (shared_in && !rows) LK_TRY(lk_cba_recompute_out(&b->u[0]));
         if (rows)
             LK_TRY(lk_cba_backward_from(u, u->need_dx ? o : NULL, cur, gp, &b->u[0]));
+        else if (u->gate_in)
+            LK_TRY(lk_cba_backward_in_gated(u, u->need_dx ? o : NULL, cur, unit_input(b, i, x),
+                                            b->se.gate));
         else
             LK_TRY(lk_cba_backward_gated(u, u->need_dx ? o : NULL, cur, gp, unit_input(b, i, x)));
         if (!u->need_dx) break;

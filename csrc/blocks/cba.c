@@ -13,6 +13,19 @@
 #include "lk_blocks.h"
 #include "lk_dwconv.h"
 
+/* The one-image forward of a gate_in unit (its own primitive; the batch one stays for
+ * the backward) and the buffer of one image's gated weights. */
+static lk_status cba_plan_gated(lk_cba *u, const lk_conv2d_cfg *cc) {
+    lk_conv2d_cfg one = *cc;
+    one.n = 1;
+    one.train = one.need_dx = one.in_rows = one.gated_in = 0;
+    one.no_dw = 0;
+    LK_TRY(lk_conv2d_init(&u->conv1, &one));
+    u->wg = lk_alloc((size_t)u->oc * (size_t)u->ic * sizeof(float));
+    if (!u->wg) return LK_FAIL(LK_ERR_NOMEM, "gated weights [%d, %d] of a conv-BN unit", u->oc, u->ic);
+    return LK_OK;
+}
+
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw) {
     int pad = (u->k - 1) / 2;
     u->mode = mode;
@@ -23,6 +36,9 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     u->folded_version = 0;
     u->shared_out = 0; /* the block decides (lk_block_plan) */
     if (mode == LK_MODE_EVAL) u->need_dx = 0;
+    LK_REQUIRE(!u->gate_in || (mode != LK_MODE_FROZEN && u->k == 1 && u->stride == 1 &&
+                               u->groups == 1),
+               "conv-BN unit: a gated input needs an EVAL or TRAIN 1x1 unit");
     lk_conv2d_cfg cc = {.n = o->n, .ic = u->ic, .ih = ih, .iw = iw, .oc = u->oc, .kh = u->k,
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
                         .pb = pad, .pr = pad, .groups = u->groups};
@@ -38,6 +54,7 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
         LK_TRY(lk_conv2d_init(&u->conv, &cc));
         u->oh = u->conv.oh;
         u->ow = u->conv.ow;
+        if (u->gate_in) LK_TRY(cba_plan_gated(u, &cc));
         size_t wn = (size_t)u->oc * (size_t)(u->ic / u->groups) * (size_t)u->k * (size_t)u->k;
         u->wf = lk_alloc(wn * sizeof(float));
         u->bf = lk_alloc((size_t)u->oc * sizeof(float));
@@ -49,9 +66,11 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     cc.train = 1;
     cc.need_dx = u->need_dx;
     cc.in_rows = u->in_rows;
+    cc.gated_in = u->gate_in;
     LK_TRY(lk_conv2d_init(&u->conv, &cc));
     u->oh = u->conv.oh;
     u->ow = u->conv.ow;
+    if (u->gate_in) LK_TRY(cba_plan_gated(u, &cc));
     /* The fused SiLU needs h*w > 1 (always true here: a 1x1 output would be a
      * BatchNorm1d; fall back to BN + SiLU apart then). */
     const int fuse = u->has_act && u->oh * u->ow > 1;
@@ -101,17 +120,19 @@ static void cba_fold(lk_cba *u) {
     }
 }
 
-lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
+/* Fold (and let the conv reorder) only when parameters changed: version 0 means
+ * "unknown", so it always refolds. */
+static void cba_refold(lk_cba *u, uint64_t version) {
+    if (version == 0 || u->folded_version != version) cba_fold(u);
+    u->folded_version = version;
+}
+
+/* What follows the convolution (z written): BN and the activation. */
+static lk_status cba_after_conv(lk_cba *u) {
     if (u->mode != LK_MODE_TRAIN) {
-        /* Fold (and let the conv reorder) only when parameters changed: version 0
-         * means "unknown", so it always refolds. */
-        if (version == 0 || u->folded_version != version) cba_fold(u);
-        u->folded_version = version;
-        LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->wf, u->bf, version));
         if (u->mode == LK_MODE_FROZEN && u->has_act) LK_TRY(lk_act_forward(&u->act, u->out, u->z));
         return LK_OK;
     }
-    LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
     if (u->bn.cfg.silu)
         return lk_bn_silu_forward(&u->bn, u->out, u->mean, u->var, u->z, u->p.gamma, u->p.beta,
                                   u->p.rmean, u->p.rvar);
@@ -119,6 +140,42 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
                          u->p.rvar));
     if (u->has_act) LK_TRY(lk_act_forward(&u->act, u->out, u->a));
     return LK_OK;
+}
+
+lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
+    if (u->mode != LK_MODE_TRAIN) {
+        cba_refold(u, version);
+        LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->wf, u->bf, version));
+    } else {
+        LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
+    }
+    return cba_after_conv(u);
+}
+
+/* conv(x * gate[n]) = conv with the weights' input channels scaled by gate[n], image by
+ * image: the gated input (an activation-sized pass, written and read back) never
+ * exists; one image's weights, [OC, IC], are far smaller on the maps this is planned
+ * for (the block's rule). */
+lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version) {
+    LK_REQUIRE(u->gate_in && u->wg, "conv-BN unit: not planned for a gated input (gate_in)");
+    LK_REQUIRE(x && gate, "conv-BN unit (gated): NULL argument");
+    const float *w = u->p.w, *b = NULL;
+    if (u->mode != LK_MODE_TRAIN) {
+        cba_refold(u, version);
+        w = u->wf;
+        b = u->bf;
+    }
+    const int oc = u->oc, ic = u->ic;
+    const int64_t hw = (int64_t)u->ih * u->iw;
+    for (int n = 0; n < u->n; n++) {
+        const float *g = gate + (int64_t)n * ic;
+#pragma omp parallel for schedule(static) if ((int64_t)oc * ic > 65536)
+        for (int o = 0; o < oc; o++)
+            for (int i = 0; i < ic; i++)
+                u->wg[(int64_t)o * ic + i] = w[(int64_t)o * ic + i] * g[i];
+        LK_TRY(lk_conv2d_forward(&u->conv1, u->z + n * hw * oc, x + n * hw * ic, u->wg, b, 0));
+    }
+    return cba_after_conv(u);
 }
 
 lk_status lk_cba_recompute_out(lk_cba *u) {
@@ -130,7 +187,7 @@ lk_status lk_cba_recompute_out(lk_cba *u) {
  * fused BN+SiLU elementwise, oneDNN's BN backward allows diff_src == diff_dst), so a
  * unit needs no activation-sized scratch of its own. */
 static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
-                              const float *x, lk_cba *src) {
+                              const float *x, const float *xgate, lk_cba *src) {
     LK_REQUIRE(!gate || lk_cba_takes_gate(u),
                "conv-BN unit: only a training unit with the fused BN+SiLU takes a gated dy");
     LK_REQUIRE(u->mode != LK_MODE_EVAL, "conv-BN unit: no backward in EVAL mode");
@@ -147,6 +204,10 @@ static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const lk_bn_gate 
         LK_TRY(lk_bn_backward(&u->bn, dy, u->p.dgamma, u->p.dbeta, dy, u->z, u->mean, u->var,
                               u->p.gamma));
     }
+    if (xgate) {
+        if (u->need_dx) LK_TRY(lk_conv2d_backward(&u->conv, dx, NULL, NULL, dy, NULL, u->p.w));
+        return lk_conv2d_backward_w_gated(&u->conv, u->p.dw, dy, x, xgate);
+    }
     if (!src)
         return lk_conv2d_backward(&u->conv, u->need_dx ? dx : NULL, u->p.dw, NULL, dy, x, u->p.w);
     /* The input is src's fused BN+SiLU output, made row by row from its z inside the
@@ -158,14 +219,21 @@ static lk_status cba_backward(lk_cba *u, float *dx, float *dy, const lk_bn_gate 
 }
 
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x) {
-    return cba_backward(u, dx, dy, NULL, x, NULL);
+    return cba_backward(u, dx, dy, NULL, x, NULL, NULL);
+}
+
+lk_status lk_cba_backward_in_gated(lk_cba *u, float *dx, float *dy, const float *x,
+                                   const float *gate) {
+    LK_REQUIRE(u->gate_in && u->mode == LK_MODE_TRAIN && x && gate,
+               "conv-BN unit: a gated input's backward needs a TRAIN gate_in unit, x and gate");
+    return cba_backward(u, dx, dy, NULL, x, gate, NULL);
 }
 
 int lk_cba_takes_gate(const lk_cba *u) { return u->mode == LK_MODE_TRAIN && u->bn.cfg.silu; }
 
 lk_status lk_cba_backward_gated(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
                                 const float *x) {
-    return cba_backward(u, dx, dy, gate, x, NULL);
+    return cba_backward(u, dx, dy, gate, x, NULL, NULL);
 }
 
 int lk_cba_takes_rows(const lk_cba *u, const lk_cba *src) {
@@ -177,14 +245,16 @@ lk_status lk_cba_backward_from(lk_cba *u, float *dx, float *dy, const lk_bn_gate
                                lk_cba *src) {
     LK_REQUIRE(lk_cba_takes_rows(u, src),
                "conv-BN unit: cannot take its input as rows of the previous unit");
-    return cba_backward(u, dx, dy, gate, NULL, src);
+    return cba_backward(u, dx, dy, gate, NULL, NULL, src);
 }
 
 void lk_cba_free(lk_cba *u) {
     lk_free(u->wf);
     lk_free(u->bf);
-    u->wf = u->bf = NULL;
+    lk_free(u->wg);
+    u->wf = u->bf = u->wg = NULL;
     lk_conv2d_free(&u->conv);
+    lk_conv2d_free(&u->conv1);
     lk_bn_free(&u->bn);
     lk_act_free(&u->act);
 }

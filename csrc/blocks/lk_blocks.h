@@ -87,6 +87,13 @@ typedef struct lk_cba {
     int in_rows;       /* set by the block before planning: the input is the previous
                           unit's shared output, which the weight gradient may make on
                           demand (lk_cba_backward_from) */
+    int gate_in;       /* set by the block before planning (EVAL or TRAIN 1x1 units): the
+                          input arrives as x and a gate [N, IC] to scale it by per image
+                          and channel (a squeeze-and-excitation folded into this unit):
+                          each image runs with its weights times its gate, and a training
+                          weight gradient makes the gated rows in cache */
+    lk_conv2d conv1;   /* gate_in: the same convolution on one image */
+    float *wg;         /* gate_in: [OC, IC] one image's gated weights */
     float *mean, *var; /* [OC] batch statistics (TRAIN) */
     /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */
     float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */
@@ -98,6 +105,8 @@ typedef struct lk_cba {
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
 void lk_cba_bind(lk_cba *u, lk_arena *a);
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
+/* gate_in units: lk_cba_forward of x * gate[image] (gate [N, IC]), never formed. */
+lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version);
 /* out again from z and the batch statistics (shared_out units): the forward's bits. */
 lk_status lk_cba_recompute_out(lk_cba *u);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
@@ -108,6 +117,9 @@ lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);
 int lk_cba_takes_gate(const lk_cba *u);
 lk_status lk_cba_backward_gated(lk_cba *u, float *dx, float *dy, const lk_bn_gate *gate,
                                 const float *x);
+/* gate_in units in TRAIN: lk_cba_backward with the input x * gate[image]. */
+lk_status lk_cba_backward_in_gated(lk_cba *u, float *dx, float *dy, const float *x,
+                                   const float *gate);
 /* Whether u (TRAIN, planned with in_rows) can take its input as src's fused BN+SiLU
  * output made on demand inside its depthwise weight gradient, and that backward:
  * src's output need not be recomputed (lk_cba_recompute_out) first. */
@@ -141,7 +153,9 @@ typedef struct lk_se {
 
 lk_status lk_se_plan(lk_se *s, const lk_plan_opts *o, lk_mode mode, int h, int w);
 void lk_se_bind(lk_se *s, lk_arena *a);
-/* `version`: of the SE's weights (their reorder is cached by it; 0 = always reorder). */
+/* The gate [N, C] from x; `version`: of the SE's weights (their reorder is cached by
+ * it; 0 = always reorder). The block then applies it (lk_se_apply_gate) or folds it
+ * into the projection that follows (lk_cba_forward_gated). */
 lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
  * may alias dy. */
@@ -188,6 +202,19 @@ typedef struct lk_block {
     uint8_t *keep; /* [N] stochastic-depth flags (TRAIN, residual) */
     float *sd;     /* [N, OH, OW, OUT] branch after stochastic depth (TRAIN) */
 } lk_block;
+
+/* Whether a block folds its squeeze-and-excitation gate into the projection that
+ * follows (lk_cba gate_in). AUTO: where the output map has at least 2 * OC positions
+ * (one image's gated weights, OC x IC, are then small against the gated activation,
+ * H x W x IC, that the fold never forms); NEVER / ALWAYS for tests and benchmarks. Read
+ * when a block is planned. */
+typedef enum lk_se_fold_policy {
+    LK_SE_FOLD_AUTO = 0,
+    LK_SE_FOLD_NEVER,
+    LK_SE_FOLD_ALWAYS
+} lk_se_fold_policy;
+void lk_block_set_se_fold_policy(lk_se_fold_policy p);
+lk_se_fold_policy lk_block_get_se_fold_policy(void);
 
 /* Structure of a block (which units exist) from its config; zeroes the block. */
 void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);

@@ -48,8 +48,7 @@ lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version) {
     LK_TRY(lk_conv2d_forward(&s->fc1, s->z1, s->pooled, s->p.w1, s->p.b1, version));
     LK_TRY(lk_act_forward(&s->act1, s->a1, s->z1));
     LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, version));
-    LK_TRY(lk_act_forward(&s->act2, s->gate, s->z2));
-    return lk_se_apply_gate(s, x);
+    return lk_act_forward(&s->act2, s->gate, s->z2);
 }
 
 lk_status lk_se_apply_gate(lk_se *s, const float *x) {

@@ -26,6 +26,8 @@ static lk_status conv_weights_md(dnnl_memory_desc_t *md, const lk_conv2d_cfg *c,
     return lk_md(md, 5, dims, tag == dnnl_format_tag_any ? tag : dnnl_goihw);
 }
 
+static int conv_plain_1x1(const lk_conv2d_cfg *c);
+
 static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
     LK_REQUIRE(c->n > 0 && c->ic > 0 && c->ih > 0 && c->iw > 0 && c->oc > 0,
                "conv2d: sizes must be positive (n=%d ic=%d ih=%d iw=%d oc=%d)", c->n, c->ic,
@@ -38,6 +40,8 @@ static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
     LK_REQUIRE(c->groups >= 1 && c->ic % c->groups == 0 && c->oc % c->groups == 0,
                "conv2d: groups=%d must divide in_channels=%d and out_channels=%d", c->groups,
                c->ic, c->oc);
+    LK_REQUIRE(!c->gated_in || (c->train && conv_plain_1x1(c) && c->groups == 1 && !c->bias),
+               "conv2d: gated_in needs a training plain 1x1 convolution without bias");
     LK_REQUIRE(!(c->post_silu && c->train),
                "conv2d: the fused SiLU post-op is for inference only (train=1 given)");
     *oh = (c->ih + c->pt + c->pb - c->kh) / c->sh + 1;
@@ -133,7 +137,7 @@ static int conv_dw_gemm(const lk_conv2d_cfg *c, int oh, int ow) {
 /* Size the per-thread workspace of the im2col path. */
 static lk_status conv_gemm_plan(lk_conv2d *L) {
     const lk_conv2d_cfg *c = &L->cfg;
-    if (conv_plain_1x1(c)) return LK_OK; /* sgemm reads x and dy in place */
+    if (conv_plain_1x1(c) && !c->gated_in) return LK_OK; /* sgemm reads x and dy in place */
     const int64_t kk = (int64_t)c->kh * c->kw * c->ic, pos = (int64_t)c->n * L->oh * L->ow;
     int t = lk_get_num_threads();
     int64_t rows = CONV_GEMM_CHUNK_BYTES / (kk * (int64_t)sizeof(float));
@@ -170,12 +174,31 @@ static void conv_im2col(float *col, const float *x, const lk_conv2d_cfg *c, int 
     }
 }
 
-/* dw [OC, IC, KH, KW] (overwritten) from x [N, IH, IW, IC] and dy [N, OH, OW, OC]. */
-static lk_status conv_bwd_w_gemm(lk_conv2d *L, float *dw, const float *x, const float *dy) {
+/* col [rows, IC] = x * gate[image] for positions p0 .. p0 + rows - 1 of a plain 1x1
+ * layer (x [N, H, W, IC], gate [N, IC]). */
+static void conv_gated_rows(float *col, const float *x, const float *gate, const lk_conv2d_cfg *c,
+                            int64_t hw, int64_t p0, int64_t rows) {
+    int64_t img = p0 / hw, next = (img + 1) * hw;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t p = p0 + r;
+        if (p == next) {
+            img++;
+            next += hw;
+        }
+        const float *xp = x + p * c->ic, *g = gate + img * c->ic;
+        float *dst = col + r * c->ic;
+        for (int i = 0; i < c->ic; i++) dst[i] = xp[i] * g[i];
+    }
+}
+
+/* dw [OC, IC, KH, KW] (overwritten) from x [N, IH, IW, IC] and dy [N, OH, OW, OC]; with
+ * `gate` (plain 1x1, cfg.gated_in) the input is x * gate[image]. */
+static lk_status conv_bwd_w_gemm(lk_conv2d *L, float *dw, const float *x, const float *dy,
+                                 const float *gate) {
     const lk_conv2d_cfg *c = &L->cfg;
     const int64_t pos = (int64_t)c->n * L->oh * L->ow;
     LK_TRY(lk_thread_enter());
-    if (conv_plain_1x1(c)) {
+    if (conv_plain_1x1(c) && !gate) {
         /* dW [OC, IC] = dY^T [OC, P] x X [P, IC], both NHWC as they are. */
         LK_DNNL(dnnl_sgemm('T', 'N', c->oc, c->ic, pos, 1.0f, dy, c->oc, x, c->ic, 0.0f, dw,
                            c->ic));
@@ -202,7 +225,10 @@ static lk_status conv_bwd_w_gemm(lk_conv2d *L, float *dw, const float *x, const 
         int first = 1;
         for (int64_t ch = t; ch < nchunk; ch += nt) {
             const int64_t p0 = ch * rows, np = pos - p0 < rows ? pos - p0 : rows;
-            conv_im2col(col, x, c, L->oh, L->ow, p0, np);
+            if (gate)
+                conv_gated_rows(col, x, gate, c, (int64_t)L->oh * L->ow, p0, np);
+            else
+                conv_im2col(col, x, c, L->oh, L->ow, p0, np);
             /* Inside the region sgemm runs on this thread alone. */
             dnnl_status_t s = dnnl_sgemm('T', 'N', c->oc, kk, np, 1.0f, dy + p0 * c->oc, c->oc,
                                          col, kk, first ? 0.0f : 1.0f, part, kk);
@@ -325,7 +351,8 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
                 goto done;
             }
         }
-        L->dw_gemm = !L->dw_custom && conv_dw_gemm(c, L->oh, L->ow);
+        /* A gated input has no other weight-gradient path. */
+        L->dw_gemm = !L->dw_custom && (conv_dw_gemm(c, L->oh, L->ow) || (c->gated_in && !c->no_dw));
         if (L->dw_gemm) LK_TRY_GOTO(conv_gemm_plan(L));
         if (!L->dw_custom && !L->dw_gemm && !c->no_dw) {
             LK_DNNL_GOTO(dnnl_convolution_backward_weights_primitive_desc_create(
@@ -453,7 +480,7 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         LK_REQUIRE(db || !L->cfg.bias, "conv2d backward: db is required (layer has a bias)");
         if (L->dw_custom) return conv_dw_custom_grads(L, dw, db, dy, x, NULL);
         if (L->dw_gemm) {
-            LK_TRY(conv_bwd_w_gemm(L, dw, x, dy));
+            LK_TRY(conv_bwd_w_gemm(L, dw, x, dy, NULL));
             /* db [OC] = sum of dy over positions (the depthwise kernel's column sum). */
             if (L->cfg.bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, L->cfg.n, L->cfg.oc, L->oh, L->ow));
             return LK_OK;
@@ -476,6 +503,16 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         }
     }
     return LK_OK;
+}
+
+lk_status lk_conv2d_backward_w_gated(lk_conv2d *L, float *dw, const float *dy, const float *x,
+                                     const float *gate) {
+    const lk_conv2d_cfg *c = &L->cfg;
+    LK_REQUIRE(c->gated_in && L->dw_gemm && L->gemm_ws,
+               "conv2d backward: not planned for a gated input (gated_in, plain 1x1)");
+    LK_REQUIRE(dw && dy && x && gate, "conv2d backward (gated): NULL argument");
+    LK_REQUIRE(!c->bias, "conv2d backward (gated): the layer has a bias");
+    return conv_bwd_w_gemm(L, dw, x, dy, gate);
 }
 
 int lk_conv2d_takes_rows(const lk_conv2d *L) { return L->dw_custom && L->cfg.in_rows; }

@@ -37,6 +37,7 @@ typedef struct lk_conv2d_cfg {
     int no_dw;              /* (train) no weight gradient: a frozen layer passing dx on */
     int post_silu;          /* (inference) apply SiLU to the output as a fused post-op */
     int in_rows;            /* (train) plan for lk_conv2d_backward_w_rows (input made on demand) */
+    int gated_in;           /* (train, plain 1x1) plan for lk_conv2d_backward_w_gated */
 } lk_conv2d_cfg;
 
 typedef struct lk_conv2d {
@@ -95,6 +96,13 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
 int lk_conv2d_takes_rows(const lk_conv2d *L);
 /* dw (and db) alone, with the input x turned row by row into the layer's input by `in`
  * (lk_dwconv.h): the input need not be kept. Requires lk_conv2d_takes_rows. */
+/* dw [OC, IC] alone for a plain 1x1 layer planned with cfg.gated_in whose input is
+ * x [N, H, W, IC] scaled per image and channel by gate [N, IC] (a squeeze-and-
+ * excitation's output, never written out): the gated rows are made in chunks that
+ * stay in cache, each thread's sgemm sums its chunks, the partials are added in thread
+ * order. */
+lk_status lk_conv2d_backward_w_gated(lk_conv2d *L, float *dw, const float *dy, const float *x,
+                                     const float *gate);
 struct lk_dw_input;
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
                                     const float *x, const struct lk_dw_input *in);

@@ -3,6 +3,7 @@
 #define LK_PY_MODULE_MAIN
 #include "lk_py.h"
 
+#include "lk_blocks.h"
 #include "lk_cpu.h"
 #include "lk_dnnl.h"
 #include "lk_dwconv.h"
@@ -88,6 +89,16 @@ static void dw_set(int i) { lk_dwconv_set_policy((lk_dw_bwd_w_policy)i); }
 static int dx_get(void) { return (int)lk_conv2d_get_dx_policy(); }
 static void dx_set(int i) { lk_conv2d_set_dx_policy((lk_conv_dx_policy)i); }
 
+static int fold_get(void) { return (int)lk_block_get_se_fold_policy(); }
+static void fold_set(int i) { lk_block_set_se_fold_policy((lk_se_fold_policy)i); }
+
+/* Tests: whether blocks fold the SE gate into their projection ("auto", "never",
+ * "always"; read when a model is planned); returns the previous one. */
+static PyObject *py_se_fold_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "never", "always"};
+    return policy_switch(arg, names, 3, fold_get, fold_set, "SE fold");
+}
+
 /* Tests: which depthwise weight-gradient kernel conv2d plans ("auto", "onednn",
  * "custom"); returns the previous one. */
 static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
@@ -141,6 +152,9 @@ PyMethodDef lk_py_core_methods[] = {
      "Tests: depthwise weight-gradient kernel conv2d plans; returns the previous policy."},
     {"_conv_dx_policy", py_conv_dx_policy, METH_O,
      "Tests: depthwise stride-1 input-gradient path conv2d plans; returns the previous one."},
+    {"_se_fold_policy", py_se_fold_policy, METH_O,
+     "Tests: whether MBConv blocks fold the SE gate into their projection; returns the "
+     "previous policy."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},

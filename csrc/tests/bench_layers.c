@@ -305,6 +305,59 @@ static void bench_chmul(const char *op, int ch, int hw) {
     lk_free(x), lk_free(s), lk_free(y), lk_free(dy), lk_free(dx), lk_free(ds);
 }
 
+/* A squeeze-and-excitation gate into the 1x1 projection that follows it (inference,
+ * folded bias): fwd = the gate multiply over the whole batch, then one batch-N
+ * convolution; bwd column = per image, the weights scaled by that image's gate
+ * (w * gate[n] per input channel), then a batch-1 convolution that reorders them. */
+static void bench_se_fold(const char *op, int ic, int hw, int oc) {
+    if (!wanted(op)) return;
+    lk_chmul M;
+    lk_conv2d L, L1;
+    lk_conv2d_cfg c = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = 1, .kw = 1,
+                       .sh = 1, .sw = 1, .groups = 1, .bias = 1};
+    double t0 = now_ms();
+    CK(lk_chmul_init(&M, g_batch, ic, hw, hw));
+    CK(lk_conv2d_init(&L, &c));
+    c.n = 1;
+    CK(lk_conv2d_init(&L1, &c));
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ic, ny = (size_t)g_batch * hw * hw * oc;
+    size_t nw = (size_t)oc * ic;
+    float *x = rnd(nx, -1, 1), *g = rnd((size_t)g_batch * ic, 0, 1), *t = rnd(nx, 0, 0);
+    float *w = rnd(nw, -0.1f, 0.1f), *b = rnd((size_t)oc, -0.1f, 0.1f), *y = rnd(ny, 0, 0);
+    float *ws = rnd(nw, 0, 0);
+    double two, fold;
+    TIME_REPS(two, {
+        CK(lk_chmul_forward(&M, t, x, g));
+        CK(lk_conv2d_forward(&L, y, t, w, b, 1));
+    });
+    TIME_REPS(fold, {
+        for (int n = 0; n < g_batch; n++) {
+            const float *gn = g + (size_t)n * ic;
+            for (int o = 0; o < oc; o++)
+                for (int i = 0; i < ic; i++) ws[(size_t)o * ic + i] = w[(size_t)o * ic + i] * gn[i];
+            CK(lk_conv2d_forward(&L1, y + (size_t)n * hw * hw * oc, x + (size_t)n * hw * hw * ic,
+                                 ws, b, 0));
+        }
+    });
+    report(op, plan, two, fold);
+    if (getenv("LK_SEFOLD_PARTS")) {
+        double mul, conv, conv1;
+        TIME_REPS(mul, CK(lk_chmul_forward(&M, t, x, g)));
+        TIME_REPS(conv, CK(lk_conv2d_forward(&L, y, t, w, b, 1)));
+        TIME_REPS(conv1, {
+            for (int n = 0; n < g_batch; n++)
+                CK(lk_conv2d_forward(&L1, y + (size_t)n * hw * hw * oc, x + (size_t)n * hw * hw * ic,
+                                     w, b, 1));
+        });
+        printf("PARTS %s mul %.3f conv %.3f conv_per_image %.3f\n", op, mul, conv, conv1);
+    }
+    lk_chmul_free(&M);
+    lk_conv2d_free(&L);
+    lk_conv2d_free(&L1);
+    lk_free(x), lk_free(g), lk_free(t), lk_free(w), lk_free(b), lk_free(y), lk_free(ws);
+}
+
 /* Plain-C streaming loops: residual add (forward; backward = the in-place add of
  * gradient accumulation), stochastic depth, dropout, the spatial-attention gate,
  * attention pooling and the depthwise bias gradient. */
@@ -433,6 +486,14 @@ int main(int argc, char **argv) {
     bench_bn_silu("bn+silu_fused_1536_12", 1536, 12, 2, 1);
     bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
+    bench_se_fold("sefold_40_150_24", 40, 150, 24);
+    bench_se_fold("sefold_192_75_32", 192, 75, 32);
+    bench_se_fold("sefold_288_38_48", 288, 38, 48);
+    bench_se_fold("sefold_576_19_96", 576, 19, 96);
+    bench_se_fold("sefold_816_19_136", 816, 19, 136);
+    bench_se_fold("sefold_1392_10_232", 1392, 10, 232);
+    bench_se_fold("sefold_768_24_128", 768, 24, 128);
+    bench_se_fold("sefold_960_24_160", 960, 24, 160);
     bench_gpool("gap_1536_10", LK_POOL_AVG, 1536, 10);
     bench_linear("linear_1536-2", 1536, 2);
     bench_plain("add_144_75", 144, 75);
