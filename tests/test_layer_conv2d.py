@@ -37,6 +37,9 @@ CASES = [
     (2, 16, 32, 33, 24, 3, 1, 1, True, "symmetric"),
     (1, 16, 65, 64, 8, 3, 2, 1, False, "same"),
     (1, 16, 64, 63, 8, 1, 2, 1, True, 0),
+    # A plain 1x1 with 64x more positions than channels: each thread's sgemm over its
+    # share of the positions (an odd count), the partials summed.
+    (3, 6, 23, 25, 10, 1, 1, 1, True, 0),
 ]
 
 

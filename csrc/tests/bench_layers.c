@@ -351,6 +351,25 @@ static void bench_se_fold(const char *op, int ic, int hw, int oc) {
                                      w, b, 1));
         });
         printf("PARTS %s mul %.3f conv %.3f conv_per_image %.3f\n", op, mul, conv, conv1);
+        /* Training: the weight gradient from the gated tensor made whole (multiply,
+         * then one sgemm) against the gated rows made in cache (gated_in). */
+        lk_conv2d T, G;
+        lk_conv2d_cfg tc = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = 1, .kw = 1,
+                            .sh = 1, .sw = 1, .groups = 1, .train = 1};
+        CK(lk_conv2d_init(&T, &tc));
+        tc.gated_in = 1;
+        CK(lk_conv2d_init(&G, &tc));
+        float *dy = rnd(ny, -1, 1);
+        double whole, rows;
+        TIME_REPS(whole, {
+            CK(lk_chmul_forward(&M, t, x, g));
+            CK(lk_conv2d_backward(&T, NULL, ws, NULL, dy, t, w));
+        });
+        TIME_REPS(rows, CK(lk_conv2d_backward_w_gated(&G, ws, dy, x, g)));
+        printf("PARTS %s dW: multiply+sgemm %.3f gated rows %.3f\n", op, whole, rows);
+        lk_conv2d_free(&T);
+        lk_conv2d_free(&G);
+        lk_free(dy);
     }
     lk_chmul_free(&M);
     lk_conv2d_free(&L);
