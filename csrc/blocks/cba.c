@@ -21,8 +21,19 @@ static lk_status cba_plan_gated(lk_cba *u, const lk_conv2d_cfg *cc) {
     one.train = one.need_dx = one.in_rows = one.gated_in = 0;
     one.no_dw = 0;
     LK_TRY(lk_conv2d_init(&u->conv1, &one));
-    u->wg = lk_alloc((size_t)u->oc * (size_t)u->ic * sizeof(float));
-    if (!u->wg) return LK_FAIL(LK_ERR_NOMEM, "gated weights [%d, %d] of a conv-BN unit", u->oc, u->ic);
+    const size_t nl = lk_conv2d_fwd_weights_floats(&u->conv1), nw = (size_t)u->oc * u->ic;
+    u->nlaid = nl;
+    u->wl_version = 0;
+    u->wl = lk_alloc(nl * sizeof(float));
+    u->wg = lk_alloc((nl > nw ? nl : nw) * sizeof(float));
+    u->icmap = lk_alloc(nl * sizeof(int32_t));
+    if (!u->wl || !u->wg || !u->icmap)
+        return LK_FAIL(LK_ERR_NOMEM, "gated weights [%zu] of a conv-BN unit", nl);
+    /* Where each input channel lands in the layout: lay out w[o][i] = i (exact in
+     * float); padding reads channel 0 and stays 0 (its weight is 0). */
+    for (size_t k = 0; k < nw; k++) u->wg[k] = (float)(k % (size_t)u->ic);
+    LK_TRY(lk_conv2d_fwd_weights(&u->conv1, u->wl, u->wg));
+    for (size_t k = 0; k < nl; k++) u->icmap[k] = (int32_t)u->wl[k];
     return LK_OK;
 }
 
@@ -159,21 +170,29 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
 lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version) {
     LK_REQUIRE(u->gate_in && u->wg, "conv-BN unit: not planned for a gated input (gate_in)");
     LK_REQUIRE(x && gate, "conv-BN unit (gated): NULL argument");
-    const float *w = u->p.w, *b = NULL;
+    const float *b = NULL;
     if (u->mode != LK_MODE_TRAIN) {
         cba_refold(u, version);
-        w = u->wf;
         b = u->bf;
+        /* The folded weights, laid out once per parameter version. */
+        if (version == 0 || u->wl_version != version) {
+            LK_TRY(lk_conv2d_fwd_weights(&u->conv1, u->wl, u->wf));
+            u->wl_version = version;
+        }
+    } else {
+        LK_TRY(lk_conv2d_fwd_weights(&u->conv1, u->wl, u->p.w));
     }
     const int oc = u->oc, ic = u->ic;
-    const int64_t hw = (int64_t)u->ih * u->iw;
+    const int64_t hw = (int64_t)u->ih * u->iw, nl = (int64_t)u->nlaid;
+    const float *wl = u->wl;
+    const int32_t *map = u->icmap;
+    float *wg = u->wg;
     for (int n = 0; n < u->n; n++) {
         const float *g = gate + (int64_t)n * ic;
-#pragma omp parallel for schedule(static) if ((int64_t)oc * ic > 65536)
-        for (int o = 0; o < oc; o++)
-            for (int i = 0; i < ic; i++)
-                u->wg[(int64_t)o * ic + i] = w[(int64_t)o * ic + i] * g[i];
-        LK_TRY(lk_conv2d_forward(&u->conv1, u->z + n * hw * oc, x + n * hw * ic, u->wg, b, 0));
+        /* The same products as w * g before the layout: a reorder only moves them. */
+#pragma omp parallel for simd schedule(static) if (nl > 65536)
+        for (int64_t k = 0; k < nl; k++) wg[k] = wl[k] * g[map[k]];
+        LK_TRY(lk_conv2d_forward_laid(&u->conv1, u->z + n * hw * oc, x + n * hw * ic, wg, b));
     }
     return cba_after_conv(u);
 }
@@ -252,7 +271,10 @@ void lk_cba_free(lk_cba *u) {
     lk_free(u->wf);
     lk_free(u->bf);
     lk_free(u->wg);
-    u->wf = u->bf = u->wg = NULL;
+    lk_free(u->wl);
+    lk_free(u->icmap);
+    u->wf = u->bf = u->wg = u->wl = NULL;
+    u->icmap = NULL;
     lk_conv2d_free(&u->conv);
     lk_conv2d_free(&u->conv1);
     lk_bn_free(&u->bn);

@@ -93,7 +93,11 @@ typedef struct lk_cba {
                           each image runs with its weights times its gate, and a training
                           weight gradient makes the gated rows in cache */
     lk_conv2d conv1;   /* gate_in: the same convolution on one image */
-    float *wg;         /* gate_in: [OC, IC] one image's gated weights */
+    size_t nlaid;      /* gate_in: floats of conv1's weights in its own layout */
+    float *wl;         /* gate_in: [nlaid] the weights (EVAL: folded) in conv1's layout */
+    float *wg;         /* gate_in: [nlaid] one image's gated weights, in that layout */
+    int32_t *icmap;    /* gate_in: [nlaid] the input channel of each laid weight */
+    uint64_t wl_version; /* EVAL: version of the folded weights in wl (0: none) */
     float *mean, *var; /* [OC] batch statistics (TRAIN) */
     /* EVAL / FROZEN: BN folded into the convolution, refreshed when the version moves. */
     float *wf;         /* [OC, IC/G, K, K] w * gamma / sqrt(running_var + eps) */

@@ -442,6 +442,42 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
     return lk_prim_exec(&L->fwd, n, args);
 }
 
+size_t lk_conv2d_fwd_weights_floats(const lk_conv2d *L) {
+    return dnnl_memory_desc_get_size(lk_prim_md(&L->fwd, dnnl_query_weights_md, 0)) /
+           sizeof(float);
+}
+
+lk_status lk_conv2d_fwd_weights(lk_conv2d *L, float *dst, const float *w) {
+    LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
+    LK_REQUIRE(dst && w, "conv2d weights to layout: NULL argument");
+    const lk_conv2d_cfg *c = &L->cfg;
+    if (!L->need_w_fwd) {
+        memcpy(dst, w, sizeof(float) * (size_t)c->oc * (size_t)(c->ic / c->groups) *
+                           (size_t)c->kh * (size_t)c->kw);
+        return LK_OK;
+    }
+    L->w_cached = NULL; /* m_w_fwd is pointed at dst: the cached copy is no longer bound */
+    return conv_weights_to(&L->w_to_fwd, 1, L->m_w_user, L->m_w_fwd, dst, w);
+}
+
+lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const float *w_laid,
+                                 const float *b) {
+    LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
+    LK_REQUIRE(y && x && w_laid && (b || !L->cfg.bias), "conv2d forward (laid): NULL argument");
+    L->w_cached = NULL;
+    LK_TRY(lk_mem_set(L->m_w_fwd, w_laid));
+    LK_TRY(lk_mem_set(L->m_x, x));
+    LK_TRY(lk_mem_set(L->m_y, y));
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, L->m_x}, {DNNL_ARG_WEIGHTS, L->m_w_fwd},
+                               {DNNL_ARG_DST, L->m_y}};
+    int n = 3;
+    if (L->cfg.bias) {
+        LK_TRY(lk_mem_set(L->m_b, b));
+        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, L->m_b};
+    }
+    return lk_prim_exec(&L->fwd, n, args);
+}
+
 /* dx = forward(dy) with the kernel rotated by 180 degrees (conv_dx_flipped); the
  * forward's bias, if it has one, is zero here. The rotation costs OC*KH*KW moves. */
 static lk_status conv_dx_by_forward(lk_conv2d *L, float *dx, const float *dy, const float *w) {

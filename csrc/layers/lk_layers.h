@@ -88,6 +88,14 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
  * (pass 0 to always reorder). */
 lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
                             uint64_t w_version);
+/* Floats of the weights in the forward primitive's own layout (blocked, maybe padded
+ * with zeros), lk_conv2d_fwd_weights writes w [OC, IC/G, KH, KW] there, and
+ * lk_conv2d_forward_laid runs the forward on weights already in it: for callers that
+ * derive many weight sets from one (one reorder instead of one per set). */
+size_t lk_conv2d_fwd_weights_floats(const lk_conv2d *L);
+lk_status lk_conv2d_fwd_weights(lk_conv2d *L, float *dst, const float *w);
+lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const float *w_laid,
+                                 const float *b);
 /* dx [N, IH, IW, IC], dw [OC, IC/G, KH, KW], db [OC] from dy [N, OH, OW, OC]. */
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w);
