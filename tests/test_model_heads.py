@@ -146,6 +146,15 @@ def _check_eval(ref: torch.nn.Module, m: M.EfficientNet, x: np.ndarray) -> None:
     assert _rel(m(x), want) < LOGIT_RTOL, f"eval logits at {x.shape}"
 
 
+def _check_eval_then_train_step(ref, m, x, labels) -> None:
+    """_check_eval, then one train step of both with the noise allowance explained in
+    test_multi_attention_parity_eval_and_train."""
+    _check_eval(ref, m, x)
+    ref.train()
+    m.train()
+    _check_train_step(ref, m, x, labels, noise_factor=5.0)
+
+
 @pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
 def test_multi_attention_parity_eval_and_train(arch):
     head, k = "multi_attention", 3
@@ -182,10 +191,7 @@ def test_se_gate_folded_into_the_projection_or_not(fold):
         m = _ours_from(ref, arch, head, k, "all")
         rng = np.random.default_rng(0)
         x = rng.standard_normal((4, 3, 64, 64)).astype(np.float32)
-        _check_eval(ref, m, x)
-        ref.train()
-        m.train()
-        _check_train_step(ref, m, x, rng.integers(0, k, 4), noise_factor=5.0)
+        _check_eval_then_train_step(ref, m, x, rng.integers(0, k, 4))
     finally:
         _core._se_fold_policy(before)
     with pytest.raises(ValueError, match="SE fold"):
@@ -199,10 +205,7 @@ def test_ablation_heads_parity(head):
     m = _ours_from(ref, arch, head, k, "all")
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 3, 72, 56)).astype(np.float32)
-    _check_eval(ref, m, x)
-    ref.train()
-    m.train()
-    _check_train_step(ref, m, x, rng.integers(0, k, 3), noise_factor=5.0)  # see above
+    _check_eval_then_train_step(ref, m, x, rng.integers(0, k, 3))
 
 
 def _shrink_residual_branches(ref: torch.nn.Module, factor: float = 0.25) -> None:

@@ -142,7 +142,9 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
  * B3@300 keeps about 1.2 GiB less (SE outputs 549 MiB, expansions 690 MiB). Where our
  * depthwise kernel computes that weight gradient, it makes the expansion's output row
  * by row from z itself (lk_cba_backward_from): the same bits, one write and one read of
- * the expanded tensor fewer. */
+ * the expanded tensor fewer. Where the SE gate is folded into the projection
+ * (se_fold_wanted), the SE output never exists at all: the projection's forward scales
+ * each image's weights and its weight gradient gates the rows in cache. */
 static size_t se_shared(const lk_block *b) {
     if (b->se_after < 0 || b->se.mode == LK_MODE_EVAL || se_folded(b)) return 0;
     return (size_t)b->n * b->se.h * b->se.w * b->se.c;

@@ -420,16 +420,8 @@ static lk_status conv_weights_to(lk_prim *reorder, int needed, dnnl_memory_t m_u
     return lk_prim_exec(reorder, 2, args);
 }
 
-lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
-                            uint64_t w_version) {
-    LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
-    LK_REQUIRE(y && x && w && (b || !L->cfg.bias), "conv2d forward: NULL argument");
-    int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
-    if (!fresh || !L->need_w_fwd) {
-        LK_TRY(conv_weights_to(&L->w_to_fwd, L->need_w_fwd, L->m_w_user, L->m_w_fwd, L->w_fwd, w));
-        L->w_cached = w;
-        L->w_cached_version = w_version;
-    }
+/* The forward primitive on x, y and b, with its weights already bound to m_w_fwd. */
+static lk_status conv_fwd_exec(lk_conv2d *L, float *y, const float *x, const float *b) {
     LK_TRY(lk_mem_set(L->m_x, x));
     LK_TRY(lk_mem_set(L->m_y, y));
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, L->m_x}, {DNNL_ARG_WEIGHTS, L->m_w_fwd},
@@ -440,6 +432,19 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
         args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, L->m_b};
     }
     return lk_prim_exec(&L->fwd, n, args);
+}
+
+lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
+                            uint64_t w_version) {
+    LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
+    LK_REQUIRE(y && x && w && (b || !L->cfg.bias), "conv2d forward: NULL argument");
+    int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
+    if (!fresh || !L->need_w_fwd) {
+        LK_TRY(conv_weights_to(&L->w_to_fwd, L->need_w_fwd, L->m_w_user, L->m_w_fwd, L->w_fwd, w));
+        L->w_cached = w;
+        L->w_cached_version = w_version;
+    }
+    return conv_fwd_exec(L, y, x, b);
 }
 
 size_t lk_conv2d_fwd_weights_floats(const lk_conv2d *L) {
@@ -466,16 +471,7 @@ lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const f
     LK_REQUIRE(y && x && w_laid && (b || !L->cfg.bias), "conv2d forward (laid): NULL argument");
     L->w_cached = NULL;
     LK_TRY(lk_mem_set(L->m_w_fwd, w_laid));
-    LK_TRY(lk_mem_set(L->m_x, x));
-    LK_TRY(lk_mem_set(L->m_y, y));
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, L->m_x}, {DNNL_ARG_WEIGHTS, L->m_w_fwd},
-                               {DNNL_ARG_DST, L->m_y}};
-    int n = 3;
-    if (L->cfg.bias) {
-        LK_TRY(lk_mem_set(L->m_b, b));
-        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, L->m_b};
-    }
-    return lk_prim_exec(&L->fwd, n, args);
+    return conv_fwd_exec(L, y, x, b);
 }
 
 /* dx = forward(dy) with the kernel rotated by 180 degrees (conv_dx_flipped); the
