@@ -198,6 +198,55 @@ def test_se_gate_folded_into_the_projection_or_not(fold):
         _core._se_fold_policy("sometimes")
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
+def test_expansion_and_depthwise_fused_at_inference(arch):
+    """Inference with every MBConv's expansion and depthwise units fused (the expanded
+    tensor only ever in a ring of rows in cache): against torch, against the unfused
+    path (batch 3, and batch 1, whose images are cut into bands of rows), and after an
+    optimizer step and a load, which must reach the fused path's folded weights. At
+    64x64 the automatic rule fuses no block, so this forces it."""
+    from leukemia import _core
+    from leukemia.optim import AdamW
+
+    head, k = "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+
+    def run(model, policy, inp):
+        before = _core._expdw_policy(policy)
+        try:
+            return model(inp)
+        finally:
+            _core._expdw_policy(before)
+
+    fused = _ours_from(ref, arch, head, k, "all").eval()
+    plain = _ours_from(ref, arch, head, k, "all").eval()
+    before = _core._expdw_policy("always")
+    try:
+        _check_eval(ref, fused, x)
+    finally:
+        _core._expdw_policy(before)
+    for inp in (x, x[1:2]):
+        # A different summation order only: far below the parity tolerance.
+        assert _rel(run(fused, "always", inp), run(plain, "never", inp)) < 1e-4
+    # An optimizer step changes every weight; the fused path must see the new ones.
+    fused.train()
+    y = fused(x)
+    fused.backward(_dlogits(y, rng.integers(0, k, 3)))
+    AdamW(fused, lr=1e-2).step()
+    fused.eval()
+    after_step = run(fused, "always", x)
+    plain.load_state_dict(fused.state_dict())
+    assert _rel(after_step, run(plain, "never", x)) < 1e-4
+    # A load into the fused model (its plan kept) as well.
+    fused.load_state_dict({n: t.detach().numpy() for n, t in ref.state_dict().items()})
+    plain.load_state_dict(fused.state_dict())
+    assert _rel(run(fused, "always", x), run(plain, "never", x)) < 1e-4
+    with pytest.raises(ValueError, match="expand"):
+        _core._expdw_policy("sometimes")
+
+
 @pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
 def test_ablation_heads_parity(head):
     arch, k = "efficientnet_b3", 2

@@ -133,7 +133,7 @@ static void cba_fold(lk_cba *u) {
 
 /* Fold (and let the conv reorder) only when parameters changed: version 0 means
  * "unknown", so it always refolds. */
-static void cba_refold(lk_cba *u, uint64_t version) {
+void lk_cba_refold(lk_cba *u, uint64_t version) {
     if (version == 0 || u->folded_version != version) cba_fold(u);
     u->folded_version = version;
 }
@@ -155,7 +155,7 @@ static lk_status cba_after_conv(lk_cba *u) {
 
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
     if (u->mode != LK_MODE_TRAIN) {
-        cba_refold(u, version);
+        lk_cba_refold(u, version);
         LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->wf, u->bf, version));
     } else {
         LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
@@ -172,7 +172,7 @@ lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uin
     LK_REQUIRE(x && gate, "conv-BN unit (gated): NULL argument");
     const float *b = NULL;
     if (u->mode != LK_MODE_TRAIN) {
-        cba_refold(u, version);
+        lk_cba_refold(u, version);
         b = u->bf;
         /* The folded weights, laid out once per parameter version. */
         if (version == 0 || u->wl_version != version) {

@@ -109,6 +109,9 @@ typedef struct lk_cba {
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
 void lk_cba_bind(lk_cba *u, lk_arena *a);
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
+/* EVAL / FROZEN: wf and bf from the parameters, unless already folded at `version`
+ * (0: always refold). */
+void lk_cba_refold(lk_cba *u, uint64_t version);
 /* gate_in units: lk_cba_forward of x * gate[image] (gate [N, IC]), never formed. */
 lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version);
 /* out again from z and the batch statistics (shared_out units): the forward's bits. */
@@ -161,6 +164,8 @@ void lk_se_bind(lk_se *s, lk_arena *a);
  * it; 0 = always reorder). The block then applies it (lk_se_apply_gate) or folds it
  * into the projection that follows (lk_cba_forward_gated). */
 lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version);
+/* lk_se_forward with the average pool already in s->pooled (a fused producer took it). */
+lk_status lk_se_forward_pooled(lk_se *s, uint64_t version);
 /* dx [N, H, W, C] (always: the SE sits inside a block's gradient path) from dy; dx
  * may alias dy. */
 lk_status lk_se_backward(lk_se *s, float *dx, const float *dy, const float *x);
@@ -202,6 +207,9 @@ typedef struct lk_block {
     int se_after;  /* SE runs after unit u[se_after] (MBConv), -1 for none */
     int first;     /* index of the first unit actually present */
     lk_se se;
+    int fused_xdw; /* EVAL expansion and depthwise units run as one (lk_expdw): the
+                      expanded tensor is never stored, the SE's pool comes with it */
+    lk_expdw xdw;
     float *out;    /* [N, OH, OW, OUT] block output */
     uint8_t *keep; /* [N] stochastic-depth flags (TRAIN, residual) */
     float *sd;     /* [N, OH, OW, OUT] branch after stochastic depth (TRAIN) */
@@ -219,6 +227,13 @@ typedef enum lk_se_fold_policy {
 } lk_se_fold_policy;
 void lk_block_set_se_fold_policy(lk_se_fold_policy p);
 lk_se_fold_policy lk_block_get_se_fold_policy(void);
+
+/* Whether an MBConv block whose expansion and depthwise units both run at inference
+ * (EVAL) runs them fused (lk_expdw). AUTO: where that was measured faster (block.c);
+ * NEVER / ALWAYS for tests and benchmarks. Read when a block is planned. */
+typedef enum lk_expdw_policy { LK_EXPDW_AUTO = 0, LK_EXPDW_NEVER, LK_EXPDW_ALWAYS } lk_expdw_policy;
+void lk_block_set_expdw_policy(lk_expdw_policy p);
+lk_expdw_policy lk_block_get_expdw_policy(void);
 
 /* Structure of a block (which units exist) from its config; zeroes the block. */
 void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);

@@ -45,6 +45,10 @@ void lk_se_bind(lk_se *s, lk_arena *a) {
 
 lk_status lk_se_forward(lk_se *s, const float *x, uint64_t version) {
     LK_TRY(lk_gpool_forward(&s->pool, s->pooled, x));
+    return lk_se_forward_pooled(s, version);
+}
+
+lk_status lk_se_forward_pooled(lk_se *s, uint64_t version) {
     LK_TRY(lk_conv2d_forward(&s->fc1, s->z1, s->pooled, s->p.w1, s->p.b1, version));
     LK_TRY(lk_act_forward(&s->act1, s->a1, s->z1));
     LK_TRY(lk_conv2d_forward(&s->fc2, s->z2, s->a1, s->p.w2, s->p.b2, version));

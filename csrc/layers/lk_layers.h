@@ -116,6 +116,38 @@ lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const fl
                                     const float *x, const struct lk_dw_input *in);
 void lk_conv2d_free(lk_conv2d *L);
 
+/* ------------------------------------------------------------- expand_dw.c */
+/* An MBConv expansion (1x1, bias, SiLU) fused with the depthwise convolution (KxK,
+ * stride 1 or 2, centred padding, bias, SiLU) that reads it, for inference: the
+ * expanded tensor lives only in a per-thread ring of rows in cache (expand_dw.c). */
+typedef struct lk_expdw_cfg {
+    int n, ic, ih, iw; /* input [N, IH, IW, IC] */
+    int ec;            /* expanded channels (the depthwise layer's groups) */
+    int k, stride;     /* depthwise kernel (odd, <= 15) and stride (1 or 2) */
+} lk_expdw_cfg;
+
+typedef struct lk_expdw {
+    lk_expdw_cfg cfg;
+    int oh, ow, pad;
+    int g;            /* expanded rows per sgemm call */
+    int nslot;        /* ring slots of g rows each */
+    int team;         /* threads the rings were made for */
+    int nband;        /* tasks per image (bands of output rows) */
+    size_t ws_floats; /* one ring: [nslot * g, IW, EC] */
+    float *ws;        /* [team] rings */
+    float *wt;        /* [K * K, EC] depthwise weights, tap-major */
+    float *part;      /* [N, nband, EC] per-band channel sums of the output */
+    float *zrow;      /* [IW, EC] zeros: the rows of the padding */
+} lk_expdw;
+
+lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg);
+/* y [N, OH, OW, EC] = silu(dw(silu(x w1^T + b1), wd) + bd) with w1 [EC, IC] (a 1x1
+ * weight), b1 [EC], wd [EC, 1, K, K], bd [EC]; pool [N, EC] (or NULL) receives the mean
+ * of y over its positions. */
+lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, const float *w1,
+                           const float *b1, const float *wd, const float *bd);
+void lk_expdw_free(lk_expdw *L);
+
 /* ------------------------------------------------------------- batchnorm.c */
 typedef enum lk_bn_mode {
     LK_BN_TRAIN = 0,  /* batch statistics, running stats updated, backward through stats */
@@ -217,6 +249,9 @@ void lk_act_free(lk_act *L);
  * split the work themselves: y = silu(x), dx = dy * silu'(x) over n floats (in place
  * allowed). The same arithmetic as lk_act's SiLU. */
 void lk_silu_forward_serial(float *y, const float *x, int64_t n);
+/* The same SiLU for inference with the division replaced by a refined reciprocal
+ * estimate: within a few float ulps of lk_silu_forward_serial, not its bits. */
+void lk_silu_forward_fast_serial(float *y, const float *x, int64_t n);
 void lk_silu_backward_serial(float *dx, const float *dy, const float *x, int64_t n);
 
 /* --------------------------------------------------------------- pooling.c */

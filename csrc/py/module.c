@@ -99,6 +99,16 @@ static PyObject *py_se_fold_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 3, fold_get, fold_set, "SE fold");
 }
 
+static int xdw_get(void) { return (int)lk_block_get_expdw_policy(); }
+static void xdw_set(int i) { lk_block_set_expdw_policy((lk_expdw_policy)i); }
+
+/* Tests: whether MBConv blocks at inference run expansion and depthwise fused ("auto",
+ * "never", "always"; read when a model is planned); returns the previous one. */
+static PyObject *py_expdw_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "never", "always"};
+    return policy_switch(arg, names, 3, xdw_get, xdw_set, "expand+depthwise");
+}
+
 /* Tests: which depthwise weight-gradient kernel conv2d plans ("auto", "onednn",
  * "custom"); returns the previous one. */
 static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
@@ -154,6 +164,9 @@ PyMethodDef lk_py_core_methods[] = {
      "Tests: depthwise stride-1 input-gradient path conv2d plans; returns the previous one."},
     {"_se_fold_policy", py_se_fold_policy, METH_O,
      "Tests: whether MBConv blocks fold the SE gate into their projection; returns the "
+     "previous policy."},
+    {"_expdw_policy", py_expdw_policy, METH_O,
+     "Tests: whether MBConv blocks at inference fuse expansion and depthwise; returns the "
      "previous policy."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},

@@ -10,6 +10,7 @@
  * attributed to ops). A standalone program, so it may exit on errors.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,6 +378,58 @@ static void bench_se_fold(const char *op, int ic, int hw, int oc) {
     lk_free(x), lk_free(g), lk_free(t), lk_free(w), lk_free(b), lk_free(y), lk_free(ws);
 }
 
+/* Inference of an MBConv's expansion and depthwise units with the SE's average pool:
+ * the 1x1 convolution (bias, SiLU post-op) writing the expanded tensor, the depthwise
+ * one reading it, and the pool, against the fused expand+depthwise (lk_expdw). */
+static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
+    if (!wanted(op)) return;
+    lk_conv2d E, D;
+    lk_gpool P;
+    lk_expdw F;
+    const int pad = (k - 1) / 2;
+    lk_conv2d_cfg ce = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = ec, .kh = 1, .kw = 1,
+                        .sh = 1, .sw = 1, .groups = 1, .bias = 1, .post_silu = 1};
+    lk_conv2d_cfg cd = {.n = g_batch, .ic = ec, .ih = hw, .iw = hw, .oc = ec, .kh = k, .kw = k,
+                        .sh = s, .sw = s, .pt = pad, .pl = pad, .pb = pad, .pr = pad,
+                        .groups = ec, .bias = 1, .post_silu = 1};
+    double t0 = now_ms();
+    CK(lk_conv2d_init(&E, &ce));
+    CK(lk_conv2d_init(&D, &cd));
+    CK(lk_gpool_init(&P, LK_POOL_AVG, g_batch, ec, D.oh, D.ow, 0));
+    lk_expdw_cfg cf = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .ec = ec, .k = k, .stride = s};
+    CK(lk_expdw_init(&F, &cf));
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ic, ne = (size_t)g_batch * hw * hw * ec;
+    size_t ny = (size_t)g_batch * D.oh * D.ow * ec;
+    float *x = rnd(nx, -1, 1), *e = rnd(ne, 0, 0), *y = rnd(ny, 0, 0), *y2 = rnd(ny, 0, 0);
+    float *w1 = rnd((size_t)ec * ic, -0.2f, 0.2f), *b1 = rnd((size_t)ec, -0.1f, 0.1f);
+    float *wd = rnd((size_t)ec * k * k, -0.2f, 0.2f), *bd = rnd((size_t)ec, -0.1f, 0.1f);
+    float *pool = rnd((size_t)g_batch * ec, 0, 0), *pool2 = rnd((size_t)g_batch * ec, 0, 0);
+    double two = 0, fused;
+    if (!getenv("LK_EXPDW_ONLY")) { /* LK_EXPDW_ONLY: profile the fused path alone */
+        TIME_REPS(two, {
+            CK(lk_conv2d_forward(&E, e, x, w1, b1, 1));
+            CK(lk_conv2d_forward(&D, y, e, wd, bd, 1));
+            CK(lk_gpool_forward(&P, pool, y));
+        });
+    }
+    TIME_REPS(fused, CK(lk_expdw_forward(&F, y2, pool2, x, w1, b1, wd, bd)));
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = fabs((double)y[i] - y2[i]);
+        if (d > err) err = d;
+        if (fabs(y[i]) > ref) ref = fabs(y[i]);
+    }
+    report(op, plan, two, fused);
+    printf("CHECK %s max |fused - unfused| / max |unfused| = %.2e\n", op, err / ref);
+    lk_conv2d_free(&E);
+    lk_conv2d_free(&D);
+    lk_gpool_free(&P);
+    lk_expdw_free(&F);
+    lk_free(x), lk_free(e), lk_free(y), lk_free(y2), lk_free(w1), lk_free(b1), lk_free(wd);
+    lk_free(bd), lk_free(pool), lk_free(pool2);
+}
+
 /* Plain-C streaming loops: residual add (forward; backward = the in-place add of
  * gradient accumulation), stochastic depth, dropout, the spatial-attention gate,
  * attention pooling and the depthwise bias gradient. */
@@ -505,6 +558,18 @@ int main(int argc, char **argv) {
     bench_bn_silu("bn+silu_fused_1536_12", 1536, 12, 2, 1);
     bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
+    bench_expdw("expdw_24_150_144_k3s2", 24, 150, 144, 3, 2);
+    bench_expdw("expdw_32_75_192_k3s1", 32, 75, 192, 3, 1);
+    bench_expdw("expdw_32_75_192_k5s2", 32, 75, 192, 5, 2);
+    bench_expdw("expdw_48_38_288_k5s1", 48, 38, 288, 5, 1);
+    bench_expdw("expdw_48_38_288_k3s2", 48, 38, 288, 3, 2);
+    bench_expdw("expdw_96_19_576_k3s1", 96, 19, 576, 3, 1);
+    bench_expdw("expdw_136_19_816_k5s1", 136, 19, 816, 5, 1);
+    bench_expdw("expdw_232_10_1392_k5s1", 232, 10, 1392, 5, 1);
+    bench_expdw("expdw_64_48_256_k3s2", 64, 48, 256, 3, 2);
+    bench_expdw("expdw_128_24_512_k3s1", 128, 24, 512, 3, 1);
+    bench_expdw("expdw_160_24_960_k3s1", 160, 24, 960, 3, 1);
+    bench_expdw("expdw_256_12_1536_k3s1", 256, 12, 1536, 3, 1);
     bench_se_fold("sefold_40_150_24", 40, 150, 24);
     bench_se_fold("sefold_192_75_32", 192, 75, 32);
     bench_se_fold("sefold_288_38_48", 288, 38, 48);

@@ -78,6 +78,9 @@
 #pragma weak lk_softmax_backward
 #pragma weak lk_softmax_free
 #pragma weak lk_dwconv_bwd_weights
+#pragma weak lk_expdw_init
+#pragma weak lk_expdw_forward
+#pragma weak lk_expdw_free
 #pragma weak lk_dwconv_bwd_bias
 #pragma weak lk_dwconv_set_policy
 #pragma weak lk_optim_group_defaults
@@ -529,6 +532,75 @@ static int test_dwconv(void) {
 
 /* Depthwise conv2d layers with the weight gradient forced to each path (the
  * default picks by kernel width), with and without bias. */
+static double silu_d(double v) { return v / (1.0 + exp(-v)); }
+
+/* The fused MBConv expansion + depthwise (inference) against a double reference of the
+ * two layers, output and pool: both strides, kernels 1, 3, 5 and 7, maps narrower than
+ * one sgemm's rows (several rows per call) and wider, batches below the thread count
+ * (bands of output rows, halo rows recomputed) and above, channels off the 64 block. */
+static int test_expdw(void) {
+    NEED(lk_expdw_init, "expand_dw.c");
+    /* n, ic, ih, iw, ec, k, stride */
+    static const int cases[][7] = {
+        {2, 5, 9, 11, 70, 3, 1},  {1, 3, 17, 13, 24, 5, 2}, {3, 4, 6, 80, 16, 3, 2},
+        {1, 6, 33, 9, 130, 5, 1}, {2, 2, 4, 4, 8, 7, 1},    {1, 7, 20, 20, 64, 3, 1},
+        {1, 3, 5, 3, 9, 1, 2},    {4, 8, 12, 7, 136, 5, 2},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *a = cases[t];
+        const int n = a[0], ic = a[1], ih = a[2], iw = a[3], ec = a[4], k = a[5], st = a[6];
+        const int p = (k - 1) / 2, oh = (ih + 2 * p - k) / st + 1, ow = (iw + 2 * p - k) / st + 1;
+        float *x = frand((size_t)n * ih * iw * ic, -1, 1), *w1 = frand((size_t)ec * ic, -1, 1);
+        float *b1 = frand(ec, -1, 1), *wd = frand((size_t)ec * k * k, -0.5, 0.5);
+        float *bd = frand(ec, -1, 1), *y = fbuf((size_t)n * oh * ow * ec);
+        float *pool = fbuf((size_t)n * ec);
+        double *e = dbuf((size_t)n * ih * iw * ec), *ry = dbuf((size_t)n * oh * ow * ec);
+        double *rp = dbuf((size_t)n * ec);
+        for (size_t q = 0; q < (size_t)n * ih * iw; q++)
+            for (int c = 0; c < ec; c++) {
+                double v = b1[c];
+                for (int i = 0; i < ic; i++) v += (double)x[q * ic + i] * w1[(size_t)c * ic + i];
+                e[q * ec + c] = silu_d(v);
+            }
+        for (int b = 0; b < n; b++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int c = 0; c < ec; c++) {
+                        double v = bd[c];
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int yy = oy * st - p + i, xx = ox * st - p + j;
+                                if (yy < 0 || yy >= ih || xx < 0 || xx >= iw) continue;
+                                v += e[((size_t)(b * ih + yy) * iw + xx) * ec + c] *
+                                     wd[((size_t)c * k + i) * k + j];
+                            }
+                        v = silu_d(v);
+                        ry[((size_t)(b * oh + oy) * ow + ox) * ec + c] = v;
+                        rp[(size_t)b * ec + c] += v / (oh * ow);
+                    }
+        lk_expdw L;
+        lk_expdw_cfg cfg = {.n = n, .ic = ic, .ih = ih, .iw = iw, .ec = ec, .k = k, .stride = st};
+        OK(lk_expdw_init(&L, &cfg));
+        EXPECT(L.oh == oh && L.ow == ow, "case %zu: output %dx%d, expected %dx%d", t, L.oh, L.ow,
+               oh, ow);
+        lk_status s1 = lk_expdw_forward(&L, y, pool, x, w1, b1, wd, bd);
+        lk_expdw_free(&L);
+        OK(s1);
+        CLOSE("expdw y", y, ry, (size_t)n * oh * ow * ec);
+        CLOSE("expdw pool", pool, rp, (size_t)n * ec);
+    }
+    lk_expdw bad;
+    lk_expdw_cfg c0 = {.n = 1, .ic = 4, .ih = 8, .iw = 8, .ec = 8, .k = 4, .stride = 1};
+    BAD(lk_expdw_init(&bad, &c0), LK_ERR_ARG);
+    c0.k = 3;
+    c0.stride = 3;
+    BAD(lk_expdw_init(&bad, &c0), LK_ERR_ARG);
+    c0.stride = 1;
+    c0.ec = 0;
+    BAD(lk_expdw_init(&bad, &c0), LK_ERR_ARG);
+    return 1;
+}
+
 static int test_conv2d_dw_paths(void) {
     NEED(lk_conv2d_init, "conv2d.c");
     NEED(lk_dwconv_set_policy, "dwconv_bwd_w.c");
@@ -2448,6 +2520,7 @@ typedef struct {
 static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
+    {"expdw", test_expdw},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
     {"conv2d_gemm_paths", test_conv2d_gemm_paths},
     {"bn_silu", test_bn_silu},

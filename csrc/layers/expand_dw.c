@@ -1,0 +1,388 @@
+/* An MBConv expansion fused with the depthwise convolution that reads it, for
+ * inference (both BatchNorms folded into weights and biases):
+ *
+ *   e = silu(x W1^T + b1)                 x [N, IH, IW, IC] -> e [N, IH, IW, EC]
+ *   y = silu(depthwise_k,s(e, wd) + bd)   e -> y [N, OH, OW, EC]
+ *
+ * The expanded tensor e is the largest activation of the block (EC = 4-6 x IC), and
+ * unfused it is written by the 1x1 convolution and read back by the depthwise one,
+ * which is then bound by memory on the large maps of the first stages. Here e never
+ * reaches memory: each task (an image, or a band of its output rows when there are
+ * fewer images than threads) computes e a few rows at a time into a ring that stays
+ * in cache (dnnl_sgemm on the calling thread, then bias and SiLU) and makes each
+ * output row from the ring as soon as its KH input rows are there. The output is
+ * written once, and its per-image channel sums, which a squeeze-and-excitation's
+ * average pool wants, are taken while the row is in cache.
+ *
+ * Numerics: the same sums as the unfused path in another order (sgemm against
+ * oneDNN's 1x1 kernel, the taps in row-major order) and the SiLU with a refined
+ * reciprocal (lk_silu_forward_fast_serial), so the results agree with the unfused path
+ * to float rounding (2-4e-7 of the largest output at B3's shapes), not bit for bit; they
+ * do not depend on the thread count or the bands.
+ *
+ * Measured (csrc/tests/bench_layers.c expdw_*, batch 16, 2 threads, against the 1x1 and
+ * depthwise primitives with SiLU post-ops and the pool): AVX-512 24->144 at 150x150
+ * 24.2 -> 16.6 ms, 32->192 at 75x75 14.8 -> 10.1 ms, 48->288 at 38x38 6.1 -> 5.0 ms;
+ * AVX2 39.7 -> 30.4, 18.2 -> 16.8, 8.9 -> 8.8 ms; level or slower from 24x24 down, where
+ * the expanded tensor already stays in the caches (block.c applies the rule).
+ */
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "lk_cpu.h"
+#include "lk_layers.h"
+#include "lk_threads.h"
+
+enum { EDW_CB = 64,           /* channels per accumulator block (4 AVX-512 vectors) */
+       EDW_MIN_M = 64,        /* fewest pixels worth one sgemm call */
+       EDW_BAND_MIN_ROWS = 8  /* fewest output rows of a band (the halo is recomputed) */ };
+
+/* One output row y [OW, C] before its SiLU, from the KH input rows rows[i] (a zero row
+ * for the padding), the tap-major weights w [KH * KW, C] and the bias b [C]. Portable
+ * path: channels in blocks of EDW_CB, whose accumulators the compiler keeps in
+ * registers; the x86 paths below vectorise by hand. */
+LK_ALWAYS_INLINE void edw_pixel(float *y, const float *const *rows, const float *w,
+                                const float *b, int x0, int iw, int c, int cn, int k) {
+    float acc[EDW_CB];
+    for (int q = 0; q < cn; q++) acc[q] = b[q];
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    for (int i = 0; i < k; i++) {
+        const float *wi = w + (int64_t)i * k * c;
+        for (int j = j0; j < j1; j++) {
+            const float *e = rows[i] + (int64_t)(x0 + j) * c, *wt = wi + (int64_t)j * c;
+            for (int q = 0; q < cn; q++) acc[q] += wt[q] * e[q];
+        }
+    }
+    for (int q = 0; q < cn; q++) y[q] = acc[q];
+}
+
+static void edw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
+                      int iw, int c, int k, int s, int p) {
+    const float *rc[16];
+    for (int c0 = 0; c0 < c; c0 += EDW_CB) {
+        const int cn = c - c0 < EDW_CB ? c - c0 : EDW_CB;
+        for (int i = 0; i < k; i++) rc[i] = rows[i] + c0;
+        for (int ox = 0; ox < ow; ox++) {
+            float *yo = y + (int64_t)ox * c + c0;
+            if (cn == EDW_CB)
+                edw_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, EDW_CB, k);
+            else
+                edw_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, cn, k);
+        }
+    }
+}
+
+/* The output columns whose taps all lie inside the map: [*xa, *xb). */
+static inline void edw_interior(int *xa, int *xb, int ow, int iw, int k, int s, int p) {
+    int a = (p + s - 1) / s, b = iw - k + p >= 0 ? (iw - k + p) / s + 1 : 0;
+    if (b > ow) b = ow;
+    if (a > b) a = b;
+    *xa = a;
+    *xb = b;
+}
+
+#ifdef LK_X86
+#include <immintrin.h>
+
+/* AVX-512: 16 channels at a time (the last block masked), the block's KxK weights in
+ * registers, four output pixels per step in the interior (four independent FMA chains:
+ * one chain would wait on the FMA latency), single pixels with clipped taps at the
+ * edges. */
+LK_TARGET_AVX512 static inline void edw_px512(float *yo, const float *const *rows,
+                                              const float *w, __m512 bv, __mmask16 m, int x0,
+                                              int iw, int c, int k) {
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    __m512 a = bv;
+    for (int i = 0; i < k; i++)
+        for (int j = j0; j < j1; j++)
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + (int64_t)(i * k + j) * c),
+                                _mm512_maskz_loadu_ps(m, rows[i] + (int64_t)(x0 + j) * c), a);
+    _mm512_mask_storeu_ps(yo, m, a);
+}
+
+#define EDW_ROW512(K)                                                                          \
+    LK_TARGET_AVX512 static void edw_row512_k##K(float *y, const float *const *rows,           \
+                                                 const float *w, const float *b, int ow,       \
+                                                 int iw, int c, int s, int p) {                \
+        int xa, xb;                                                                            \
+        edw_interior(&xa, &xb, ow, iw, K, s, p);                                               \
+        for (int c0 = 0; c0 < c; c0 += 16) {                                                   \
+            const __mmask16 m = c - c0 >= 16 ? (__mmask16)0xFFFF                               \
+                                             : (__mmask16)((1u << (c - c0)) - 1);              \
+            const float *rc[K];                                                                \
+            for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;                                  \
+            __m512 wv[K * K];                                                                  \
+            for (int t = 0; t < K * K; t++)                                                    \
+                wv[t] = _mm512_maskz_loadu_ps(m, w + (int64_t)t * c + c0);                     \
+            const __m512 bv = _mm512_maskz_loadu_ps(m, b + c0);                                \
+            const int64_t sc = (int64_t)s * c;                                                 \
+            int ox = 0;                                                                        \
+            for (; ox < xa; ox++)                                                              \
+                edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+            for (; ox + 4 <= xb; ox += 4) {                                                    \
+                __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
+                const int64_t x0 = (int64_t)ox * s - p;                                        \
+                for (int i = 0; i < K; i++)                                                    \
+                    for (int j = 0; j < K; j++) {                                              \
+                        const float *e = rc[i] + (x0 + j) * c;                                 \
+                        const __m512 wt = wv[i * K + j];                                       \
+                        a0 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e), a0);             \
+                        a1 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + sc), a1);        \
+                        a2 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 2 * sc), a2);    \
+                        a3 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 3 * sc), a3);    \
+                    }                                                                          \
+                float *yo = y + (int64_t)ox * c + c0;                                          \
+                _mm512_mask_storeu_ps(yo, m, a0);                                              \
+                _mm512_mask_storeu_ps(yo + c, m, a1);                                          \
+                _mm512_mask_storeu_ps(yo + 2 * c, m, a2);                                      \
+                _mm512_mask_storeu_ps(yo + 3 * c, m, a3);                                      \
+            }                                                                                  \
+            for (; ox < ow; ox++)                                                              \
+                edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+        }                                                                                      \
+    }
+EDW_ROW512(3)
+EDW_ROW512(5)
+
+/* AVX2: the same in 8 lanes (16 registers: the 3x3 weights stay in them, 5x5 ones are
+ * reloaded from L1). */
+LK_TARGET_AVX2 static inline __m256i edw_mask8(int rem) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+LK_TARGET_AVX2 static inline void edw_px256(float *yo, const float *const *rows, const float *w,
+                                            __m256 bv, __m256i m, int x0, int iw, int c, int k) {
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    __m256 a = bv;
+    for (int i = 0; i < k; i++)
+        for (int j = j0; j < j1; j++)
+            a = _mm256_fmadd_ps(_mm256_maskload_ps(w + (int64_t)(i * k + j) * c, m),
+                                _mm256_maskload_ps(rows[i] + (int64_t)(x0 + j) * c, m), a);
+    _mm256_maskstore_ps(yo, m, a);
+}
+
+#define EDW_ROW256(K)                                                                          \
+    LK_TARGET_AVX2 static void edw_row256_k##K(float *y, const float *const *rows,             \
+                                               const float *w, const float *b, int ow, int iw, \
+                                               int c, int s, int p) {                          \
+        int xa, xb;                                                                            \
+        edw_interior(&xa, &xb, ow, iw, K, s, p);                                               \
+        for (int c0 = 0; c0 < c; c0 += 8) {                                                    \
+            const __m256i m = edw_mask8(c - c0);                                               \
+            const float *rc[K];                                                                \
+            for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;                                  \
+            __m256 wv[K * K];                                                                  \
+            for (int t = 0; t < K * K; t++)                                                    \
+                wv[t] = _mm256_maskload_ps(w + (int64_t)t * c + c0, m);                        \
+            const __m256 bv = _mm256_maskload_ps(b + c0, m);                                   \
+            const int64_t sc = (int64_t)s * c;                                                 \
+            int ox = 0;                                                                        \
+            for (; ox < xa; ox++)                                                              \
+                edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+            for (; ox + 4 <= xb; ox += 4) {                                                    \
+                __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
+                const int64_t x0 = (int64_t)ox * s - p;                                        \
+                for (int i = 0; i < K; i++)                                                    \
+                    for (int j = 0; j < K; j++) {                                              \
+                        const float *e = rc[i] + (x0 + j) * c;                                 \
+                        const __m256 wt = wv[i * K + j];                                       \
+                        a0 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e, m), a0);                \
+                        a1 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + sc, m), a1);           \
+                        a2 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 2 * sc, m), a2);       \
+                        a3 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 3 * sc, m), a3);       \
+                    }                                                                          \
+                float *yo = y + (int64_t)ox * c + c0;                                          \
+                _mm256_maskstore_ps(yo, m, a0);                                                \
+                _mm256_maskstore_ps(yo + c, m, a1);                                            \
+                _mm256_maskstore_ps(yo + 2 * c, m, a2);                                        \
+                _mm256_maskstore_ps(yo + 3 * c, m, a3);                                        \
+            }                                                                                  \
+            for (; ox < ow; ox++)                                                              \
+                edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+        }                                                                                      \
+    }
+EDW_ROW256(3)
+EDW_ROW256(5)
+#endif
+
+typedef void (*edw_row_fn)(float *, const float *const *, const float *, const float *, int, int,
+                           int, int, int);
+
+/* The row kernel for kernel size k on the path in force (NULL: the portable one). */
+static edw_row_fn edw_row_pick(int k) {
+#ifdef LK_X86
+    const lk_kernel_isa_t isa = lk_kernel_isa();
+    if (isa == LK_ISA_AVX512) return k == 3 ? edw_row512_k3 : k == 5 ? edw_row512_k5 : NULL;
+    if (isa == LK_ISA_AVX2) return k == 3 ? edw_row256_k3 : k == 5 ? edw_row256_k5 : NULL;
+#endif
+    (void)k;
+    return NULL;
+}
+
+/* e [m, C] += b [C] (the expansion's folded BN shift), row by row. */
+LK_ALWAYS_INLINE void edw_bias_body(float *e, const float *b, int64_t m, int c) {
+    for (int64_t r = 0; r < m; r++) {
+        float *er = e + r * c;
+        for (int q = 0; q < c; q++) er[q] += b[q];
+    }
+}
+LK_KERNEL_CLONES(edw_bias, (float *e, const float *b, int64_t m, int c), (e, b, m, c))
+
+/* sum [C] += y [m, C] over its rows (the pool's per-band partial, in row order). */
+LK_ALWAYS_INLINE void edw_sum_body(float *sum, const float *y, int64_t m, int c) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *yr = y + r * c;
+        for (int q = 0; q < c; q++) sum[q] += yr[q];
+    }
+}
+LK_KERNEL_CLONES(edw_sum, (float *sum, const float *y, int64_t m, int c), (sum, y, m, c))
+
+lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
+    memset(L, 0, sizeof *L);
+    L->cfg = *cfg;
+    const lk_expdw_cfg *c = &L->cfg;
+    LK_REQUIRE(c->n > 0 && c->ic > 0 && c->ih > 0 && c->iw > 0 && c->ec > 0,
+               "expand+depthwise: sizes must be positive (n=%d ic=%d ih=%d iw=%d ec=%d)", c->n,
+               c->ic, c->ih, c->iw, c->ec);
+    LK_REQUIRE(c->k >= 1 && c->k <= 15 && c->k % 2 == 1 && (c->stride == 1 || c->stride == 2),
+               "expand+depthwise: kernel must be odd and at most 15, stride 1 or 2 (k=%d s=%d)",
+               c->k, c->stride);
+    L->pad = (c->k - 1) / 2;
+    L->oh = (c->ih + 2 * L->pad - c->k) / c->stride + 1;
+    L->ow = (c->iw + 2 * L->pad - c->k) / c->stride + 1;
+    /* Rows per sgemm: enough pixels for the call to pay; the ring holds every chunk an
+     * output row can span (KH rows, chunk-aligned) plus the one being written. */
+    L->g = c->iw >= EDW_MIN_M ? 1 : (EDW_MIN_M + c->iw - 1) / c->iw;
+    if (L->g > c->ih) L->g = c->ih;
+    L->nslot = (c->k - 1 + L->g - 1) / L->g + 2;
+    L->team = lk_get_num_threads();
+    /* Bands: whole images when every thread gets one, else bands of at least
+     * EDW_BAND_MIN_ROWS output rows, about two per thread. */
+    L->nband = 1;
+    if (c->n < L->team) {
+        int nb = (2 * L->team + c->n - 1) / c->n, most = L->oh / EDW_BAND_MIN_ROWS;
+        L->nband = nb < most ? nb : most < 1 ? 1 : most;
+    }
+    const size_t ring = (size_t)L->nslot * L->g * c->iw * c->ec;
+    L->ws_floats = ring;
+    L->ws = lk_alloc(sizeof(float) * ring * (size_t)L->team);
+    L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * c->ec);
+    L->part = lk_alloc(sizeof(float) * (size_t)c->n * L->nband * c->ec);
+    L->zrow = lk_alloc(sizeof(float) * (size_t)c->iw * c->ec);
+    if (!L->ws || !L->wt || !L->part || !L->zrow) {
+        lk_expdw_free(L);
+        return LK_FAIL(LK_ERR_NOMEM, "expand+depthwise: ring [%d, %zu] and weights", L->team,
+                       ring);
+    }
+    memset(L->zrow, 0, sizeof(float) * (size_t)c->iw * c->ec);
+    return LK_OK;
+}
+
+/* A ring slot's row r (r0: the task's first expanded row). */
+static float *edw_ring_row(const lk_expdw *L, float *ring, int r, int r0) {
+    const int64_t row = (int64_t)((r - r0) / L->g % L->nslot) * L->g + (r - r0) % L->g;
+    return ring + row * L->cfg.iw * L->cfg.ec;
+}
+
+/* Output rows oy0 .. oy1-1 of image n; `sum` [C] receives their channel sums. */
+static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const float *x,
+                              const float *w1, const float *b1, const float *bd, float *ring,
+                              int n, int oy0, int oy1) {
+    const lk_expdw_cfg *c = &L->cfg;
+    const edw_row_fn rowk = edw_row_pick(c->k);
+    void (*biasf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_bias);
+    void (*sumf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_sum);
+    const int k = c->k, s = c->stride, p = L->pad;
+    const int r0 = oy0 * s - p > 0 ? oy0 * s - p : 0;
+    int next = r0; /* the next expanded row to make */
+    if (sum) memset(sum, 0, sizeof(float) * (size_t)c->ec);
+    for (int oy = oy0; oy < oy1; oy++) {
+        const int lo = oy * s - p, hi = lo + k < c->ih ? lo + k : c->ih;
+        while (next < hi) {
+            const int g = c->ih - next < L->g ? c->ih - next : L->g;
+            float *e = edw_ring_row(L, ring, next, r0); /* [g * IW, EC], contiguous */
+            const int64_t m = (int64_t)g * c->iw;
+            const float *xs = x + (((int64_t)n * c->ih + next) * c->iw) * c->ic;
+            /* Inside the region sgemm runs on this thread alone. */
+            dnnl_status_t st = dnnl_sgemm('N', 'T', m, c->ec, c->ic, 1.0f, xs, c->ic, w1, c->ic,
+                                          0.0f, e, c->ec);
+            if (st != dnnl_success) return st;
+            biasf(e, b1, m, c->ec);
+            lk_silu_forward_fast_serial(e, e, m * c->ec);
+            next += g;
+        }
+        const float *rows[16];
+        for (int i = 0; i < k; i++) {
+            const int r = lo + i;
+            rows[i] = r < 0 || r >= c->ih ? L->zrow : edw_ring_row(L, ring, r, r0);
+        }
+        float *yr = y + (((int64_t)n * L->oh + oy) * L->ow) * c->ec;
+        if (rowk)
+            rowk(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, s, p);
+        else
+            edw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
+        lk_silu_forward_fast_serial(yr, yr, (int64_t)L->ow * c->ec);
+        if (sum) sumf(sum, yr, L->ow, c->ec);
+    }
+    return dnnl_success;
+}
+
+lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, const float *w1,
+                           const float *b1, const float *wd, const float *bd) {
+    LK_REQUIRE(L->ws, "expand+depthwise: layer not initialised");
+    LK_REQUIRE(y && x && w1 && b1 && wd && bd, "expand+depthwise forward: NULL argument");
+    const lk_expdw_cfg *c = &L->cfg;
+    const int kk = c->k * c->k, ec = c->ec, nb = L->nband;
+    /* wd [EC, 1, KH, KW] -> tap-major [KH * KW, EC], the kernel's vector direction. */
+    for (int ch = 0; ch < ec; ch++)
+        for (int t = 0; t < kk; t++) L->wt[(size_t)t * ec + ch] = wd[(size_t)ch * kk + t];
+    int team = L->team;
+#ifdef _OPENMP
+    if (omp_get_max_threads() < team) team = omp_get_max_threads();
+#endif
+    const int64_t ntask = (int64_t)c->n * nb;
+    dnnl_status_t bad = dnnl_success;
+#pragma omp parallel num_threads(team) if (team > 1 && ntask > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *ring = L->ws + (size_t)t * L->ws_floats;
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntask; task++) {
+            const int n = (int)(task / nb), b = (int)(task % nb);
+            const int oy0 = (int)((int64_t)L->oh * b / nb);
+            const int oy1 = (int)((int64_t)L->oh * (b + 1) / nb);
+            dnnl_status_t st = edw_task(L, y, pool ? L->part + task * ec : NULL, x, w1, b1, bd,
+                                        ring, n, oy0, oy1);
+            if (st != dnnl_success) {
+#pragma omp critical(lk_expdw_status)
+                bad = st;
+            }
+        }
+    }
+    LK_DNNL_NAMED(bad, "dnnl_sgemm (expand+depthwise)");
+    if (pool) {
+        /* pool [N, EC] = the bands' sums, added in band order, over OH * OW. */
+        const float inv = 1.0f / (float)((int64_t)L->oh * L->ow);
+        for (int n = 0; n < c->n; n++)
+            for (int ch = 0; ch < ec; ch++) {
+                float s = 0.0f;
+                for (int b = 0; b < nb; b++) s += L->part[((size_t)n * nb + b) * ec + ch];
+                pool[(size_t)n * ec + ch] = s * inv;
+            }
+    }
+    return LK_OK;
+}
+
+void lk_expdw_free(lk_expdw *L) {
+    lk_free(L->ws);
+    lk_free(L->wt);
+    lk_free(L->part);
+    lk_free(L->zrow);
+    memset(L, 0, sizeof *L);
+}
