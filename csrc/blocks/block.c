@@ -26,10 +26,13 @@ static lk_expdw_policy g_expdw = LK_EXPDW_AUTO;
 void lk_block_set_expdw_policy(lk_expdw_policy p) { g_expdw = p; }
 lk_expdw_policy lk_block_get_expdw_policy(void) { return g_expdw; }
 
+/* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape;
+ * from 24x24 down the two paths are within 5 % either way (expand_dw.c). */
+static int expdw_pays(const lk_block *b) { return b->ih * b->iw >= 38 * 38; }
+
 /* Whether a planned block runs its expansion and depthwise units fused (lk_expdw):
  * an MBConv with an expansion, wholly at inference (an eval plan, or a frozen block of
  * a training plan that passes no gradient). AUTO: expdw_pays. */
-static int expdw_pays(const lk_block *b);
 static int expdw_wanted(const lk_block *b) {
     if (b->cfg.kind != LK_BLOCK_MBCONV || b->first != 0 || b->mode != LK_MODE_EVAL) return 0;
     if (!b->u[0].has_act || !b->u[1].has_act || b->u[1].k > 15) return 0;
@@ -39,10 +42,6 @@ static int expdw_wanted(const lk_block *b) {
     default: return expdw_pays(b);
     }
 }
-
-/* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape;
- * from 24x24 down the two paths are within 5 % either way (expand_dw.c). */
-static int expdw_pays(const lk_block *b) { return b->ih * b->iw >= 38 * 38; }
 
 static void unit_set(lk_cba *u, int ic, int oc, int k, int stride, int groups, int act) {
     u->ic = ic;
@@ -209,13 +208,11 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
     for (int i = i0; i < b->nu; i++) {
         lk_cba *u = &b->u[i];
         const uint64_t ver = lk_unit_version(v, u->trainable);
-        const int done = b->fused_xdw && i == 1;
-        if (done) {
-        } else if (u->gate_in) {
+        const int done = b->fused_xdw && i == 1; /* u->out made by lk_expdw_forward */
+        if (!done && u->gate_in)
             LK_TRY(lk_cba_forward_gated(u, h, b->se.gate, ver));
-        } else {
+        else if (!done)
             LK_TRY(lk_cba_forward(u, h, ver));
-        }
         h = u->out;
         if (i == b->se_after) {
             const uint64_t sv = lk_unit_version(v, b->se.trainable);

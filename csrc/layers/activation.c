@@ -116,16 +116,23 @@ LK_AVX2 static inline __m256 silu_exp8(__m256 t) {
     return _mm256_mul_ps(_mm256_mul_ps(p, scale), _mm256_set1_ps(SILU_2M64));
 }
 
-LK_AVX2 static inline __m256 silu_sigmoid8(__m256 x) {
+/* sigmoid(x) = *num / *den: num = 1 (x >= 0) or e (x < 0), den = 1 + e, e = exp(-|x|). */
+LK_AVX2 static inline void silu_parts8(__m256 x, __m256 *num, __m256 *den) {
     const __m256 one = _mm256_set1_ps(1.0f);
     /* -|x|; max() returns its second operand for a NaN, x * s is NaN regardless. */
     __m256 t = _mm256_max_ps(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(SILU_TMIN));
     __m256 e = silu_exp8(t);
-    __m256 num = _mm256_blendv_ps(one, e, x); /* e where x's sign bit is set */
+    *num = _mm256_blendv_ps(one, e, x); /* e where x's sign bit is set */
+    *den = _mm256_add_ps(one, e);
+}
+
+LK_AVX2 static inline __m256 silu_sigmoid8(__m256 x) {
+    __m256 num, den;
+    silu_parts8(x, &num, &den);
     /* A true division: s must be exactly 1 once e < 2^-24, or x * (1 - s) in the
      * gradient blows up for large x (a reciprocal estimate plus Newton step gives
      * 1 - 2^-24 at d = 1). */
-    return _mm256_div_ps(num, _mm256_add_ps(one, e));
+    return _mm256_div_ps(num, den);
 }
 
 /* Lanes [0, rem) of a tail, rem in 1..7. */
@@ -150,16 +157,16 @@ LK_AVX2 static void silu_fwd_avx2(float *y, const float *x, int64_t n) {
 /* Inference: 1 / (1 + e) from the reciprocal estimate (12 bits) and one Newton step,
  * about 2^-22 relative, instead of the divider (the slowest step of the exact form). */
 LK_AVX2 static void silu_fwd_fast_avx2(float *y, const float *x, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 two = _mm256_set1_ps(2.0f);
     int64_t i = 0;
     for (; i < n; i += 8) {
         const int full = i + 8 <= n;
         const __m256i m = full ? _mm256_set1_epi32(-1) : silu_tail_mask(n - i);
-        __m256 v = full ? _mm256_loadu_ps(x + i) : _mm256_maskload_ps(x + i, m);
-        __m256 t = _mm256_max_ps(_mm256_or_ps(v, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(SILU_TMIN));
-        __m256 e = silu_exp8(t), d = _mm256_add_ps(one, e), r = _mm256_rcp_ps(d);
+        __m256 v = full ? _mm256_loadu_ps(x + i) : _mm256_maskload_ps(x + i, m), num, d;
+        silu_parts8(v, &num, &d);
+        __m256 r = _mm256_rcp_ps(d);
         r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, two));
-        __m256 o = _mm256_mul_ps(v, _mm256_mul_ps(_mm256_blendv_ps(one, e, v), r));
+        __m256 o = _mm256_mul_ps(v, _mm256_mul_ps(num, r));
         if (full) _mm256_storeu_ps(y + i, o);
         else _mm256_maskstore_ps(y + i, m, o);
     }
@@ -201,15 +208,22 @@ LK_AVX512 static inline __m512 silu_exp16(__m512 t) {
     return _mm512_scalef_ps(p, k);
 }
 
-LK_AVX512 static inline __m512 silu_sigmoid16(__m512 x) {
+/* silu_parts8 in 16 lanes. */
+LK_AVX512 static inline void silu_parts16(__m512 x, __m512 *num, __m512 *den) {
     const __m512 one = _mm512_set1_ps(1.0f);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     __m512i xi = _mm512_castps_si512(x);
     __m512 t = _mm512_max_ps(_mm512_castsi512_ps(_mm512_or_si512(xi, sign)),
                              _mm512_set1_ps(SILU_TMIN));
     __m512 e = silu_exp16(t);
-    __m512 num = _mm512_mask_blend_ps(_mm512_test_epi32_mask(xi, sign), one, e);
-    return _mm512_div_ps(num, _mm512_add_ps(one, e)); /* exact 1 for e < 2^-24, as AVX2 */
+    *num = _mm512_mask_blend_ps(_mm512_test_epi32_mask(xi, sign), one, e);
+    *den = _mm512_add_ps(one, e);
+}
+
+LK_AVX512 static inline __m512 silu_sigmoid16(__m512 x) {
+    __m512 num, den;
+    silu_parts16(x, &num, &den);
+    return _mm512_div_ps(num, den); /* exact 1 for e < 2^-24, as AVX2 */
 }
 
 /* Full vectors unmasked (masked stores are slow on some cores), the tail masked. */
@@ -228,17 +242,13 @@ LK_AVX512 static void silu_fwd_avx512(float *y, const float *x, int64_t n) {
 
 /* Inference: rcp14 and one Newton step (about 2^-27 relative) instead of the divider. */
 LK_AVX512 static void silu_fwd_fast_avx512(float *y, const float *x, int64_t n) {
-    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    const __m512 two = _mm512_set1_ps(2.0f);
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = i + 16 <= n ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        __m512i vi = _mm512_castps_si512(v);
-        __m512 t = _mm512_max_ps(_mm512_castsi512_ps(_mm512_or_si512(vi, sign)),
-                                 _mm512_set1_ps(SILU_TMIN));
-        __m512 e = silu_exp16(t), d = _mm512_add_ps(one, e), r = _mm512_rcp14_ps(d);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i), num, d;
+        silu_parts16(v, &num, &d);
+        __m512 r = _mm512_rcp14_ps(d);
         r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, two));
-        __m512 num = _mm512_mask_blend_ps(_mm512_test_epi32_mask(vi, sign), one, e);
         _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, _mm512_mul_ps(num, r)));
     }
 }
