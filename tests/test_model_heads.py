@@ -247,6 +247,59 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
         _core._expdw_policy("sometimes")
 
 
+def test_winograd_forward_in_eval_and_train():
+    """V2-S with every dense 3x3 stride-1 convolution's forward by Winograd F(4x4, 3x3)
+    (its FusedMBConv stages): against torch in eval and in a train step (the training
+    forward takes it too), against the direct kernel, and after an optimizer step and a
+    load, which must reach the cached transformed weights. At 64x64 the automatic rule
+    takes only the 16x16 stage; this forces every layer it supports."""
+    from leukemia import _core
+    from leukemia.optim import AdamW
+
+    arch, head, k = "efficientnet_v2_s", "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=5)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+
+    def planned(policy: str, model: M.EfficientNet, train: bool) -> M.EfficientNet:
+        before = _core._wino_policy(policy)
+        try:
+            model.train() if train else model.eval()
+            model(x)  # plans now (batch 2), under this policy
+        finally:
+            _core._wino_policy(before)
+        return model
+
+    wino = planned("always", _ours_from(ref, arch, head, k, "all"), train=False)
+    plain = planned("never", _ours_from(ref, arch, head, k, "all"), train=False)
+    _check_eval(ref, wino, x)
+    # Winograd rounds more than the direct sum, far below the parity tolerance.
+    assert _rel(wino(x), plain(x)) < 1e-4
+    before = _core._wino_policy("always")
+    try:
+        trained = _ours_from(ref, arch, head, k, "all")
+        ref.train()
+        trained.train()
+        _check_train_step(ref, trained, x, rng.integers(0, k, 2), noise_factor=5.0)
+    finally:
+        _core._wino_policy(before)
+    # An optimizer step changes every weight; the cached transform must follow.
+    planned("always", wino, train=True)
+    y = wino(x)
+    wino.backward(_dlogits(y, rng.integers(0, k, 2)))
+    AdamW(wino, lr=1e-2).step()
+    planned("always", wino, train=False)
+    after_step = wino(x)
+    plain.load_state_dict(wino.state_dict())
+    assert _rel(after_step, plain(x)) < 1e-4
+    # A load into the Winograd model (its plan kept) as well.
+    wino.load_state_dict({n: t.detach().numpy() for n, t in ref.state_dict().items()})
+    plain.load_state_dict(wino.state_dict())
+    assert _rel(wino(x), plain(x)) < 1e-4
+    with pytest.raises(ValueError, match="winograd"):
+        _core._wino_policy("sometimes")
+
+
 @pytest.mark.parametrize("head", ["channel_attention", "spatial_attention"])
 def test_ablation_heads_parity(head):
     arch, k = "efficientnet_b3", 2

@@ -24,6 +24,38 @@
 extern "C" {
 #endif
 
+/* ------------------------------------------------------- conv2d_winograd.c */
+/* The forward of a dense 3x3 convolution, stride 1, padding 1, NHWC, by Winograd's
+ * F(4x4, 3x3) (conv2d_winograd.c): a quarter of the direct sum's multiplications. */
+typedef struct lk_wino_cfg {
+    int n, h, w, ic, oc; /* x [N, H, W, IC] -> y [N, H, W, OC]; OC a multiple of 16 */
+    int silu;            /* apply SiLU to the output (after the bias) */
+} lk_wino_cfg;
+
+typedef struct lk_wino {
+    lk_wino_cfg cfg;
+    int64_t tiles;  /* 4x4 output tiles: N * ceil(H / 4) * ceil(W / 4) */
+    int team;       /* threads the workspaces were made for */
+    size_t vs, ms;  /* floats from one of the 36 planes of V (M) to the next */
+    float *u;       /* [36, IC, OC] transformed weights (lk_wino_set_weights) */
+    float *ws;      /* [team] V [36, vs] (input transforms), then M [36, ms] (products) */
+    float *zero;    /* [IC + 16] zeros: the padding */
+} lk_wino;
+
+/* Whether a convolution of this shape can run through lk_wino. */
+int lk_wino_supported(int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr, int groups,
+                      int oc);
+lk_status lk_wino_init(lk_wino *L, const lk_wino_cfg *cfg);
+/* Transform the weights w [OC, IC, 3, 3]; kept until the next call. */
+void lk_wino_set_weights(lk_wino *L, const float *w);
+/* The same for the input gradient of a convolution whose weights are w [IC, OC, 3, 3]
+ * (this layer's channels swapped): each kernel transposed and turned by 180 degrees,
+ * so that lk_wino_forward(dy) is that convolution's dx. */
+void lk_wino_set_weights_rotated(lk_wino *L, const float *w);
+/* y = conv(x, w) + b (b [OC] or NULL), then SiLU if configured. */
+lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b);
+void lk_wino_free(lk_wino *L);
+
 /* ---------------------------------------------------------------- conv2d.c */
 typedef struct lk_conv2d_cfg {
     int n, ic, ih, iw;      /* input [N, IH, IW, IC] */
@@ -62,6 +94,13 @@ typedef struct lk_conv2d {
     float *w_flip_fwd;      /* w_flip in the forward's layout (when it differs) */
     float *zero_bias;       /* [OC] zeros, when the forward primitive takes a bias */
     dnnl_memory_t m_w_flip; /* w_flip_fwd (or w_flip) as the forward's weights */
+    int wino;               /* the forward runs through lk_wino (the primitive stays for
+                               the backward's hint and for lk_conv2d_forward_laid) */
+    lk_wino wg;
+    const float *wg_w;      /* weights wg holds transformed, at version wg_version */
+    uint64_t wg_version;
+    int wino_dx;            /* (train) the input gradient by lk_wino too (no bwd_d) */
+    lk_wino wg_dx;          /* dx = conv(dy) with the kernels transposed and rotated */
 } lk_conv2d;
 
 /* Which weight-gradient path conv2d plans for dense (groups == 1) layers. AUTO picks
@@ -81,6 +120,18 @@ lk_conv_bwd_w_policy lk_conv2d_get_bwd_w_policy(void);
 typedef enum lk_conv_dx_policy { LK_CONV_DX_AUTO = 0, LK_CONV_DX_ONEDNN } lk_conv_dx_policy;
 void lk_conv2d_set_dx_policy(lk_conv_dx_policy p);
 lk_conv_dx_policy lk_conv2d_get_dx_policy(void);
+
+/* Which forward conv2d plans for the 3x3 stride-1 layers lk_wino supports: AUTO uses
+ * Winograd where it was measured faster (conv2d.c), NEVER keeps oneDNN's direct
+ * kernel, ALWAYS takes Winograd wherever it is supported. For tests and benchmarks;
+ * read by lk_conv2d_init. */
+typedef enum lk_conv_wino_policy {
+    LK_CONV_WINO_AUTO = 0,
+    LK_CONV_WINO_NEVER,
+    LK_CONV_WINO_ALWAYS
+} lk_conv_wino_policy;
+void lk_conv2d_set_wino_policy(lk_conv_wino_policy p);
+lk_conv_wino_policy lk_conv2d_get_wino_policy(void);
 
 lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
 /* y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w, b [OC] or NULL). `w_version`

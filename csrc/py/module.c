@@ -109,6 +109,16 @@ static PyObject *py_expdw_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 3, xdw_get, xdw_set, "expand+depthwise");
 }
 
+static int wino_get(void) { return (int)lk_conv2d_get_wino_policy(); }
+static void wino_set(int i) { lk_conv2d_set_wino_policy((lk_conv_wino_policy)i); }
+
+/* Tests: whether dense 3x3 stride-1 convolutions run their forward by Winograd ("auto",
+ * "never", "always"; read when a model is planned); returns the previous one. */
+static PyObject *py_wino_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "never", "always"};
+    return policy_switch(arg, names, 3, wino_get, wino_set, "winograd");
+}
+
 /* Tests: which depthwise weight-gradient kernel conv2d plans ("auto", "onednn",
  * "custom"); returns the previous one. */
 static PyObject *py_dwconv_policy(PyObject *self, PyObject *arg) {
@@ -168,6 +178,9 @@ PyMethodDef lk_py_core_methods[] = {
     {"_expdw_policy", py_expdw_policy, METH_O,
      "Tests: whether MBConv blocks at inference fuse expansion and depthwise; returns the "
      "previous policy."},
+    {"_wino_policy", py_wino_policy, METH_O,
+     "Tests: whether dense 3x3 stride-1 convolutions run their forward by Winograd; returns "
+     "the previous policy."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},

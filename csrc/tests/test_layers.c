@@ -26,6 +26,7 @@
 #include <omp.h>
 #endif
 
+#include "lk_cpu.h"
 #include "lk_dwconv.h"
 #include "lk_layers.h"
 #include "lk_optim.h"
@@ -81,6 +82,11 @@
 #pragma weak lk_expdw_init
 #pragma weak lk_expdw_forward
 #pragma weak lk_expdw_free
+#pragma weak lk_wino_init
+#pragma weak lk_wino_set_weights
+#pragma weak lk_wino_forward
+#pragma weak lk_wino_free
+#pragma weak lk_conv2d_set_wino_policy
 #pragma weak lk_dwconv_bwd_bias
 #pragma weak lk_dwconv_set_policy
 #pragma weak lk_optim_group_defaults
@@ -598,6 +604,128 @@ static int test_expdw(void) {
     c0.stride = 1;
     c0.ec = 0;
     BAD(lk_expdw_init(&bad, &c0), LK_ERR_ARG);
+    return 1;
+}
+
+/* One test_wino case on the kernel path in force: lk_wino, then conv2d. */
+static int wino_case(size_t t, const char *isa, int n, int h, int w, int ic, int oc, int hb,
+                     int silu, const float *x, const float *wt, const float *b,
+                     const double *ry) {
+    const size_t ny = (size_t)n * h * w * oc;
+    float *y = fbuf(ny), *y2 = fbuf(ny), *zero = fbuf((size_t)oc * ic * 9);
+    lk_wino L;
+    const lk_wino_cfg cfg = {.n = n, .h = h, .w = w, .ic = ic, .oc = oc, .silu = silu};
+    OK(lk_wino_init(&L, &cfg));
+    lk_wino_set_weights(&L, wt);
+    lk_status s1 = lk_wino_forward(&L, y, x, b);
+    lk_wino_free(&L);
+    OK(s1);
+    if (!close_to(isa, y, ry, ny, 1e-3, __LINE__)) return 0;
+    /* Through conv2d: the same result, and a new weight version is transformed anew
+     * (the same version keeps the cached transform, by contract). */
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_ALWAYS);
+    lk_conv2d C;
+    const lk_conv2d_cfg cc = {.n = n, .ic = ic, .ih = h, .iw = w, .oc = oc, .kh = 3, .kw = 3,
+                              .sh = 1, .sw = 1, .pt = 1, .pl = 1, .pb = 1, .pr = 1,
+                              .groups = 1, .bias = hb, .post_silu = silu};
+    lk_status s2 = lk_conv2d_init(&C, &cc);
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_AUTO);
+    const int used = C.wino;
+    if (s2 == LK_OK) s2 = lk_conv2d_forward(&C, y2, x, zero, b, 7);
+    if (s2 == LK_OK) s2 = lk_conv2d_forward(&C, y2, x, wt, b, 8);
+    lk_conv2d_free(&C);
+    OK(s2);
+    EXPECT(used, "case %zu: conv2d did not plan the Winograd forward", t);
+    if (!close_to(isa, y2, ry, ny, 1e-3, __LINE__)) return 0;
+    if (silu || ic % 16) return 1;
+    /* A training plan's input gradient: dx = conv(dy, each kernel transposed and turned
+     * by 180 degrees), against its double reference (dy: the forward's output as data). */
+    const size_t nx = (size_t)n * h * w * ic;
+    float *dx = fbuf(nx);
+    double *rdx = dbuf(nx);
+    for (int q = 0; q < n; q++)
+        for (int yy = 0; yy < h; yy++)
+            for (int xx = 0; xx < w; xx++)
+                for (int c = 0; c < ic; c++) {
+                    double v = 0;
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++) {
+                            const int oy = yy - i + 1, ox = xx - j + 1;
+                            if (oy < 0 || oy >= h || ox < 0 || ox >= w) continue;
+                            const float *d = y2 + (((size_t)q * h + oy) * w + ox) * oc;
+                            for (int o = 0; o < oc; o++)
+                                v += (double)d[o] * wt[(((size_t)o * ic + c) * 3 + i) * 3 + j];
+                        }
+                    rdx[(((size_t)q * h + yy) * w + xx) * ic + c] = v;
+                }
+    lk_conv2d_cfg ct = cc;
+    ct.train = ct.need_dx = ct.no_dw = 1;
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_ALWAYS);
+    s2 = lk_conv2d_init(&C, &ct);
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_AUTO);
+    const int used_dx = C.wino_dx;
+    if (s2 == LK_OK) s2 = lk_conv2d_backward(&C, dx, NULL, NULL, y2, x, wt);
+    lk_conv2d_free(&C);
+    OK(s2);
+    EXPECT(used_dx, "case %zu: conv2d did not plan the Winograd input gradient", t);
+    return close_to(isa, dx, rdx, nx, 1e-3, __LINE__);
+}
+
+/* Winograd F(4x4, 3x3) against a double reference of the direct sum: maps that are and
+ * are not multiples of the 4x4 tile, tile counts off the 48-tile block and off every
+ * micro-tile, input channels off every vector width (the scalar tail), output channels
+ * off the 96-channel chunk, bias or none, SiLU or none; then through conv2d (policy
+ * ALWAYS), whose cached transform must follow a new weight version; on every kernel
+ * path this CPU has. Its rounding is larger than the direct sum's (conv2d_winograd.c):
+ * bounded at 1e-3 instead of 1e-4. */
+static int test_wino(void) {
+    NEED(lk_wino_init, "conv2d_winograd.c");
+    NEED(lk_conv2d_set_wino_policy, "conv2d.c");
+    /* n, h, w, ic, oc, bias, silu */
+    static const int cases[][7] = {
+        {1, 4, 4, 16, 16, 1, 0},   {2, 9, 7, 5, 32, 1, 1},    {3, 13, 18, 20, 112, 0, 0},
+        {1, 1, 1, 3, 16, 1, 1},    {2, 30, 26, 48, 192, 1, 1}, {1, 8, 40, 33, 64, 0, 1},
+        {2, 11, 14, 32, 48, 0, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *a = cases[t];
+        const int n = a[0], h = a[1], w = a[2], ic = a[3], oc = a[4], hb = a[5], silu = a[6];
+        const size_t ny = (size_t)n * h * w * oc;
+        float *x = frand((size_t)n * h * w * ic, -1, 1), *wt = frand((size_t)oc * ic * 9, -0.3, 0.3);
+        float *b = hb ? frand(oc, -1, 1) : NULL;
+        double *ry = dbuf(ny);
+        for (int q = 0; q < n; q++)
+            for (int oy = 0; oy < h; oy++)
+                for (int ox = 0; ox < w; ox++)
+                    for (int o = 0; o < oc; o++) {
+                        double v = b ? b[o] : 0;
+                        for (int i = 0; i < 3; i++)
+                            for (int j = 0; j < 3; j++) {
+                                const int yy = oy + i - 1, xx = ox + j - 1;
+                                if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                                const float *xp = x + (((size_t)q * h + yy) * w + xx) * ic;
+                                for (int c = 0; c < ic; c++)
+                                    v += (double)xp[c] * wt[(((size_t)o * ic + c) * 3 + i) * 3 + j];
+                            }
+                        ry[(((size_t)q * h + oy) * w + ox) * oc + o] = silu ? silu_d(v) : v;
+                    }
+        static const char *isas[] = {"c", "avx2", "avx512"};
+        for (int k = 0; k < 3; k++) {
+            if (lk_kernel_isa_set(isas[k]) != LK_OK) { /* not on this CPU */
+                lk_clear_error();
+                continue;
+            }
+            int ok = wino_case(t, isas[k], n, h, w, ic, oc, hb, silu, x, wt, b, ry);
+            lk_kernel_isa_set("auto");
+            if (!ok) return 0;
+        }
+    }
+    lk_wino bad;
+    lk_wino_cfg c0 = {.n = 1, .h = 4, .w = 4, .ic = 4, .oc = 24};
+    BAD(lk_wino_init(&bad, &c0), LK_ERR_ARG);
+    c0.oc = 16;
+    c0.h = 0;
+    BAD(lk_wino_init(&bad, &c0), LK_ERR_ARG);
     return 1;
 }
 
@@ -2521,6 +2649,7 @@ static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
     {"expdw", test_expdw},
+    {"wino", test_wino},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
     {"conv2d_gemm_paths", test_conv2d_gemm_paths},
     {"bn_silu", test_bn_silu},

@@ -1,0 +1,175 @@
+/* The per-instruction-set kernels of conv2d_winograd.c (not a public header): that
+ * file includes this one once per path, with
+ *   WK_SFX  the names' suffix (c, avx2, avx512)
+ *   WK_TGT  the target attribute (empty for plain C)
+ *   WK_LN   floats per vector (4, 8, 16)
+ *   WK_MR   tiles per micro-tile of the products (WK_MR x 2 vectors of accumulators)
+ * The vectors are GCC/Clang vector types, so one text serves every width; memory is
+ * read and written through a copy of the type with alignment 4 (the tensors' rows need
+ * not be aligned), locals keep the natural alignment. The formulas are the WG_* macros. */
+#define WK_JOIN2(a, b) a##_##b
+#define WK_JOIN(a, b) WK_JOIN2(a, b)
+#define WK(name) WK_JOIN(name, WK_SFX)
+
+typedef float WK(wk_vec) __attribute__((vector_size(WK_LN * sizeof(float))));
+typedef float WK(wk_mem) __attribute__((vector_size(WK_LN * sizeof(float)), aligned(4)));
+
+/* One tile's input transform: the 36 planes of v (v + a * vs, a = 6 * i + j) receive
+ * B^T d B [IC] of the 6x6 input tile d whose rows are rows[i] (NULL: padding) and
+ * columns x0 .. x0 + 5 (outside [0, W): padding, read from `zero`). */
+WK_TGT static void WK(wk_in)(float *v, size_t vs, const float *const rows[6], int x0, int w,
+                             int ic, const float *zero) {
+    typedef WK(wk_vec) vec;
+    typedef WK(wk_mem) mem;
+    const float *d[6][6];
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            const int x = x0 + j;
+            d[i][j] = rows[i] && x >= 0 && x < w ? rows[i] + (int64_t)x * ic : zero;
+        }
+    int c = 0;
+    for (; c + WK_LN <= ic; c += WK_LN) {
+        vec t[6][6]; /* [row of B^T d][column] */
+        for (int j = 0; j < 6; j++) {
+            vec col[6], r[6];
+            for (int i = 0; i < 6; i++) col[i] = *(const mem *)(d[i][j] + c);
+            WG_BT(r, col);
+            for (int i = 0; i < 6; i++) t[i][j] = r[i];
+        }
+        for (int i = 0; i < 6; i++) {
+            vec r[6];
+            WG_BT(r, t[i]);
+            for (int j = 0; j < 6; j++) *(mem *)(v + (size_t)(6 * i + j) * vs + c) = r[j];
+        }
+    }
+    for (; c < ic; c++) { /* channel tail */
+        float t[6][6];
+        for (int j = 0; j < 6; j++) {
+            float col[6], r[6];
+            for (int i = 0; i < 6; i++) col[i] = d[i][j][c];
+            WG_BT(r, col);
+            for (int i = 0; i < 6; i++) t[i][j] = r[i];
+        }
+        for (int i = 0; i < 6; i++) {
+            float r[6];
+            WG_BT(r, t[i]);
+            for (int j = 0; j < 6; j++) v[(size_t)(6 * i + j) * vs + c] = r[j];
+        }
+    }
+}
+
+/* m [WK_MR, NR vectors] (row stride ldm) = v [WK_MR, K] (row stride ldv) x u [K, NR
+ * vectors] (row stride ldu): the accumulators stay in registers over K. */
+WK_TGT LK_ALWAYS_INLINE void WK(wk_mm)(float *m, size_t ldm, const float *v, size_t ldv,
+                                       const float *u, size_t ldu, int k, const int nr) {
+    typedef WK(wk_vec) vec;
+    typedef WK(wk_mem) mem;
+    vec acc[WK_MR][2];
+    for (int r = 0; r < WK_MR; r++)
+        for (int q = 0; q < nr; q++) acc[r][q] = (vec){0};
+    for (int p = 0; p < k; p++) {
+        vec b[2];
+        for (int q = 0; q < nr; q++) b[q] = *(const mem *)(u + (size_t)p * ldu + q * WK_LN);
+        for (int r = 0; r < WK_MR; r++) {
+            const float a = v[(size_t)r * ldv + p];
+            for (int q = 0; q < nr; q++) acc[r][q] += a * b[q];
+        }
+    }
+    for (int r = 0; r < WK_MR; r++)
+        for (int q = 0; q < nr; q++) *(mem *)(m + (size_t)r * ldm + q * WK_LN) = acc[r][q];
+}
+
+/* The 36 products of a block for output channels [o0, o0 + nc): M plane a [T, nc] =
+ * V plane a [T, IC] x U plane a [IC, o0 .. o0 + nc). */
+WK_TGT static void WK(wk_products)(float *mb, size_t ms, const float *vb, size_t vs,
+                                   const float *u, int t, int ic, int oc, int o0, int nc) {
+    for (int a = 0; a < 36; a++) {
+        const float *va = vb + (size_t)a * vs, *ua = u + (size_t)a * ic * oc + o0;
+        float *ma = mb + (size_t)a * ms;
+        for (int r = 0; r < t; r += WK_MR) {
+            int o = 0;
+            for (; o + 2 * WK_LN <= nc; o += 2 * WK_LN)
+                WK(wk_mm)(ma + (size_t)r * nc + o, nc, va + (size_t)r * ic, ic, ua + o, oc, ic, 2);
+            for (; o < nc; o += WK_LN)
+                WK(wk_mm)(ma + (size_t)r * nc + o, nc, va + (size_t)r * ic, ic, ua + o, oc, ic, 1);
+        }
+    }
+}
+
+/* One tile's output transform for channels [o0, o0 + nc): y rows orow[i] (NULL: below
+ * the map) at columns 0 .. ncol-1 (the tile's first column is 0) receive
+ * A^T M A + bias, M the tile's row of the 36 planes of mb. */
+WK_TGT static void WK(wk_out)(float *const orow[4], int ncol, const float *mt, size_t ms,
+                              const float *bias, int oc, int o0, int nc) {
+    typedef WK(wk_vec) vec;
+    typedef WK(wk_mem) mem;
+    for (int c = 0; c < nc; c += WK_LN) {
+        vec t[4][6]; /* [row of A^T M][column] */
+        for (int j = 0; j < 6; j++) {
+            vec col[6], r[4];
+            for (int i = 0; i < 6; i++) col[i] = *(const mem *)(mt + (size_t)(6 * i + j) * ms + c);
+            WG_AT(r, col);
+            for (int i = 0; i < 4; i++) t[i][j] = r[i];
+        }
+        const vec bv = bias ? *(const mem *)(bias + o0 + c) : (vec){0};
+        for (int i = 0; i < 4; i++) {
+            if (!orow[i]) continue;
+            vec r[4];
+            WG_AT(r, t[i]);
+            for (int j = 0; j < ncol; j++) *(mem *)(orow[i] + (int64_t)j * oc + o0 + c) = r[j] + bv;
+        }
+    }
+}
+
+/* Tiles [t0, t1) of the layer (t1 - t0 <= WG_T): transforms and products through this
+ * thread's workspace, then the SiLU (if any) over the block's output rows. */
+WK_TGT static void WK(wk_block)(const lk_wino *L, float *y, const float *x, const float *b,
+                                float *ws, int64_t t0, int64_t t1) {
+    const lk_wino_cfg *c = &L->cfg;
+    const int th = (c->h + 3) / 4, tw = (c->w + 3) / 4, nt = (int)(t1 - t0);
+    float *vb = ws, *mb = ws + 36 * L->vs;
+    for (int64_t t = t0; t < t1; t++) {
+        const int n = (int)(t / ((int64_t)th * tw)), r = (int)(t % ((int64_t)th * tw));
+        const int y0 = (r / tw) * 4 - 1, x0 = (r % tw) * 4 - 1;
+        const float *rows[6];
+        for (int i = 0; i < 6; i++) {
+            const int yy = y0 + i;
+            rows[i] = yy >= 0 && yy < c->h ? x + ((int64_t)n * c->h + yy) * c->w * c->ic : NULL;
+        }
+        WK(wk_in)(vb + (size_t)(t - t0) * c->ic, L->vs, rows, x0, c->w, c->ic, L->zero);
+    }
+    /* A short last block: zero rows up to a whole micro-tile (their products are
+     * never read, but must be numbers). */
+    const int tpad = (nt + WK_MR - 1) / WK_MR * WK_MR;
+    if (tpad > nt)
+        for (int a = 0; a < 36; a++)
+            memset(vb + (size_t)a * L->vs + (size_t)nt * c->ic, 0,
+                   sizeof(float) * (size_t)(tpad - nt) * c->ic);
+    for (int o0 = 0; o0 < c->oc; o0 += WG_NC) {
+        const int nc = c->oc - o0 < WG_NC ? c->oc - o0 : WG_NC;
+        WK(wk_products)(mb, L->ms, vb, L->vs, L->u, tpad, c->ic, c->oc, o0, nc);
+        for (int64_t t = t0; t < t1; t++) {
+            const int n = (int)(t / ((int64_t)th * tw)), r = (int)(t % ((int64_t)th * tw));
+            const int oy = (r / tw) * 4, ox = (r % tw) * 4;
+            float *orow[4];
+            for (int i = 0; i < 4; i++)
+                orow[i] = oy + i < c->h ? y + (((int64_t)n * c->h + oy + i) * c->w + ox) * c->oc
+                                        : NULL;
+            WK(wk_out)(orow, c->w - ox < 4 ? c->w - ox : 4, mb + (size_t)(t - t0) * nc, L->ms, b,
+                       c->oc, o0, nc);
+        }
+    }
+    if (!c->silu) return;
+    for (int64_t t = t0; t < t1; t++) { /* the block's rows are still in cache */
+        const int n = (int)(t / ((int64_t)th * tw)), r = (int)(t % ((int64_t)th * tw));
+        const int oy = (r / tw) * 4, ox = (r % tw) * 4, ncol = c->w - ox < 4 ? c->w - ox : 4;
+        for (int i = 0; i < 4 && oy + i < c->h; i++) {
+            float *row = y + (((int64_t)n * c->h + oy + i) * c->w + ox) * c->oc;
+            lk_silu_forward_fast_serial(row, row, (int64_t)ncol * c->oc);
+        }
+    }
+}
+
+#undef WK
+#undef WK_JOIN
+#undef WK_JOIN2
