@@ -70,6 +70,40 @@ def kernel_isas() -> list[str]:
     return [str(v) for v in _ext().kernel_isas()]
 
 
+_CONV_ALGORITHMS = {"auto": "auto", "direct": "never", "winograd": "always"}
+
+
+def set_conv_algorithm(name: str) -> str:
+    """Choose how dense 3x3 stride-1 convolutions run (EfficientNetV2-S's FusedMBConv
+    stages, the attention head's spatial branches); returns the previous choice.
+
+    - "auto" (the default): Winograd F(4x4, 3x3) where it was measured faster, oneDNN's
+      direct kernel elsewhere. Winograd does a quarter of the multiplications (V2-S
+      inference about 20 % faster) but rounds more: about 5e-6 of a layer's largest
+      output against 1e-7, a difference far below any training noise, yet visible in a
+      comparison against float64 at float32's own tolerance.
+    - "direct": oneDNN's direct kernel everywhere (the smallest rounding).
+    - "winograd": Winograd wherever the shape allows it (for tests and benchmarks).
+
+    Models plan anew on their next call after a change.
+    Raises ValueError for another name."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_conv_algorithm: name must be a str, got {type(name).__name__}")
+    if name not in _CONV_ALGORITHMS:
+        raise ValueError(
+            f"set_conv_algorithm: unknown algorithm {name!r} (auto, direct or winograd)"
+        )
+    before = str(_ext()._wino_policy(_CONV_ALGORITHMS[name]))
+    return {v: k for k, v in _CONV_ALGORITHMS.items()}[before]
+
+
+def get_conv_algorithm() -> str:
+    """The dense 3x3 convolutions' algorithm in force: "auto", "direct" or "winograd"."""
+    current = str(_ext()._wino_policy("auto"))
+    _ext()._wino_policy(current)
+    return {v: k for k, v in _CONV_ALGORITHMS.items()}[current]
+
+
 def set_num_threads(n: int) -> int:
     """Set the number of threads the C core (OpenMP / oneDNN) uses; returns the count in
     force. It is capped at what the OpenMP runtime will grant (`OMP_THREAD_LIMIT`, four

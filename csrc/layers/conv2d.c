@@ -121,15 +121,18 @@ enum { CONV_GEMM_CHUNK_BYTES = 1 << 20, /* im2col chunk per thread (1-4 MiB meas
        CONV_GEMM_SPLIT = 64 };           /* plain 1x1: positions per channel (OC + IC)
                                             from which each thread runs its own share */
 
-/* Forward by Winograd F(4x4, 3x3) (conv2d_winograd.c) for dense 3x3 stride-1 layers.
- * Measured (batch 8, 2 threads, AVX-512 / AVX2, against brgconv): 48->192 at 96x96
- * 2.4x / 2.7x faster, 64->256 at 48x48 2.8x / 2.9x. The transforms cost memory traffic
- * per channel that only enough products per channel repay: hence at least
- * WINO_MIN_IC input and WINO_MIN_OC output channels, on maps of WINO_MIN_HW x WINO_MIN_HW
- * or more. Training runs its forward this way too (the weights are transformed once
- * per step), and its input gradient, a convolution of dy with the kernels transposed
- * and rotated (when IC is a multiple of 16); the weight gradient keeps its own path. */
-enum { WINO_MIN_IC = 32, WINO_MIN_OC = 64, WINO_MIN_HW = 16 };
+/* Forward by Winograd F(4x4, 3x3) (conv2d_winograd.c) for dense 3x3 stride-1 layers,
+ * and in training plans the input gradient too: a convolution of dy with the kernels
+ * transposed and rotated (when IC is a multiple of 16). Measured (bench_layers wino_*,
+ * batch 8, 2 threads, AVX-512, inference forward with bias and SiLU): 48->192 at 96x96
+ * 27.6 -> 11.5 ms, 64->256 at 48x48 12.1 -> 4.9 ms, 48->192 at 24x24 1.86 -> 0.80 ms,
+ * 64->32 at 10x10 0.081 -> 0.061 ms; AVX2 alike (48->192 at 24x24 3.60 -> 1.50 ms). It
+ * lost only with a handful of input channels (2->64 at 10x10: 0.016 -> 0.030 ms), hence
+ * WINO_MIN_IC. Training transforms the weights at every call (they change every step):
+ * the input gradient 64->256 at 48x48 11.9 -> 5.2 ms and 48->192 at 24x24 1.77 ->
+ * 1.12 ms, but 64->256 at 12x12 0.66 -> 0.73 ms, hence WINO_TRAIN_MIN_HW. The weight
+ * gradient keeps its own path. */
+enum { WINO_MIN_IC = 16, WINO_TRAIN_MIN_HW = 24 };
 
 static lk_conv_wino_policy g_wino_policy = LK_CONV_WINO_AUTO;
 void lk_conv2d_set_wino_policy(lk_conv_wino_policy p) { g_wino_policy = p; }
@@ -141,7 +144,8 @@ static int conv_wino(const lk_conv2d_cfg *c, int oh, int ow) {
                            c->oc))
         return 0;
     if (g_wino_policy == LK_CONV_WINO_ALWAYS) return 1;
-    return c->ic >= WINO_MIN_IC && c->oc >= WINO_MIN_OC && oh >= WINO_MIN_HW && ow >= WINO_MIN_HW;
+    return c->ic >= WINO_MIN_IC &&
+           (!c->train || (oh >= WINO_TRAIN_MIN_HW && ow >= WINO_TRAIN_MIN_HW));
 }
 
 static lk_conv_bwd_w_policy g_bwd_w_policy = LK_CONV_BWD_W_AUTO;

@@ -39,6 +39,7 @@ struct lk_model {
     /* Current plan. */
     int planned, pn, ph, pw;
     unsigned pflags;
+    int pwino;             /* conv2d's Winograd policy the plan was made under */
     int start;             /* first piece run (the prefix boundary when from features) */
     int boundary;          /* first piece after the frozen prefix */
     int64_t plans_made;
@@ -584,7 +585,11 @@ static lk_status plan_layers(lk_model *m) {
 }
 
 static lk_status plan(lk_model *m, int n, int h, int w, unsigned flags) {
-    if (m->planned && m->pn == n && m->ph == h && m->pw == w && m->pflags == flags) return LK_OK;
+    /* A changed convolution policy (leukemia.set_conv_algorithm) plans anew as well. */
+    const int wino = (int)lk_conv2d_get_wino_policy();
+    if (m->planned && m->pn == n && m->ph == h && m->pw == w && m->pflags == flags &&
+        m->pwino == wino)
+        return LK_OK;
     plan_free(m);
     const int from = (flags & LK_FWD_FROM_FEATURES) != 0;
     LK_REQUIRE(n >= 1, "batch size must be >= 1, got %d", n);
@@ -603,6 +608,7 @@ static lk_status plan(lk_model *m, int n, int h, int w, unsigned flags) {
     m->ph = h;
     m->pw = w;
     m->pflags = flags;
+    m->pwino = wino;
     m->boundary = prefix_end(m);
     m->start = from ? m->boundary : 0;
     m->opts = (lk_plan_opts){.n = n, .bn_eps = m->arch.def->bn_eps,

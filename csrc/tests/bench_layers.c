@@ -430,6 +430,51 @@ static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
     lk_free(bd), lk_free(pool), lk_free(pool2);
 }
 
+/* A dense 3x3 stride-1 convolution by oneDNN's direct kernel against Winograd
+ * (conv2d_winograd.c): the inference forward (bias, SiLU post-op) as RESULT <op> plan
+ * direct winograd, and a training plan's input gradient as RESULT <op>_dx. */
+static void bench_wino(const char *op, int ic, int hw, int oc) {
+    if (!wanted(op)) return;
+    lk_conv2d_cfg ci = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = 3, .kw = 3,
+                        .sh = 1, .sw = 1, .pt = 1, .pl = 1, .pb = 1, .pr = 1, .groups = 1,
+                        .bias = 1, .post_silu = 1};
+    lk_conv2d_cfg ct = ci;
+    ct.bias = ct.post_silu = 0;
+    ct.train = ct.need_dx = ct.no_dw = 1;
+    lk_conv2d D, W, Dt, Wt;
+    const lk_conv_wino_policy before = lk_conv2d_get_wino_policy();
+    double t0 = now_ms();
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_NEVER);
+    CK(lk_conv2d_init(&D, &ci));
+    CK(lk_conv2d_init(&Dt, &ct));
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_ALWAYS);
+    CK(lk_conv2d_init(&W, &ci));
+    CK(lk_conv2d_init(&Wt, &ct));
+    lk_conv2d_set_wino_policy(before);
+    double plan = now_ms() - t0;
+    size_t nx = (size_t)g_batch * hw * hw * ic, ny = (size_t)g_batch * hw * hw * oc;
+    float *x = rnd(nx, -1, 1), *w = rnd((size_t)oc * ic * 9, -0.1f, 0.1f);
+    float *b = rnd((size_t)oc, -0.1f, 0.1f), *y = rnd(ny, 0, 0), *y2 = rnd(ny, 0, 0);
+    float *dy = rnd(ny, -1, 1), *dx = rnd(nx, 0, 0), *dx2 = rnd(nx, 0, 0);
+    double fd, fw, bd, bw;
+    TIME_REPS(fd, CK(lk_conv2d_forward(&D, y, x, w, b, 1)));
+    TIME_REPS(fw, CK(lk_conv2d_forward(&W, y2, x, w, b, 1)));
+    TIME_REPS(bd, CK(lk_conv2d_backward(&Dt, dx, NULL, NULL, dy, x, w)));
+    TIME_REPS(bw, CK(lk_conv2d_backward(&Wt, dx2, NULL, NULL, dy, x, w)));
+    double ey = 0, ry = 0, ex = 0, rx = 0;
+    for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs((double)y[i] - y2[i])), ry = fmax(ry, fabs(y[i]));
+    for (size_t i = 0; i < nx; i++) ex = fmax(ex, fabs((double)dx[i] - dx2[i])), rx = fmax(rx, fabs(dx[i]));
+    report(op, plan, fd, fw);
+    char dxop[128];
+    snprintf(dxop, sizeof dxop, "%s_dx", op);
+    report(dxop, plan, bd, Wt.wino_dx ? bw : NAN);
+    printf("CHECK %s max |winograd - direct| / max |direct|: y %.2e, dx %.2e\n", op, ey / ry,
+           ex / rx);
+    lk_conv2d_free(&D), lk_conv2d_free(&W), lk_conv2d_free(&Dt), lk_conv2d_free(&Wt);
+    lk_free(x), lk_free(w), lk_free(b), lk_free(y), lk_free(y2), lk_free(dy), lk_free(dx);
+    lk_free(dx2);
+}
+
 /* Plain-C streaming loops: residual add (forward; backward = the in-place add of
  * gradient accumulation), stochastic depth, dropout, the spatial-attention gate,
  * attention pooling and the depthwise bias gradient. */
@@ -570,6 +615,20 @@ int main(int argc, char **argv) {
     bench_expdw("expdw_128_24_512_k3s1", 128, 24, 512, 3, 1);
     bench_expdw("expdw_160_24_960_k3s1", 160, 24, 960, 3, 1);
     bench_expdw("expdw_256_12_1536_k3s1", 256, 12, 1536, 3, 1);
+    /* Winograd against the direct kernel: V2-S's FusedMBConv layers at 384 and 300, the
+     * same on smaller maps (where the rule stops), the attention head's widest layer. */
+    bench_wino("wino_48_96_192", 48, 96, 192);
+    bench_wino("wino_64_48_256", 64, 48, 256);
+    bench_wino("wino_48_75_192", 48, 75, 192);
+    bench_wino("wino_64_38_256", 64, 38, 256);
+    bench_wino("wino_48_24_192", 48, 24, 192);
+    bench_wino("wino_64_12_256", 64, 12, 256);
+    bench_wino("wino_32_16_64", 32, 16, 64);
+    bench_wino("wino_16_48_64", 16, 48, 64);
+    bench_wino("wino_64_10_32", 64, 10, 32);
+    bench_wino("wino_32_10_16", 32, 10, 16);
+    bench_wino("wino_2_10_64", 2, 10, 64);
+    bench_wino("wino_48_32_192", 48, 32, 192);
     bench_se_fold("sefold_40_150_24", 40, 150, 24);
     bench_se_fold("sefold_192_75_32", 192, 75, 32);
     bench_se_fold("sefold_288_38_48", 288, 38, 48);
