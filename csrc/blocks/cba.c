@@ -52,7 +52,7 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
                "conv-BN unit: a gated input needs an EVAL or TRAIN 1x1 unit");
     lk_conv2d_cfg cc = {.n = o->n, .ic = u->ic, .ih = ih, .iw = iw, .oc = u->oc, .kh = u->k,
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
-                        .pb = pad, .pr = pad, .groups = u->groups};
+                        .pb = pad, .pr = pad, .groups = u->groups, .scratch = o->scratch};
     if (mode != LK_MODE_TRAIN) {
         cc.bias = 1; /* the folded BN shift */
         if (mode == LK_MODE_EVAL) {

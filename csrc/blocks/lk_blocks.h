@@ -39,6 +39,7 @@ static inline lk_mode lk_unit_mode(int train, int trainable, int grad_in) {
 typedef struct lk_plan_opts {
     int n;
     float bn_eps, bn_momentum;
+    lk_scratch *scratch; /* the plan's shared workspace (layers reserve in it), or NULL */
 } lk_plan_opts;
 
 /* Parameter versions a forward runs at: folded weights are cached by them. `all`

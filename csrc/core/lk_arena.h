@@ -12,6 +12,18 @@ typedef struct lk_arena {
     size_t max_act; /* largest activation noted (floats): sizes the shared gradient scratch */
 } lk_arena;
 
+/* A workspace shared by the layers of one plan, which run one after another and keep
+ * nothing in it between calls: each layer reserves its size while it is planned, the
+ * plan then allocates the largest once (instead of one workspace per layer). */
+typedef struct lk_scratch {
+    size_t floats; /* the largest reservation */
+    float *base;   /* allocated by the plan's owner after planning; NULL before */
+} lk_scratch;
+
+static inline void lk_scratch_reserve(lk_scratch *s, size_t floats) {
+    if (floats > s->floats) s->floats = floats;
+}
+
 /* Take `count` floats (64-byte aligned); NULL while measuring. */
 float *lk_arena_take(lk_arena *a, size_t count);
 /* Record an activation size for `max_act`. */

@@ -123,7 +123,7 @@ enum { CONV_GEMM_CHUNK_BYTES = 1 << 20, /* im2col chunk per thread (1-4 MiB meas
 
 /* Forward by Winograd F(4x4, 3x3) (conv2d_winograd.c) for dense 3x3 stride-1 layers,
  * and in training plans the input gradient too: a convolution of dy with the kernels
- * transposed and rotated (when IC is a multiple of 16). Measured (bench_layers wino_*,
+ * transposed and rotated (when IC is a multiple of 8). Measured (bench_layers wino_*,
  * batch 8, 2 threads, AVX-512, inference forward with bias and SiLU): 48->192 at 96x96
  * 27.6 -> 11.5 ms, 64->256 at 48x48 12.1 -> 4.9 ms, 48->192 at 24x24 1.86 -> 0.80 ms,
  * 64->32 at 10x10 0.081 -> 0.061 ms; AVX2 alike (48->192 at 24x24 3.60 -> 1.50 ms). It
@@ -366,7 +366,7 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     L->wino = conv_wino(c, L->oh, L->ow);
     if (L->wino) {
         const lk_wino_cfg wc = {.n = c->n, .h = c->ih, .w = c->iw, .ic = c->ic, .oc = c->oc,
-                                .silu = c->post_silu};
+                                .silu = c->post_silu, .scratch = c->scratch};
         LK_TRY_GOTO(lk_wino_init(&L->wg, &wc));
     }
 
@@ -384,10 +384,11 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             if (c->bias) memset(L->zero_bias, 0, (size_t)c->oc * sizeof(float));
             LK_TRY_GOTO(lk_mem(&L->m_w_flip, w_fwd_md));
             LK_TRY_GOTO(lk_mem(&L->m_dx, x_md));
-        } else if (c->need_dx && L->wino && c->ic % 16 == 0) {
+        } else if (c->need_dx && L->wino && c->ic % 8 == 0) {
             /* dx = conv(dy, the kernels transposed and rotated): Winograd as well. */
             L->wino_dx = 1;
-            const lk_wino_cfg wc = {.n = c->n, .h = L->oh, .w = L->ow, .ic = c->oc, .oc = c->ic};
+            const lk_wino_cfg wc = {.n = c->n, .h = L->oh, .w = L->ow, .ic = c->oc, .oc = c->ic,
+                                    .scratch = c->scratch};
             LK_TRY_GOTO(lk_wino_init(&L->wg_dx, &wc));
         } else if (c->need_dx) {
             LK_DNNL_GOTO(dnnl_convolution_backward_data_primitive_desc_create(

@@ -116,7 +116,7 @@ static wg_block_fn wg_block_pick(void) {
 int lk_wino_supported(int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr, int groups,
                       int oc) {
     return kh == 3 && kw == 3 && sh == 1 && sw == 1 && pt == 1 && pl == 1 && pb == 1 && pr == 1 &&
-           groups == 1 && oc % 16 == 0;
+           groups == 1 && oc % 8 == 0;
 }
 
 lk_status lk_wino_init(lk_wino *L, const lk_wino_cfg *cfg) {
@@ -126,17 +126,20 @@ lk_status lk_wino_init(lk_wino *L, const lk_wino_cfg *cfg) {
     LK_REQUIRE(c->n > 0 && c->h > 0 && c->w > 0 && c->ic > 0 && c->oc > 0,
                "winograd conv: sizes must be positive (n=%d h=%d w=%d ic=%d oc=%d)", c->n, c->h,
                c->w, c->ic, c->oc);
-    LK_REQUIRE(c->oc % 16 == 0, "winograd conv: output channels must be a multiple of 16 (%d)",
+    LK_REQUIRE(c->oc % 8 == 0, "winograd conv: output channels must be a multiple of 8 (%d)",
                c->oc);
     L->tiles = (int64_t)c->n * ((c->h + 3) / 4) * ((c->w + 3) / 4);
     L->team = lk_get_num_threads();
     L->vs = (size_t)WG_T * c->ic + WG_PAD;
     L->ms = (size_t)WG_T * WG_NC + WG_PAD;
     const size_t per = 36 * (L->vs + L->ms), nu = (size_t)36 * c->ic * c->oc;
-    L->ws = lk_alloc(sizeof(float) * per * (size_t)L->team);
+    if (c->scratch)
+        lk_scratch_reserve(c->scratch, per * (size_t)L->team);
+    else
+        L->ws = lk_alloc(sizeof(float) * per * (size_t)L->team);
     L->u = lk_alloc(sizeof(float) * nu);
     L->zero = lk_alloc(sizeof(float) * ((size_t)c->ic + 16));
-    if (!L->ws || !L->u || !L->zero) {
+    if ((!c->scratch && !L->ws) || !L->u || !L->zero) {
         lk_wino_free(L);
         return LK_FAIL(LK_ERR_NOMEM, "winograd conv: workspaces [%d, %zu] and weights [%zu]",
                        L->team, per, nu);
@@ -157,8 +160,9 @@ static void wg_set(lk_wino *L, const float *w, int rotated) {
 #pragma omp parallel for schedule(static) if (plane >= 4096)
     for (int i = 0; i < ic; i++)
         for (int o0 = 0; o0 < oc; o0 += 16) {
+            const int nb = oc - o0 < 16 ? oc - o0 : 16;
             float blk[36][16];
-            for (int o = o0; o < o0 + 16; o++) {
+            for (int o = o0; o < o0 + nb; o++) {
                 float g[9];
                 if (rotated)
                     for (int k = 0; k < 9; k++) g[k] = w[((size_t)i * oc + o) * 9 + 8 - k];
@@ -186,7 +190,7 @@ static void wg_set(lk_wino *L, const float *w, int rotated) {
                 }
             }
             for (int a = 0; a < 36; a++)
-                memcpy(L->u + a * plane + (size_t)i * oc + o0, blk[a], sizeof blk[a]);
+                memcpy(L->u + a * plane + (size_t)i * oc + o0, blk[a], sizeof(float) * (size_t)nb);
         }
 }
 
@@ -195,8 +199,10 @@ void lk_wino_set_weights(lk_wino *L, const float *w) { wg_set(L, w, 0); }
 void lk_wino_set_weights_rotated(lk_wino *L, const float *w) { wg_set(L, w, 1); }
 
 lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) {
-    LK_REQUIRE(L->ws, "winograd conv: layer not initialised");
+    LK_REQUIRE(L->u, "winograd conv: layer not initialised");
     LK_REQUIRE(y && x, "winograd conv forward: NULL argument");
+    float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
+    LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
     const wg_block_fn block = wg_block_pick();
     const int64_t nblk = (L->tiles + WG_T - 1) / WG_T;
     int team = L->team;
@@ -210,7 +216,7 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
 #ifdef _OPENMP
         t = omp_get_thread_num();
 #endif
-        float *ws = L->ws + (size_t)t * per;
+        float *ws = wsall + (size_t)t * per;
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < nblk; k++) {
             const int64_t t0 = k * WG_T, t1 = t0 + WG_T < L->tiles ? t0 + WG_T : L->tiles;

@@ -13,6 +13,9 @@
 
 typedef float WK(wk_vec) __attribute__((vector_size(WK_LN * sizeof(float))));
 typedef float WK(wk_mem) __attribute__((vector_size(WK_LN * sizeof(float)), aligned(4)));
+/* Half vectors, for channel counts that are a multiple of 8 but not of 16 (AVX-512). */
+typedef float WK(wk_hvec) __attribute__((vector_size(WK_LN / 2 * sizeof(float))));
+typedef float WK(wk_hmem) __attribute__((vector_size(WK_LN / 2 * sizeof(float)), aligned(4)));
 
 /* One tile's input transform: the 36 planes of v (v + a * vs, a = 6 * i + j) receive
  * B^T d B [IC] of the 6x6 input tile d whose rows are rows[i] (NULL: padding) and
@@ -21,6 +24,8 @@ WK_TGT static void WK(wk_in)(float *v, size_t vs, const float *const rows[6], in
                              int ic, const float *zero) {
     typedef WK(wk_vec) vec;
     typedef WK(wk_mem) mem;
+    typedef WK(wk_hvec) hvec;
+    typedef WK(wk_hmem) hmem;
     const float *d[6][6];
     for (int i = 0; i < 6; i++)
         for (int j = 0; j < 6; j++) {
@@ -28,34 +33,26 @@ WK_TGT static void WK(wk_in)(float *v, size_t vs, const float *const rows[6], in
             d[i][j] = rows[i] && x >= 0 && x < w ? rows[i] + (int64_t)x * ic : zero;
         }
     int c = 0;
-    for (; c + WK_LN <= ic; c += WK_LN) {
-        vec t[6][6]; /* [row of B^T d][column] */
-        for (int j = 0; j < 6; j++) {
-            vec col[6], r[6];
-            for (int i = 0; i < 6; i++) col[i] = *(const mem *)(d[i][j] + c);
-            WG_BT(r, col);
-            for (int i = 0; i < 6; i++) t[i][j] = r[i];
-        }
-        for (int i = 0; i < 6; i++) {
-            vec r[6];
-            WG_BT(r, t[i]);
-            for (int j = 0; j < 6; j++) *(mem *)(v + (size_t)(6 * i + j) * vs + c) = r[j];
-        }
+/* Channels c .. c + W - 1 as one value of type T (memory through M), while W fit. */
+#define WK_IN_STEP(T, M, W)                                                            \
+    for (; c + (W) <= ic; c += (W)) {                                                  \
+        T t[6][6]; /* [row of B^T d][column] */                                        \
+        for (int j = 0; j < 6; j++) {                                                  \
+            T col[6], r[6];                                                            \
+            for (int i = 0; i < 6; i++) col[i] = *(const M *)(d[i][j] + c);            \
+            WG_BT(r, col);                                                             \
+            for (int i = 0; i < 6; i++) t[i][j] = r[i];                                \
+        }                                                                              \
+        for (int i = 0; i < 6; i++) {                                                  \
+            T r[6];                                                                    \
+            WG_BT(r, t[i]);                                                            \
+            for (int j = 0; j < 6; j++) *(M *)(v + (size_t)(6 * i + j) * vs + c) = r[j]; \
+        }                                                                              \
     }
-    for (; c < ic; c++) { /* channel tail */
-        float t[6][6];
-        for (int j = 0; j < 6; j++) {
-            float col[6], r[6];
-            for (int i = 0; i < 6; i++) col[i] = d[i][j][c];
-            WG_BT(r, col);
-            for (int i = 0; i < 6; i++) t[i][j] = r[i];
-        }
-        for (int i = 0; i < 6; i++) {
-            float r[6];
-            WG_BT(r, t[i]);
-            for (int j = 0; j < 6; j++) v[(size_t)(6 * i + j) * vs + c] = r[j];
-        }
-    }
+    WK_IN_STEP(vec, mem, WK_LN)
+    WK_IN_STEP(hvec, hmem, WK_LN / 2)
+    WK_IN_STEP(float, float, 1)
+#undef WK_IN_STEP
 }
 
 /* m [WK_MR, NR vectors] (row stride ldm) = v [WK_MR, K] (row stride ldv) x u [K, NR
@@ -79,6 +76,20 @@ WK_TGT LK_ALWAYS_INLINE void WK(wk_mm)(float *m, size_t ldm, const float *v, siz
         for (int q = 0; q < nr; q++) *(mem *)(m + (size_t)r * ldm + q * WK_LN) = acc[r][q];
 }
 
+/* wk_mm for one half vector of columns. */
+WK_TGT static inline void WK(wk_mm_half)(float *m, size_t ldm, const float *v, size_t ldv,
+                                         const float *u, size_t ldu, int k) {
+    typedef WK(wk_hvec) hvec;
+    typedef WK(wk_hmem) hmem;
+    hvec acc[WK_MR];
+    for (int r = 0; r < WK_MR; r++) acc[r] = (hvec){0};
+    for (int p = 0; p < k; p++) {
+        const hvec b = *(const hmem *)(u + (size_t)p * ldu);
+        for (int r = 0; r < WK_MR; r++) acc[r] += v[(size_t)r * ldv + p] * b;
+    }
+    for (int r = 0; r < WK_MR; r++) *(hmem *)(m + (size_t)r * ldm) = acc[r];
+}
+
 /* The 36 products of a block for output channels [o0, o0 + nc): M plane a [T, nc] =
  * V plane a [T, IC] x U plane a [IC, o0 .. o0 + nc). */
 WK_TGT static void WK(wk_products)(float *mb, size_t ms, const float *vb, size_t vs,
@@ -90,8 +101,10 @@ WK_TGT static void WK(wk_products)(float *mb, size_t ms, const float *vb, size_t
             int o = 0;
             for (; o + 2 * WK_LN <= nc; o += 2 * WK_LN)
                 WK(wk_mm)(ma + (size_t)r * nc + o, nc, va + (size_t)r * ic, ic, ua + o, oc, ic, 2);
-            for (; o < nc; o += WK_LN)
+            for (; o + WK_LN <= nc; o += WK_LN)
                 WK(wk_mm)(ma + (size_t)r * nc + o, nc, va + (size_t)r * ic, ic, ua + o, oc, ic, 1);
+            if (o < nc) /* 8 channels (AVX-512): nc is a multiple of 8 */
+                WK(wk_mm_half)(ma + (size_t)r * nc + o, nc, va + (size_t)r * ic, ic, ua + o, oc, ic);
         }
     }
 }
@@ -103,22 +116,32 @@ WK_TGT static void WK(wk_out)(float *const orow[4], int ncol, const float *mt, s
                               const float *bias, int oc, int o0, int nc) {
     typedef WK(wk_vec) vec;
     typedef WK(wk_mem) mem;
-    for (int c = 0; c < nc; c += WK_LN) {
-        vec t[4][6]; /* [row of A^T M][column] */
-        for (int j = 0; j < 6; j++) {
-            vec col[6], r[4];
-            for (int i = 0; i < 6; i++) col[i] = *(const mem *)(mt + (size_t)(6 * i + j) * ms + c);
-            WG_AT(r, col);
-            for (int i = 0; i < 4; i++) t[i][j] = r[i];
-        }
-        const vec bv = bias ? *(const mem *)(bias + o0 + c) : (vec){0};
-        for (int i = 0; i < 4; i++) {
-            if (!orow[i]) continue;
-            vec r[4];
-            WG_AT(r, t[i]);
-            for (int j = 0; j < ncol; j++) *(mem *)(orow[i] + (int64_t)j * oc + o0 + c) = r[j] + bv;
-        }
+    typedef WK(wk_hvec) hvec;
+    typedef WK(wk_hmem) hmem;
+    int c = 0;
+/* Channels c .. c + W - 1 as one value of type T (memory through M), while W fit. */
+#define WK_OUT_STEP(T, M, W)                                                           \
+    for (; c + (W) <= nc; c += (W)) {                                                  \
+        T t[4][6]; /* [row of A^T M][column] */                                        \
+        for (int j = 0; j < 6; j++) {                                                  \
+            T col[6], r[4];                                                            \
+            for (int i = 0; i < 6; i++)                                                \
+                col[i] = *(const M *)(mt + (size_t)(6 * i + j) * ms + c);              \
+            WG_AT(r, col);                                                             \
+            for (int i = 0; i < 4; i++) t[i][j] = r[i];                                \
+        }                                                                              \
+        const T bv = bias ? *(const M *)(bias + o0 + c) : (T){0};                      \
+        for (int i = 0; i < 4; i++) {                                                  \
+            if (!orow[i]) continue;                                                    \
+            T r[4];                                                                    \
+            WG_AT(r, t[i]);                                                            \
+            for (int j = 0; j < ncol; j++)                                             \
+                *(M *)(orow[i] + (int64_t)j * oc + o0 + c) = r[j] + bv;                \
+        }                                                                              \
     }
+    WK_OUT_STEP(vec, mem, WK_LN)
+    WK_OUT_STEP(hvec, hmem, WK_LN / 2)
+#undef WK_OUT_STEP
 }
 
 /* Tiles [t0, t1) of the layer (t1 - t0 <= WG_T): transforms and products through this

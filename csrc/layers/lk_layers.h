@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "lk_arena.h"
 #include "lk_dnnl.h"
 
 #ifdef __cplusplus
@@ -28,8 +29,9 @@ extern "C" {
 /* The forward of a dense 3x3 convolution, stride 1, padding 1, NHWC, by Winograd's
  * F(4x4, 3x3) (conv2d_winograd.c): a quarter of the direct sum's multiplications. */
 typedef struct lk_wino_cfg {
-    int n, h, w, ic, oc; /* x [N, H, W, IC] -> y [N, H, W, OC]; OC a multiple of 16 */
+    int n, h, w, ic, oc; /* x [N, H, W, IC] -> y [N, H, W, OC]; OC a multiple of 8 */
     int silu;            /* apply SiLU to the output (after the bias) */
+    lk_scratch *scratch; /* where the workspace lives (shared by a plan), NULL: its own */
 } lk_wino_cfg;
 
 typedef struct lk_wino {
@@ -38,7 +40,8 @@ typedef struct lk_wino {
     int team;       /* threads the workspaces were made for */
     size_t vs, ms;  /* floats from one of the 36 planes of V (M) to the next */
     float *u;       /* [36, IC, OC] transformed weights (lk_wino_set_weights) */
-    float *ws;      /* [team] V [36, vs] (input transforms), then M [36, ms] (products) */
+    float *ws;      /* [team] V [36, vs] (input transforms), then M [36, ms] (products):
+                       its own, or cfg.scratch->base at each call */
     float *zero;    /* [IC + 16] zeros: the padding */
 } lk_wino;
 
@@ -70,6 +73,7 @@ typedef struct lk_conv2d_cfg {
     int post_silu;          /* (inference) apply SiLU to the output as a fused post-op */
     int in_rows;            /* (train) plan for lk_conv2d_backward_w_rows (input made on demand) */
     int gated_in;           /* (train, plain 1x1) plan for lk_conv2d_backward_w_gated */
+    lk_scratch *scratch;    /* a plan's shared workspace for the Winograd paths, or NULL */
 } lk_conv2d_cfg;
 
 typedef struct lk_conv2d {

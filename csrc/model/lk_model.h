@@ -97,7 +97,8 @@ typedef struct lk_model_info {
     int prefix_pieces;                      /* pieces in the frozen prefix */
     int plan_n, plan_h, plan_w, plan_flags; /* current plan (0 if none) */
     int planned;
-    int64_t plan_bytes;                     /* activation arena of the current plan */
+    int64_t plan_bytes;                     /* activation arena and shared layer workspace
+                                               of the current plan */
     int64_t plans_made;                     /* how many times a plan was built */
     int64_t trainable_params;               /* floats that train */
 } lk_model_info;

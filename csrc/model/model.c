@@ -40,6 +40,7 @@ struct lk_model {
     int planned, pn, ph, pw;
     unsigned pflags;
     int pwino;             /* conv2d's Winograd policy the plan was made under */
+    lk_scratch scratch;    /* the plan's shared layer workspace (Winograd) */
     int start;             /* first piece run (the prefix boundary when from features) */
     int boundary;          /* first piece after the frozen prefix */
     int64_t plans_made;
@@ -449,6 +450,8 @@ static void plan_free(lk_model *m) {
     for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);
     lk_free(m->arena);
     m->arena = NULL;
+    lk_free(m->scratch.base);
+    m->scratch = (lk_scratch){0};
     m->planned = 0;
     m->fwd_ready = 0;
     m->head_ready = 0;
@@ -612,11 +615,20 @@ static lk_status plan(lk_model *m, int n, int h, int w, unsigned flags) {
     m->boundary = prefix_end(m);
     m->start = from ? m->boundary : 0;
     m->opts = (lk_plan_opts){.n = n, .bn_eps = m->arch.def->bn_eps,
-                             .bn_momentum = m->arch.def->bn_momentum};
+                             .bn_momentum = m->arch.def->bn_momentum, .scratch = &m->scratch};
     lk_status st = plan_layers(m);
     if (st != LK_OK) {
         plan_free(m);
         return st;
+    }
+    if (m->scratch.floats) {
+        m->scratch.base = lk_alloc(m->scratch.floats * sizeof(float));
+        if (!m->scratch.base) {
+            const size_t mib = m->scratch.floats * sizeof(float) >> 20;
+            plan_free(m);
+            return LK_FAIL(LK_ERR_NOMEM, "layer workspace of %zu MiB for batch %d at %dx%d", mib,
+                           n, h, w);
+        }
     }
     lk_arena a = {0};
     plan_bind(m, &a); /* measure */
@@ -910,7 +922,7 @@ void lk_model_get_info(const lk_model *m, lk_model_info *info) {
         info->plan_h = m->ph;
         info->plan_w = m->pw;
         info->plan_flags = (int)m->pflags;
-        info->plan_bytes = (int64_t)(m->arena_floats * sizeof(float));
+        info->plan_bytes = (int64_t)((m->arena_floats + m->scratch.floats) * sizeof(float));
     }
     info->plans_made = m->plans_made;
 }

@@ -617,6 +617,7 @@ int main(int argc, char **argv) {
     bench_expdw("expdw_256_12_1536_k3s1", 256, 12, 1536, 3, 1);
     /* Winograd against the direct kernel: V2-S's FusedMBConv layers at 384 and 300, the
      * same on smaller maps (where the rule stops), the attention head's widest layer. */
+    bench_wino("wino_24_192_24", 24, 192, 24);
     bench_wino("wino_48_96_192", 48, 96, 192);
     bench_wino("wino_64_48_256", 64, 48, 256);
     bench_wino("wino_48_75_192", 48, 75, 192);
