@@ -12,7 +12,7 @@
  * 36 multiplications per 16 outputs and input channel against 144 for the direct
  * sum: 4x less arithmetic, paid for by the transforms' memory traffic.
  *
- * Per thread, a block of WG_T tiles: the input transforms into V [36, T, IC], then
+ * Per thread, a block of T tiles: the input transforms into V [36, T, IC], then
  * per chunk of WG_NC output channels the 36 products into M [36, T, NC] (a register-
  * blocked micro-kernel; the chunk of U streams through) and the output transforms
  * plus bias straight into y, so that M stays in the core's L2; then the SiLU over the
@@ -39,7 +39,8 @@
 #include "lk_layers.h"
 #include "lk_threads.h"
 
-enum { WG_T = 48,   /* tiles per block: a multiple of every path's micro-tile (8, 6, 4) */
+enum { WG_T = 48,   /* tiles per block (half that when the layer has few tiles for its
+                       threads), a multiple of every path's micro-tile (8, 6, 4) */
        WG_NC = 96,  /* output channels per chunk of products (48, 64, 128 measured slower) */
        WG_PAD = 16  /* floats between planes beyond their size: planes a multiple of 4 KiB
                        apart alias in the L1 cache (measured 10-20 % slower) */ };
@@ -130,8 +131,11 @@ lk_status lk_wino_init(lk_wino *L, const lk_wino_cfg *cfg) {
                c->oc);
     L->tiles = (int64_t)c->n * ((c->h + 3) / 4) * ((c->w + 3) / 4);
     L->team = lk_get_num_threads();
-    L->vs = (size_t)WG_T * c->ic + WG_PAD;
-    L->ms = (size_t)WG_T * WG_NC + WG_PAD;
+    /* Blocks of WG_T / 2 where WG_T would leave fewer than 4 per thread (V2-S's 48x48
+     * layer at batch 1: 144 tiles, 3 blocks for 2 threads). */
+    L->t = L->tiles >= (int64_t)WG_T * 4 * L->team ? WG_T : WG_T / 2;
+    L->vs = (size_t)L->t * c->ic + WG_PAD;
+    L->ms = (size_t)L->t * WG_NC + WG_PAD;
     const size_t per = 36 * (L->vs + L->ms), nu = (size_t)36 * c->ic * c->oc;
     if (c->scratch)
         lk_scratch_reserve(c->scratch, per * (size_t)L->team);
@@ -204,7 +208,7 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
     float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
     LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
     const wg_block_fn block = wg_block_pick();
-    const int64_t nblk = (L->tiles + WG_T - 1) / WG_T;
+    const int64_t nblk = (L->tiles + L->t - 1) / L->t;
     int team = L->team;
 #ifdef _OPENMP
     if (omp_get_max_threads() < team) team = omp_get_max_threads();
@@ -219,7 +223,7 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
         float *ws = wsall + (size_t)t * per;
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < nblk; k++) {
-            const int64_t t0 = k * WG_T, t1 = t0 + WG_T < L->tiles ? t0 + WG_T : L->tiles;
+            const int64_t t0 = k * L->t, t1 = t0 + L->t < L->tiles ? t0 + L->t : L->tiles;
             block(L, y, x, b, ws, t0, t1);
         }
     }

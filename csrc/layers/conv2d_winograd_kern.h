@@ -144,7 +144,7 @@ WK_TGT static void WK(wk_out)(float *const orow[4], int ncol, const float *mt, s
 #undef WK_OUT_STEP
 }
 
-/* Tiles [t0, t1) of the layer (t1 - t0 <= WG_T): transforms and products through this
+/* Tiles [t0, t1) of the layer (t1 - t0 <= L->t): transforms and products through this
  * thread's workspace, then the SiLU (if any) over the block's output rows. */
 WK_TGT static void WK(wk_block)(const lk_wino *L, float *y, const float *x, const float *b,
                                 float *ws, int64_t t0, int64_t t1) {

@@ -37,6 +37,7 @@ typedef struct lk_wino_cfg {
 typedef struct lk_wino {
     lk_wino_cfg cfg;
     int64_t tiles;  /* 4x4 output tiles: N * ceil(H / 4) * ceil(W / 4) */
+    int t;          /* tiles per block (a multiple of 24: every path's micro-tile) */
     int team;       /* threads the workspaces were made for */
     size_t vs, ms;  /* floats from one of the 36 planes of V (M) to the next */
     float *u;       /* [36, IC, OC] transformed weights (lk_wino_set_weights) */

@@ -672,8 +672,8 @@ static int wino_case(size_t t, const char *isa, int n, int h, int w, int ic, int
 }
 
 /* Winograd F(4x4, 3x3) against a double reference of the direct sum: maps that are and
- * are not multiples of the 4x4 tile, tile counts off the 48-tile block and off every
- * micro-tile, input channels off every vector width (the half-vector and scalar
+ * are not multiples of the 4x4 tile, tile counts off the 24- and 48-tile blocks and off
+ * every micro-tile, input channels off every vector width (the half-vector and scalar
  * tails), output channels off the 96-channel chunk and off 16 (a half vector), bias or
  * none, SiLU or none; then through conv2d (policy ALWAYS), whose cached transform must
  * follow a new weight version, and a training plan's input gradient; on every kernel
@@ -687,6 +687,7 @@ static int test_wino(void) {
         {1, 4, 4, 16, 16, 1, 0},   {2, 9, 7, 5, 32, 1, 1},    {3, 13, 18, 20, 112, 0, 0},
         {1, 1, 1, 3, 16, 1, 1},    {2, 30, 26, 48, 192, 1, 1}, {1, 8, 40, 33, 64, 0, 1},
         {2, 11, 14, 32, 48, 0, 0},  {2, 19, 21, 24, 24, 1, 1},  {1, 12, 10, 24, 40, 0, 0},
+        {2, 64, 62, 16, 16, 1, 0}, /* 512 tiles: blocks of 48 up to 2 threads (else 24) */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int *a = cases[t];
