@@ -131,7 +131,7 @@ enum { CONV_GEMM_CHUNK_BYTES = 1 << 20, /* im2col chunk per thread (1-4 MiB meas
  * WINO_MIN_IC. Training transforms the weights at every call (they change every step):
  * the input gradient 64->256 at 48x48 11.9 -> 5.2 ms and 48->192 at 24x24 1.77 ->
  * 1.12 ms, but 64->256 at 12x12 0.66 -> 0.73 ms, hence WINO_TRAIN_MIN_HW. The weight
- * gradient keeps its own path. */
+ * gradient too, the forward's formula transposed (lk_wino_backward_w). */
 enum { WINO_MIN_IC = 16, WINO_TRAIN_MIN_HW = 24 };
 
 static lk_conv_wino_policy g_wino_policy = LK_CONV_WINO_AUTO;
@@ -364,9 +364,11 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     LK_TRY_GOTO(lk_mem(&L->m_w_fwd, w_fwd_md));
     if (c->bias) LK_TRY_GOTO(lk_mem(&L->m_b, b_md));
     L->wino = conv_wino(c, L->oh, L->ow);
+    L->wino_dw = L->wino && c->train && !c->no_dw && !c->in_rows && !c->gated_in;
     if (L->wino) {
         const lk_wino_cfg wc = {.n = c->n, .h = c->ih, .w = c->iw, .ic = c->ic, .oc = c->oc,
-                                .silu = c->post_silu, .scratch = c->scratch};
+                                .silu = c->post_silu, .grad_w = L->wino_dw,
+                                .scratch = c->scratch};
         LK_TRY_GOTO(lk_wino_init(&L->wg, &wc));
     }
 
@@ -418,9 +420,10 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
             }
         }
         /* A gated input has no other weight-gradient path. */
-        L->dw_gemm = !L->dw_custom && (conv_dw_gemm(c, L->oh, L->ow) || (c->gated_in && !c->no_dw));
+        L->dw_gemm = !L->dw_custom && !L->wino_dw &&
+                     (conv_dw_gemm(c, L->oh, L->ow) || (c->gated_in && !c->no_dw));
         if (L->dw_gemm) LK_TRY_GOTO(conv_gemm_plan(L));
-        if (!L->dw_custom && !L->dw_gemm && !c->no_dw) {
+        if (!L->dw_custom && !L->dw_gemm && !L->wino_dw && !c->no_dw) {
             LK_DNNL_GOTO(dnnl_convolution_backward_weights_primitive_desc_create(
                 &pd, eng, dnnl_convolution_direct, x_md, w_any, b_md, y_md, strides, dil, pad_l,
                 pad_r, L->fwd.pd, attr));
@@ -584,10 +587,15 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
         LK_TRY(lk_prim_exec(&L->bwd_d, 3, args));
     }
     if (dw || db) {
-        LK_REQUIRE(L->bwd_w.p || L->dw_custom || L->dw_gemm,
+        LK_REQUIRE(L->bwd_w.p || L->dw_custom || L->dw_gemm || L->wino_dw,
                    "conv2d backward: planned without the weight gradient (no_dw=1)");
         LK_REQUIRE(x && dw, "conv2d backward: x and dw are required for the weight gradient");
         LK_REQUIRE(db || !L->cfg.bias, "conv2d backward: db is required (layer has a bias)");
+        if (L->wino_dw) {
+            LK_TRY(lk_wino_backward_w(&L->wg, dw, x, dy));
+            if (L->cfg.bias) LK_TRY(lk_dwconv_bwd_bias(db, dy, L->cfg.n, L->cfg.oc, L->oh, L->ow));
+            return LK_OK;
+        }
         if (L->dw_custom) return conv_dw_custom_grads(L, dw, db, dy, x, NULL);
         if (L->dw_gemm) {
             LK_TRY(conv_bwd_w_gemm(L, dw, x, dy, NULL));

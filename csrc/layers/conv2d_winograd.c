@@ -65,6 +65,18 @@ enum { WG_T = 48,   /* tiles per block (half that when the layer has few tiles f
         (r)[3] = ((m)[1] - (m)[2]) + 8 * ((m)[3] - (m)[4]) + (m)[5];   \
     } while (0)
 
+/* r[0..5] = A g[0..3], one column (or row) of the output-gradient transform of the weight
+ * gradient (A is the output transform's transpose). */
+#define WG_A(r, g)                                                     \
+    do {                                                               \
+        (r)[0] = (g)[0];                                               \
+        (r)[1] = ((g)[0] + (g)[2]) + ((g)[1] + (g)[3]);                \
+        (r)[2] = ((g)[0] + (g)[2]) - ((g)[1] + (g)[3]);                \
+        (r)[3] = ((g)[0] + 4 * (g)[2]) + 2 * ((g)[1] + 4 * (g)[3]);    \
+        (r)[4] = ((g)[0] + 4 * (g)[2]) - 2 * ((g)[1] + 4 * (g)[3]);    \
+        (r)[5] = (g)[3];                                               \
+    } while (0)
+
 /* Plain C (SSE2 vectors of 4). */
 #define WK_SFX c
 #define WK_TGT
@@ -103,15 +115,15 @@ enum { WG_T = 48,   /* tiles per block (half that when the layer has few tiles f
 typedef void (*wg_block_fn)(const lk_wino *, float *, const float *, const float *, float *,
                             int64_t, int64_t);
 
-static wg_block_fn wg_block_pick(void) {
+static wg_block_fn wg_block_pick(int grad_w) {
 #ifdef LK_X86
     switch (lk_kernel_isa()) {
-    case LK_ISA_AVX512: return wk_block_avx512;
-    case LK_ISA_AVX2: return wk_block_avx2;
+    case LK_ISA_AVX512: return grad_w ? wk_block_w_avx512 : wk_block_avx512;
+    case LK_ISA_AVX2: return grad_w ? wk_block_w_avx2 : wk_block_avx2;
     default: break;
     }
 #endif
-    return wk_block_c;
+    return grad_w ? wk_block_w_c : wk_block_c;
 }
 
 int lk_wino_supported(int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr, int groups,
@@ -136,19 +148,26 @@ lk_status lk_wino_init(lk_wino *L, const lk_wino_cfg *cfg) {
     L->t = L->tiles >= (int64_t)WG_T * 4 * L->team ? WG_T : WG_T / 2;
     L->vs = (size_t)L->t * c->ic + WG_PAD;
     L->ms = (size_t)L->t * WG_NC + WG_PAD;
-    const size_t per = 36 * (L->vs + L->ms), nu = (size_t)36 * c->ic * c->oc;
+    L->qs = (size_t)L->t * c->oc + WG_PAD;
+    const size_t nu = (size_t)36 * c->ic * c->oc;
+    /* Per thread: V then M (forward); V, Q and the partial sums P (weight gradient). */
+    size_t per = 36 * (L->vs + L->ms);
+    if (c->grad_w && 36 * (L->vs + L->qs) + nu > per) per = 36 * (L->vs + L->qs) + nu;
+    L->per = per;
     if (c->scratch)
         lk_scratch_reserve(c->scratch, per * (size_t)L->team);
     else
         L->ws = lk_alloc(sizeof(float) * per * (size_t)L->team);
     L->u = lk_alloc(sizeof(float) * nu);
-    L->zero = lk_alloc(sizeof(float) * ((size_t)c->ic + 16));
+    /* Zeros for the padding: input rows (IC) and, in the weight gradient, dy rows (OC). */
+    const size_t nz = (size_t)(c->ic > c->oc ? c->ic : c->oc) + 16;
+    L->zero = lk_alloc(sizeof(float) * nz);
     if ((!c->scratch && !L->ws) || !L->u || !L->zero) {
         lk_wino_free(L);
         return LK_FAIL(LK_ERR_NOMEM, "winograd conv: workspaces [%d, %zu] and weights [%zu]",
                        L->team, per, nu);
     }
-    memset(L->zero, 0, sizeof(float) * ((size_t)c->ic + 16));
+    memset(L->zero, 0, sizeof(float) * nz);
     memset(L->u, 0, sizeof(float) * nu); /* defined even before the first weights */
     return LK_OK;
 }
@@ -207,13 +226,13 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
     LK_REQUIRE(y && x, "winograd conv forward: NULL argument");
     float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
     LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
-    const wg_block_fn block = wg_block_pick();
+    const wg_block_fn block = wg_block_pick(0);
     const int64_t nblk = (L->tiles + L->t - 1) / L->t;
     int team = L->team;
 #ifdef _OPENMP
     if (omp_get_max_threads() < team) team = omp_get_max_threads();
 #endif
-    const size_t per = 36 * (L->vs + L->ms);
+    const size_t per = L->per;
 #pragma omp parallel num_threads(team) if (team > 1 && nblk > 1)
     {
         int t = 0;
@@ -227,6 +246,72 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
             block(L, y, x, b, ws, t0, t1);
         }
     }
+    return LK_OK;
+}
+
+/* dw [OC, IC, 3, 3] = sum over tiles of G^T [(A dY A^T) . (B^T d B)] G, the forward's
+ * formula transposed (for one tile, sum_j dy_j y_j = sum_a (A dy)_a (G g)_a (B^T d)_a in
+ * one dimension, so the gradient of g is G^T [(A dy) . (B^T d)]). Each thread sums its
+ * blocks into its partial P [36, IC, OC] (P_a += V_a^T Q_a: the products have the
+ * forward's size); the partials are added in thread order, then turned back in double. */
+lk_status lk_wino_backward_w(lk_wino *L, float *dw, const float *x, const float *dy) {
+    LK_REQUIRE(L->u, "winograd conv: layer not initialised");
+    LK_REQUIRE(L->cfg.grad_w, "winograd conv: planned without the weight gradient (grad_w=0)");
+    LK_REQUIRE(dw && x && dy, "winograd conv weight gradient: NULL argument");
+    float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
+    LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
+    const wg_block_fn block = wg_block_pick(1);
+    const int64_t nblk = (L->tiles + L->t - 1) / L->t;
+    const int ic = L->cfg.ic, oc = L->cfg.oc;
+    const size_t nu = (size_t)36 * ic * oc, pofs = L->per - nu; /* P: a thread's last nu */
+    int team = L->team;
+#ifdef _OPENMP
+    if (omp_get_max_threads() < team) team = omp_get_max_threads();
+#endif
+    if (nblk < team) team = (int)nblk;
+    int got = 1; /* the team granted: the partials to add */
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#pragma omp single
+        got = omp_get_num_threads();
+#endif
+        float *ws = wsall + (size_t)t * L->per;
+        memset(ws + pofs, 0, sizeof(float) * nu);
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nblk; k++) {
+            const int64_t t0 = k * L->t, t1 = t0 + L->t < L->tiles ? t0 + L->t : L->tiles;
+            block(L, ws + pofs, x, dy, ws, t0, t1);
+        }
+    }
+    /* Partials added in thread order into thread 0's, then G^T P G per kernel. */
+    float *p = wsall + pofs;
+    for (int t = 1; t < got; t++) {
+        const float *q = wsall + (size_t)t * L->per + pofs;
+        for (size_t k = 0; k < nu; k++) p[k] += q[k];
+    }
+    const size_t plane = (size_t)ic * oc;
+#pragma omp parallel for schedule(static) if (plane >= 4096)
+    for (int o = 0; o < oc; o++)
+        for (int i = 0; i < ic; i++) {
+            double t[3][6]; /* G^T P, then (G^T P) G */
+            for (int b = 0; b < 6; b++) {
+                double m[6];
+                for (int a = 0; a < 6; a++) m[a] = p[(size_t)(6 * a + b) * plane + (size_t)i * oc + o];
+                t[0][b] = m[0] / 4 - m[1] / 6 - m[2] / 6 + m[3] / 24 + m[4] / 24;
+                t[1][b] = -m[1] / 6 + m[2] / 6 + m[3] / 12 - m[4] / 12;
+                t[2][b] = -m[1] / 6 - m[2] / 6 + m[3] / 6 + m[4] / 6 + m[5];
+            }
+            float *g = dw + ((size_t)o * ic + i) * 9;
+            for (int a = 0; a < 3; a++) {
+                const double *m = t[a];
+                g[3 * a + 0] = (float)(m[0] / 4 - m[1] / 6 - m[2] / 6 + m[3] / 24 + m[4] / 24);
+                g[3 * a + 1] = (float)(-m[1] / 6 + m[2] / 6 + m[3] / 12 - m[4] / 12);
+                g[3 * a + 2] = (float)(-m[1] / 6 - m[2] / 6 + m[3] / 6 + m[4] / 6 + m[5]);
+            }
+        }
     return LK_OK;
 }
 

@@ -193,6 +193,119 @@ WK_TGT static void WK(wk_block)(const lk_wino *L, float *y, const float *x, cons
     }
 }
 
+/* One tile's output-gradient transform: the 36 planes of q (q + a * qs) receive
+ * A dY A^T [OC] of the 4x4 tile dY whose rows are rows[i] (NULL: below the map) and
+ * columns 0 .. ncol-1 (the rest: zeros). */
+WK_TGT static void WK(wk_dy)(float *q, size_t qs, const float *const rows[4], int ncol, int oc,
+                             const float *zero) {
+    typedef WK(wk_vec) vec;
+    typedef WK(wk_mem) mem;
+    typedef WK(wk_hvec) hvec;
+    typedef WK(wk_hmem) hmem;
+    const float *d[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            d[i][j] = rows[i] && j < ncol ? rows[i] + (int64_t)j * oc : zero;
+    int c = 0;
+#define WK_DY_STEP(T, M, W)                                                            \
+    for (; c + (W) <= oc; c += (W)) {                                                  \
+        T t[6][4]; /* [row of A dY][column] */                                         \
+        for (int j = 0; j < 4; j++) {                                                  \
+            T col[4], r[6];                                                            \
+            for (int i = 0; i < 4; i++) col[i] = *(const M *)(d[i][j] + c);            \
+            WG_A(r, col);                                                              \
+            for (int i = 0; i < 6; i++) t[i][j] = r[i];                                \
+        }                                                                              \
+        for (int i = 0; i < 6; i++) {                                                  \
+            T r[6];                                                                    \
+            WG_A(r, t[i]);                                                             \
+            for (int j = 0; j < 6; j++) *(M *)(q + (size_t)(6 * i + j) * qs + c) = r[j]; \
+        }                                                                              \
+    }
+    WK_DY_STEP(vec, mem, WK_LN)
+    WK_DY_STEP(hvec, hmem, WK_LN / 2)
+#undef WK_DY_STEP
+}
+
+/* p [rows, NR vectors] (row stride ldp) += v^T q over k tiles: v [k, ldv] read at the
+ * rows' columns, q [k, ldq]. The partial sums stay in registers over the tiles. */
+WK_TGT LK_ALWAYS_INLINE void WK(wk_acc)(float *p, size_t ldp, const float *v, size_t ldv,
+                                        const float *q, size_t ldq, int k, const int rows,
+                                        const int nr) {
+    typedef WK(wk_vec) vec;
+    typedef WK(wk_mem) mem;
+    vec acc[WK_MR][2];
+    for (int r = 0; r < rows; r++)
+        for (int s = 0; s < nr; s++) acc[r][s] = *(const mem *)(p + (size_t)r * ldp + s * WK_LN);
+    for (int t = 0; t < k; t++) {
+        vec b[2];
+        for (int s = 0; s < nr; s++) b[s] = *(const mem *)(q + (size_t)t * ldq + s * WK_LN);
+        for (int r = 0; r < rows; r++) {
+            const float a = v[(size_t)t * ldv + r];
+            for (int s = 0; s < nr; s++) acc[r][s] += a * b[s];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int s = 0; s < nr; s++) *(mem *)(p + (size_t)r * ldp + s * WK_LN) = acc[r][s];
+}
+
+/* wk_acc for one half vector of columns and one row. */
+WK_TGT static void WK(wk_acc_half)(float *p, const float *v, size_t ldv, const float *q,
+                                   size_t ldq, int k) {
+    typedef WK(wk_hvec) hvec;
+    typedef WK(wk_hmem) hmem;
+    hvec acc = *(const hmem *)p;
+    for (int t = 0; t < k; t++) acc += v[(size_t)t * ldv] * *(const hmem *)(q + (size_t)t * ldq);
+    *(hmem *)p = acc;
+}
+
+/* Tiles [t0, t1) of the weight gradient: V (as the forward) and Q of the block, then
+ * each plane's P_a [IC, OC] += V_a^T Q_a. */
+WK_TGT static void WK(wk_block_w)(const lk_wino *L, float *pw, const float *x, const float *dy,
+                                  float *ws, int64_t t0, int64_t t1) {
+    const lk_wino_cfg *c = &L->cfg;
+    const int th = (c->h + 3) / 4, tw = (c->w + 3) / 4, nt = (int)(t1 - t0);
+    const int ic = c->ic, oc = c->oc;
+    float *vb = ws, *qb = ws + 36 * L->vs;
+    for (int64_t t = t0; t < t1; t++) {
+        const int n = (int)(t / ((int64_t)th * tw)), r = (int)(t % ((int64_t)th * tw));
+        const int oy = (r / tw) * 4, ox = (r % tw) * 4;
+        const float *rows[6], *drows[4];
+        for (int i = 0; i < 6; i++) {
+            const int yy = oy - 1 + i;
+            rows[i] = yy >= 0 && yy < c->h ? x + ((int64_t)n * c->h + yy) * c->w * ic : NULL;
+        }
+        for (int i = 0; i < 4; i++)
+            drows[i] = oy + i < c->h ? dy + (((int64_t)n * c->h + oy + i) * c->w + ox) * oc : NULL;
+        WK(wk_in)(vb + (size_t)(t - t0) * ic, L->vs, rows, ox - 1, c->w, ic, L->zero);
+        WK(wk_dy)(qb + (size_t)(t - t0) * oc, L->qs, drows, c->w - ox < 4 ? c->w - ox : 4, oc,
+                  L->zero);
+    }
+    for (int a = 0; a < 36; a++) {
+        const float *va = vb + (size_t)a * L->vs, *qa = qb + (size_t)a * L->qs;
+        float *pa = pw + (size_t)a * ic * oc;
+        for (int i = 0; i < ic; i += WK_MR) {
+            const int rows = ic - i < WK_MR ? ic - i : WK_MR;
+            int o = 0;
+            for (; o + 2 * WK_LN <= oc; o += 2 * WK_LN) {
+                if (rows == WK_MR)
+                    WK(wk_acc)(pa + (size_t)i * oc + o, oc, va + i, ic, qa + o, oc, nt, WK_MR, 2);
+                else
+                    for (int r = 0; r < rows; r++)
+                        WK(wk_acc)(pa + (size_t)(i + r) * oc + o, oc, va + i + r, ic, qa + o, oc,
+                                   nt, 1, 2);
+            }
+            for (; o + WK_LN <= oc; o += WK_LN)
+                for (int r = 0; r < rows; r++)
+                    WK(wk_acc)(pa + (size_t)(i + r) * oc + o, oc, va + i + r, ic, qa + o, oc, nt, 1,
+                               1);
+            if (o < oc) /* 8 channels (AVX-512) */
+                for (int r = 0; r < rows; r++)
+                    WK(wk_acc_half)(pa + (size_t)(i + r) * oc + o, va + i + r, ic, qa + o, oc, nt);
+        }
+    }
+}
+
 #undef WK
 #undef WK_JOIN
 #undef WK_JOIN2

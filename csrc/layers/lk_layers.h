@@ -31,6 +31,7 @@ extern "C" {
 typedef struct lk_wino_cfg {
     int n, h, w, ic, oc; /* x [N, H, W, IC] -> y [N, H, W, OC]; OC a multiple of 8 */
     int silu;            /* apply SiLU to the output (after the bias) */
+    int grad_w;          /* also plan the weight gradient (lk_wino_backward_w) */
     lk_scratch *scratch; /* where the workspace lives (shared by a plan), NULL: its own */
 } lk_wino_cfg;
 
@@ -39,11 +40,12 @@ typedef struct lk_wino {
     int64_t tiles;  /* 4x4 output tiles: N * ceil(H / 4) * ceil(W / 4) */
     int t;          /* tiles per block (a multiple of 24: every path's micro-tile) */
     int team;       /* threads the workspaces were made for */
-    size_t vs, ms;  /* floats from one of the 36 planes of V (M) to the next */
+    size_t vs, ms, qs; /* floats from one of the 36 planes of V (M, Q) to the next */
+    size_t per;     /* workspace floats per thread */
     float *u;       /* [36, IC, OC] transformed weights (lk_wino_set_weights) */
     float *ws;      /* [team] V [36, vs] (input transforms), then M [36, ms] (products):
                        its own, or cfg.scratch->base at each call */
-    float *zero;    /* [IC + 16] zeros: the padding */
+    float *zero;    /* [max(IC, OC) + 16] zeros: the padding */
 } lk_wino;
 
 /* Whether a convolution of this shape can run through lk_wino. */
@@ -58,6 +60,8 @@ void lk_wino_set_weights(lk_wino *L, const float *w);
 void lk_wino_set_weights_rotated(lk_wino *L, const float *w);
 /* y = conv(x, w) + b (b [OC] or NULL), then SiLU if configured. */
 lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b);
+/* dw [OC, IC, 3, 3] of y = conv(x, w) from dy [N, H, W, OC] (planned with grad_w). */
+lk_status lk_wino_backward_w(lk_wino *L, float *dw, const float *x, const float *dy);
 void lk_wino_free(lk_wino *L);
 
 /* ---------------------------------------------------------------- conv2d.c */
@@ -105,6 +109,7 @@ typedef struct lk_conv2d {
     const float *wg_w;      /* weights wg holds transformed, at version wg_version */
     uint64_t wg_version;
     int wino_dx;            /* (train) the input gradient by lk_wino too (no bwd_d) */
+    int wino_dw;            /* (train) the weight gradient by lk_wino_backward_w */
     lk_wino wg_dx;          /* dx = conv(dy) with the kernels transposed and rotated */
 } lk_conv2d;
 

@@ -158,6 +158,9 @@ static void bench_dense_bwd_w(const char *op, int ic, int hw, int oc, int k, int
     lk_conv2d L[2];
     const lk_conv_bwd_w_policy pol[2] = {LK_CONV_BWD_W_ONEDNN, LK_CONV_BWD_W_GEMM};
     double plan[2];
+    /* The direct paths only (bench_wino times Winograd's). */
+    const lk_conv_wino_policy wino = lk_conv2d_get_wino_policy();
+    lk_conv2d_set_wino_policy(LK_CONV_WINO_NEVER);
     for (int v = 0; v < 2; v++) {
         lk_conv2d_set_bwd_w_policy(pol[v]);
         double t0 = now_ms();
@@ -165,6 +168,7 @@ static void bench_dense_bwd_w(const char *op, int ic, int hw, int oc, int k, int
         plan[v] = now_ms() - t0;
     }
     lk_conv2d_set_bwd_w_policy(LK_CONV_BWD_W_AUTO);
+    lk_conv2d_set_wino_policy(wino);
     size_t nx = (size_t)g_batch * hw * hw * ic, ny = (size_t)g_batch * L[0].oh * L[0].ow * oc;
     size_t nw = (size_t)oc * ic * k * k;
     float *x = rnd(nx, -1, 1), *w = rnd(nw, -0.1f, 0.1f), *dy = rnd(ny, -1, 1), *y = rnd(ny, 0, 0);
@@ -432,7 +436,8 @@ static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
 
 /* A dense 3x3 stride-1 convolution by oneDNN's direct kernel against Winograd
  * (conv2d_winograd.c): the inference forward (bias, SiLU post-op) as RESULT <op> plan
- * direct winograd, and a training plan's input gradient as RESULT <op>_dx. */
+ * direct winograd, a training plan's input gradient as RESULT <op>_dx and its weight
+ * gradient (direct: the path conv2d picks without Winograd) as RESULT <op>_dw. */
 static void bench_wino(const char *op, int ic, int hw, int oc) {
     if (!wanted(op)) return;
     lk_conv2d_cfg ci = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = oc, .kh = 3, .kw = 3,
@@ -440,7 +445,7 @@ static void bench_wino(const char *op, int ic, int hw, int oc) {
                         .bias = 1, .post_silu = 1};
     lk_conv2d_cfg ct = ci;
     ct.bias = ct.post_silu = 0;
-    ct.train = ct.need_dx = ct.no_dw = 1;
+    ct.train = ct.need_dx = 1;
     lk_conv2d D, W, Dt, Wt;
     const lk_conv_wino_policy before = lk_conv2d_get_wino_policy();
     double t0 = now_ms();
@@ -456,23 +461,30 @@ static void bench_wino(const char *op, int ic, int hw, int oc) {
     float *x = rnd(nx, -1, 1), *w = rnd((size_t)oc * ic * 9, -0.1f, 0.1f);
     float *b = rnd((size_t)oc, -0.1f, 0.1f), *y = rnd(ny, 0, 0), *y2 = rnd(ny, 0, 0);
     float *dy = rnd(ny, -1, 1), *dx = rnd(nx, 0, 0), *dx2 = rnd(nx, 0, 0);
-    double fd, fw, bd, bw;
+    float *dw = rnd((size_t)oc * ic * 9, 0, 0), *dw2 = rnd((size_t)oc * ic * 9, 0, 0);
+    double fd, fw, bd, bw, gd, gw;
     TIME_REPS(fd, CK(lk_conv2d_forward(&D, y, x, w, b, 1)));
     TIME_REPS(fw, CK(lk_conv2d_forward(&W, y2, x, w, b, 1)));
     TIME_REPS(bd, CK(lk_conv2d_backward(&Dt, dx, NULL, NULL, dy, x, w)));
     TIME_REPS(bw, CK(lk_conv2d_backward(&Wt, dx2, NULL, NULL, dy, x, w)));
-    double ey = 0, ry = 0, ex = 0, rx = 0;
+    TIME_REPS(gd, CK(lk_conv2d_backward(&Dt, NULL, dw, NULL, dy, x, w)));
+    TIME_REPS(gw, CK(lk_conv2d_backward(&Wt, NULL, dw2, NULL, dy, x, w)));
+    double ey = 0, ry = 0, ex = 0, rx = 0, ew = 0, rw = 0;
+    for (size_t i = 0; i < (size_t)oc * ic * 9; i++)
+        ew = fmax(ew, fabs((double)dw[i] - dw2[i])), rw = fmax(rw, fabs(dw[i]));
     for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs((double)y[i] - y2[i])), ry = fmax(ry, fabs(y[i]));
     for (size_t i = 0; i < nx; i++) ex = fmax(ex, fabs((double)dx[i] - dx2[i])), rx = fmax(rx, fabs(dx[i]));
     report(op, plan, fd, fw);
     char dxop[128];
     snprintf(dxop, sizeof dxop, "%s_dx", op);
     report(dxop, plan, bd, Wt.wino_dx ? bw : NAN);
-    printf("CHECK %s max |winograd - direct| / max |direct|: y %.2e, dx %.2e\n", op, ey / ry,
-           ex / rx);
+    snprintf(dxop, sizeof dxop, "%s_dw", op);
+    report(dxop, plan, gd, Wt.wino_dw ? gw : NAN);
+    printf("CHECK %s max |winograd - direct| / max |direct|: y %.2e, dx %.2e, dw %.2e\n", op,
+           ey / ry, ex / rx, ew / rw);
     lk_conv2d_free(&D), lk_conv2d_free(&W), lk_conv2d_free(&Dt), lk_conv2d_free(&Wt);
     lk_free(x), lk_free(w), lk_free(b), lk_free(y), lk_free(y2), lk_free(dy), lk_free(dx);
-    lk_free(dx2);
+    lk_free(dx2), lk_free(dw), lk_free(dw2);
 }
 
 /* Plain-C streaming loops: residual add (forward; backward = the in-place add of

@@ -658,17 +658,37 @@ static int wino_case(size_t t, const char *isa, int n, int h, int w, int ic, int
                         }
                     rdx[(((size_t)q * h + yy) * w + xx) * ic + c] = v;
                 }
+    /* ... and its weight gradient dw[o][i][kh][kw] = sum of dy[o] x[i] at the tap. */
+    const size_t nw = (size_t)oc * ic * 9;
+    float *dw = fbuf(nw), *db = fbuf((size_t)oc);
+    double *rdw = dbuf(nw);
+    for (int o = 0; o < oc; o++)
+        for (int c = 0; c < ic; c++)
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) {
+                    double v = 0;
+                    for (int q = 0; q < n; q++)
+                        for (int oy = 0; oy < h; oy++)
+                            for (int ox = 0; ox < w; ox++) {
+                                const int yy = oy + i - 1, xx = ox + j - 1;
+                                if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                                v += (double)y2[(((size_t)q * h + oy) * w + ox) * oc + o] *
+                                     x[(((size_t)q * h + yy) * w + xx) * ic + c];
+                            }
+                    rdw[(((size_t)o * ic + c) * 3 + i) * 3 + j] = v;
+                }
     lk_conv2d_cfg ct = cc;
-    ct.train = ct.need_dx = ct.no_dw = 1;
+    ct.train = ct.need_dx = 1;
     lk_conv2d_set_wino_policy(LK_CONV_WINO_ALWAYS);
     s2 = lk_conv2d_init(&C, &ct);
     lk_conv2d_set_wino_policy(LK_CONV_WINO_AUTO);
-    const int used_dx = C.wino_dx;
-    if (s2 == LK_OK) s2 = lk_conv2d_backward(&C, dx, NULL, NULL, y2, x, wt);
+    const int used_dx = C.wino_dx, used_dw = C.wino_dw;
+    if (s2 == LK_OK) s2 = lk_conv2d_backward(&C, dx, dw, hb ? db : NULL, y2, x, wt);
     lk_conv2d_free(&C);
     OK(s2);
-    EXPECT(used_dx, "case %zu: conv2d did not plan the Winograd input gradient", t);
-    return close_to(isa, dx, rdx, nx, 1e-3, __LINE__);
+    EXPECT(used_dx && used_dw, "case %zu: conv2d did not plan the Winograd gradients", t);
+    if (!close_to(isa, dx, rdx, nx, 1e-3, __LINE__)) return 0;
+    return close_to(isa, dw, rdw, nw, 1e-3, __LINE__);
 }
 
 /* Winograd F(4x4, 3x3) against a double reference of the direct sum: maps that are and
@@ -676,9 +696,9 @@ static int wino_case(size_t t, const char *isa, int n, int h, int w, int ic, int
  * every micro-tile, input channels off every vector width (the half-vector and scalar
  * tails), output channels off the 96-channel chunk and off 16 (a half vector), bias or
  * none, SiLU or none; then through conv2d (policy ALWAYS), whose cached transform must
- * follow a new weight version, and a training plan's input gradient; on every kernel
- * path this CPU has. Its rounding is larger than the direct sum's (conv2d_winograd.c):
- * bounded at 1e-3 instead of 1e-4. */
+ * follow a new weight version, and a training plan's input and weight gradients; on
+ * every kernel path this CPU has. Its rounding is larger than the direct sum's
+ * (conv2d_winograd.c): bounded at 1e-3 instead of 1e-4. */
 static int test_wino(void) {
     NEED(lk_wino_init, "conv2d_winograd.c");
     NEED(lk_conv2d_set_wino_policy, "conv2d.c");
@@ -688,6 +708,7 @@ static int test_wino(void) {
         {1, 1, 1, 3, 16, 1, 1},    {2, 30, 26, 48, 192, 1, 1}, {1, 8, 40, 33, 64, 0, 1},
         {2, 11, 14, 32, 48, 0, 0},  {2, 19, 21, 24, 24, 1, 1},  {1, 12, 10, 24, 40, 0, 0},
         {2, 64, 62, 16, 16, 1, 0}, /* 512 tiles: blocks of 48 up to 2 threads (else 24) */
+        {1, 6, 7, 8, 64, 0, 0},    /* OC far above IC: dy rows of padding in the gradient */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int *a = cases[t];
