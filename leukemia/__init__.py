@@ -77,9 +77,10 @@ def set_conv_algorithm(name: str) -> str:
     """Choose how dense 3x3 stride-1 convolutions run (EfficientNetV2-S's FusedMBConv
     stages, the attention head's spatial branches); returns the previous choice.
 
-    - "auto" (the default): Winograd F(4x4, 3x3) where it was measured faster, oneDNN's
-      direct kernel elsewhere. Winograd does a quarter of the multiplications (V2-S
-      inference about 20 % faster) but rounds more: about 5e-6 of a layer's largest
+    - "auto" (the default): Winograd F(4x4, 3x3) where it was measured faster (forward,
+      and in training both gradients), oneDNN's direct kernel elsewhere. Winograd does a
+      quarter of the multiplications (V2-S inference about 20 % faster, a training step
+      about 16 %) but rounds more: about 5e-6 of a layer's largest
       output against 1e-7, a difference far below any training noise, yet visible in a
       comparison against float64 at float32's own tolerance.
     - "direct": oneDNN's direct kernel everywhere (the smallest rounding).

@@ -249,9 +249,9 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
 
 
 def test_winograd_forward_in_eval_and_train():
-    """V2-S with every dense 3x3 stride-1 convolution's forward by Winograd F(4x4, 3x3)
-    (its FusedMBConv stages): against torch in eval and in a train step (the training
-    forward takes it too), against the direct kernel, and after an optimizer step and a
+    """V2-S with every dense 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (its
+    FusedMBConv stages): against torch in eval and in a train step (forward, input and
+    weight gradients by Winograd too), against the direct kernel, and after an optimizer step and a
     load, which must reach the cached transformed weights. At 64x64 the automatic rule
     takes only the 16x16 stage; this forces every layer it supports."""
     from leukemia import _core

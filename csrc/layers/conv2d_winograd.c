@@ -1,5 +1,7 @@
 /* Winograd F(4x4, 3x3): the forward of a dense 3x3 convolution with stride 1 and
- * padding 1 (NHWC), for the layers where oneDNN's direct kernel is bound by the
+ * padding 1 (NHWC), its input gradient (the same forward with the kernels transposed
+ * and rotated) and its weight gradient (the formula transposed, lk_wino_backward_w),
+ * for the layers where oneDNN's direct kernel is bound by the
  * arithmetic (EfficientNetV2-S's FusedMBConv stages: 48->192 at 96x96 and 64->256 at
  * 48x48 for a 384 input run at 90 % of this machine's fp32 peak under brgconv).
  *
