@@ -17,6 +17,27 @@ typedef float WK(wk_mem) __attribute__((vector_size(WK_LN * sizeof(float)), alig
 typedef float WK(wk_hvec) __attribute__((vector_size(WK_LN / 2 * sizeof(float))));
 typedef float WK(wk_hmem) __attribute__((vector_size(WK_LN / 2 * sizeof(float)), aligned(4)));
 
+/* The transforms into planes (input and output gradient): channels c .. c + W - 1 of
+ * the KxK tile whose rows start at d[i][j], as values of type T (memory through M)
+ * while W fit below n, through F (K values -> 6) down the columns and then along the
+ * rows; the 36 results go to the planes of out (out + a * os, a = 6 * i + j). */
+#define WK_PLANES_STEP(T, M, W, K, F, d, n, out, os)                                   \
+    for (; c + (W) <= (n); c += (W)) {                                                 \
+        T t[6][K]; /* [row of F d][column] */                                          \
+        for (int j = 0; j < (K); j++) {                                                \
+            T col[K], r[6];                                                            \
+            for (int i = 0; i < (K); i++) col[i] = *(const M *)((d)[i][j] + c);        \
+            F(r, col);                                                                 \
+            for (int i = 0; i < 6; i++) t[i][j] = r[i];                                \
+        }                                                                              \
+        for (int i = 0; i < 6; i++) {                                                  \
+            T r[6];                                                                    \
+            F(r, t[i]);                                                                \
+            for (int j = 0; j < 6; j++)                                                \
+                *(M *)((out) + (size_t)(6 * i + j) * (os) + c) = r[j];                 \
+        }                                                                              \
+    }
+
 /* One tile's input transform: the 36 planes of v (v + a * vs, a = 6 * i + j) receive
  * B^T d B [IC] of the 6x6 input tile d whose rows are rows[i] (NULL: padding) and
  * columns x0 .. x0 + 5 (outside [0, W): padding, read from `zero`). */
@@ -33,26 +54,9 @@ WK_TGT static void WK(wk_in)(float *v, size_t vs, const float *const rows[6], in
             d[i][j] = rows[i] && x >= 0 && x < w ? rows[i] + (int64_t)x * ic : zero;
         }
     int c = 0;
-/* Channels c .. c + W - 1 as one value of type T (memory through M), while W fit. */
-#define WK_IN_STEP(T, M, W)                                                            \
-    for (; c + (W) <= ic; c += (W)) {                                                  \
-        T t[6][6]; /* [row of B^T d][column] */                                        \
-        for (int j = 0; j < 6; j++) {                                                  \
-            T col[6], r[6];                                                            \
-            for (int i = 0; i < 6; i++) col[i] = *(const M *)(d[i][j] + c);            \
-            WG_BT(r, col);                                                             \
-            for (int i = 0; i < 6; i++) t[i][j] = r[i];                                \
-        }                                                                              \
-        for (int i = 0; i < 6; i++) {                                                  \
-            T r[6];                                                                    \
-            WG_BT(r, t[i]);                                                            \
-            for (int j = 0; j < 6; j++) *(M *)(v + (size_t)(6 * i + j) * vs + c) = r[j]; \
-        }                                                                              \
-    }
-    WK_IN_STEP(vec, mem, WK_LN)
-    WK_IN_STEP(hvec, hmem, WK_LN / 2)
-    WK_IN_STEP(float, float, 1)
-#undef WK_IN_STEP
+    WK_PLANES_STEP(vec, mem, WK_LN, 6, WG_BT, d, ic, v, vs)
+    WK_PLANES_STEP(hvec, hmem, WK_LN / 2, 6, WG_BT, d, ic, v, vs)
+    WK_PLANES_STEP(float, float, 1, 6, WG_BT, d, ic, v, vs)
 }
 
 /* m [WK_MR, NR vectors] (row stride ldm) = v [WK_MR, K] (row stride ldv) x u [K, NR
@@ -207,24 +211,8 @@ WK_TGT static void WK(wk_dy)(float *q, size_t qs, const float *const rows[4], in
         for (int j = 0; j < 4; j++)
             d[i][j] = rows[i] && j < ncol ? rows[i] + (int64_t)j * oc : zero;
     int c = 0;
-#define WK_DY_STEP(T, M, W)                                                            \
-    for (; c + (W) <= oc; c += (W)) {                                                  \
-        T t[6][4]; /* [row of A dY][column] */                                         \
-        for (int j = 0; j < 4; j++) {                                                  \
-            T col[4], r[6];                                                            \
-            for (int i = 0; i < 4; i++) col[i] = *(const M *)(d[i][j] + c);            \
-            WG_A(r, col);                                                              \
-            for (int i = 0; i < 6; i++) t[i][j] = r[i];                                \
-        }                                                                              \
-        for (int i = 0; i < 6; i++) {                                                  \
-            T r[6];                                                                    \
-            WG_A(r, t[i]);                                                             \
-            for (int j = 0; j < 6; j++) *(M *)(q + (size_t)(6 * i + j) * qs + c) = r[j]; \
-        }                                                                              \
-    }
-    WK_DY_STEP(vec, mem, WK_LN)
-    WK_DY_STEP(hvec, hmem, WK_LN / 2)
-#undef WK_DY_STEP
+    WK_PLANES_STEP(vec, mem, WK_LN, 4, WG_A, d, oc, q, qs)
+    WK_PLANES_STEP(hvec, hmem, WK_LN / 2, 4, WG_A, d, oc, q, qs)
 }
 
 /* p [rows, NR vectors] (row stride ldp) += v^T q over k tiles: v [k, ldv] read at the
@@ -306,6 +294,7 @@ WK_TGT static void WK(wk_block_w)(const lk_wino *L, float *pw, const float *x, c
     }
 }
 
+#undef WK_PLANES_STEP
 #undef WK
 #undef WK_JOIN
 #undef WK_JOIN2
