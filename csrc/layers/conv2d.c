@@ -355,7 +355,10 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     const_dnnl_memory_desc_t w_fwd_md = lk_prim_md(&L->fwd, dnnl_query_weights_md, 0);
     LK_TRY_GOTO(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
     L->w_to_fwd.weights = 1;
-    if (L->need_w_fwd) {
+    /* A Winograd forward never runs the primitive on reordered weights (it stays for the
+     * backward's hint and lk_conv2d_forward_laid): no copy of them to keep. */
+    L->wino = conv_wino(c, L->oh, L->ow);
+    if (L->need_w_fwd && !L->wino) {
         L->w_fwd = lk_alloc(dnnl_memory_desc_get_size(w_fwd_md));
         if (!L->w_fwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
     }
@@ -364,7 +367,6 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     LK_TRY_GOTO(lk_mem(&L->m_w_user, w_user));
     LK_TRY_GOTO(lk_mem(&L->m_w_fwd, w_fwd_md));
     if (c->bias) LK_TRY_GOTO(lk_mem(&L->m_b, b_md));
-    L->wino = conv_wino(c, L->oh, L->ow);
     L->wino_dw = L->wino && c->train && !c->no_dw && !c->in_rows && !c->gated_in;
     if (L->wino) {
         const lk_wino_cfg wc = {.n = c->n, .h = c->ih, .w = c->iw, .ic = c->ic, .oc = c->oc,

@@ -79,6 +79,25 @@ enum { WG_T = 48,   /* tiles per block (half that when the layer has few tiles f
         (r)[5] = (g)[3];                                               \
     } while (0)
 
+/* r[0..5] = G g[0..2], one column (or row) of the weight transform (in double). */
+#define WG_G(r, g)                                                     \
+    do {                                                               \
+        (r)[0] = (g)[0] / 4;                                           \
+        (r)[1] = -((g)[0] + (g)[1] + (g)[2]) / 6;                      \
+        (r)[2] = -((g)[0] - (g)[1] + (g)[2]) / 6;                      \
+        (r)[3] = (g)[0] / 24 + (g)[1] / 12 + (g)[2] / 6;               \
+        (r)[4] = (g)[0] / 24 - (g)[1] / 12 + (g)[2] / 6;               \
+        (r)[5] = (g)[2];                                               \
+    } while (0)
+
+/* r[0..2] = G^T m[0..5], one column (or row) of the weight gradient's way back. */
+#define WG_GT(r, m)                                                                  \
+    do {                                                                             \
+        (r)[0] = (m)[0] / 4 - (m)[1] / 6 - (m)[2] / 6 + (m)[3] / 24 + (m)[4] / 24;   \
+        (r)[1] = -(m)[1] / 6 + (m)[2] / 6 + (m)[3] / 12 - (m)[4] / 12;               \
+        (r)[2] = -(m)[1] / 6 - (m)[2] / 6 + (m)[3] / 6 + (m)[4] / 6 + (m)[5];        \
+    } while (0)
+
 /* Plain C (SSE2 vectors of 4). */
 #define WK_SFX c
 #define WK_TGT
@@ -195,23 +214,15 @@ static void wg_set(lk_wino *L, const float *w, int rotated) {
                     memcpy(g, w + ((size_t)o * ic + i) * 9, sizeof g);
                 double t[6][3]; /* G g */
                 for (int q = 0; q < 3; q++) {
-                    const double g0 = g[q], g1 = g[3 + q], g2 = g[6 + q];
-                    t[0][q] = g0 / 4;
-                    t[1][q] = -(g0 + g1 + g2) / 6;
-                    t[2][q] = -(g0 - g1 + g2) / 6;
-                    t[3][q] = g0 / 24 + g1 / 12 + g2 / 6;
-                    t[4][q] = g0 / 24 - g1 / 12 + g2 / 6;
-                    t[5][q] = g2;
+                    const double col[3] = {g[q], g[3 + q], g[6 + q]};
+                    double r[6];
+                    WG_G(r, col);
+                    for (int a = 0; a < 6; a++) t[a][q] = r[a];
                 }
                 for (int a = 0; a < 6; a++) { /* (G g) G^T, row a */
-                    const double g0 = t[a][0], g1 = t[a][1], g2 = t[a][2];
-                    float *r = &blk[6 * a][o - o0];
-                    r[0 * 16] = (float)(g0 / 4);
-                    r[1 * 16] = (float)(-(g0 + g1 + g2) / 6);
-                    r[2 * 16] = (float)(-(g0 - g1 + g2) / 6);
-                    r[3 * 16] = (float)(g0 / 24 + g1 / 12 + g2 / 6);
-                    r[4 * 16] = (float)(g0 / 24 - g1 / 12 + g2 / 6);
-                    r[5 * 16] = (float)g2;
+                    double r[6];
+                    WG_G(r, t[a]);
+                    for (int b = 0; b < 6; b++) blk[6 * a + b][o - o0] = (float)r[b];
                 }
             }
             for (int a = 0; a < 36; a++)
@@ -300,18 +311,16 @@ lk_status lk_wino_backward_w(lk_wino *L, float *dw, const float *x, const float 
         for (int i = 0; i < ic; i++) {
             double t[3][6]; /* G^T P, then (G^T P) G */
             for (int b = 0; b < 6; b++) {
-                double m[6];
+                double m[6], r[3];
                 for (int a = 0; a < 6; a++) m[a] = p[(size_t)(6 * a + b) * plane + (size_t)i * oc + o];
-                t[0][b] = m[0] / 4 - m[1] / 6 - m[2] / 6 + m[3] / 24 + m[4] / 24;
-                t[1][b] = -m[1] / 6 + m[2] / 6 + m[3] / 12 - m[4] / 12;
-                t[2][b] = -m[1] / 6 - m[2] / 6 + m[3] / 6 + m[4] / 6 + m[5];
+                WG_GT(r, m);
+                for (int a = 0; a < 3; a++) t[a][b] = r[a];
             }
             float *g = dw + ((size_t)o * ic + i) * 9;
             for (int a = 0; a < 3; a++) {
-                const double *m = t[a];
-                g[3 * a + 0] = (float)(m[0] / 4 - m[1] / 6 - m[2] / 6 + m[3] / 24 + m[4] / 24);
-                g[3 * a + 1] = (float)(-m[1] / 6 + m[2] / 6 + m[3] / 12 - m[4] / 12);
-                g[3 * a + 2] = (float)(-m[1] / 6 - m[2] / 6 + m[3] / 6 + m[4] / 6 + m[5]);
+                double r[3];
+                WG_GT(r, t[a]);
+                for (int b = 0; b < 3; b++) g[3 * a + b] = (float)r[b];
             }
         }
     return LK_OK;

@@ -104,7 +104,8 @@ typedef struct lk_conv2d {
     float *zero_bias;       /* [OC] zeros, when the forward primitive takes a bias */
     dnnl_memory_t m_w_flip; /* w_flip_fwd (or w_flip) as the forward's weights */
     int wino;               /* the forward runs through lk_wino (the primitive stays for
-                               the backward's hint and for lk_conv2d_forward_laid) */
+                               the backward's hint and for lk_conv2d_forward_laid; w_fwd
+                               is not allocated) */
     lk_wino wg;
     const float *wg_w;      /* weights wg holds transformed, at version wg_version */
     uint64_t wg_version;
@@ -131,9 +132,9 @@ typedef enum lk_conv_dx_policy { LK_CONV_DX_AUTO = 0, LK_CONV_DX_ONEDNN } lk_con
 void lk_conv2d_set_dx_policy(lk_conv_dx_policy p);
 lk_conv_dx_policy lk_conv2d_get_dx_policy(void);
 
-/* Which forward conv2d plans for the 3x3 stride-1 layers lk_wino supports: AUTO uses
- * Winograd where it was measured faster (conv2d.c), NEVER keeps oneDNN's direct
- * kernel, ALWAYS takes Winograd wherever it is supported. For tests and benchmarks;
+/* How conv2d plans the 3x3 stride-1 layers lk_wino supports (forward, and in training
+ * both gradients): AUTO uses Winograd where it was measured faster (conv2d.c), NEVER
+ * keeps the direct paths, ALWAYS takes Winograd wherever it is supported. For tests and benchmarks;
  * read by lk_conv2d_init. */
 typedef enum lk_conv_wino_policy {
     LK_CONV_WINO_AUTO = 0,

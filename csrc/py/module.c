@@ -112,8 +112,9 @@ static PyObject *py_expdw_policy(PyObject *self, PyObject *arg) {
 static int wino_get(void) { return (int)lk_conv2d_get_wino_policy(); }
 static void wino_set(int i) { lk_conv2d_set_wino_policy((lk_conv_wino_policy)i); }
 
-/* Tests: whether dense 3x3 stride-1 convolutions run their forward by Winograd ("auto",
- * "never", "always"; read when a model is planned); returns the previous one. */
+/* Tests: whether dense 3x3 stride-1 convolutions run by Winograd, forward and gradients
+ * ("auto", "never", "always"; a model plans anew when it changes); returns the previous
+ * one. leukemia.set_conv_algorithm is the public face. */
 static PyObject *py_wino_policy(PyObject *self, PyObject *arg) {
     static const char *const names[] = {"auto", "never", "always"};
     return policy_switch(arg, names, 3, wino_get, wino_set, "winograd");
@@ -179,8 +180,8 @@ PyMethodDef lk_py_core_methods[] = {
      "Tests: whether MBConv blocks at inference fuse expansion and depthwise; returns the "
      "previous policy."},
     {"_wino_policy", py_wino_policy, METH_O,
-     "Tests: whether dense 3x3 stride-1 convolutions run their forward by Winograd; returns "
-     "the previous policy."},
+     "Tests: whether dense 3x3 stride-1 convolutions run by Winograd (forward and gradients); "
+     "returns the previous policy."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the thread count of the core; returns the count in force (clamped to max_threads())."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Thread count of the core."},
