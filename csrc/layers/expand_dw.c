@@ -9,22 +9,28 @@
  * which is then bound by memory on the large maps of the first stages. Here e never
  * reaches memory: each task (an image, or a band of its output rows when there are
  * fewer images than threads) computes e a few rows at a time into a ring that stays
- * in cache (dnnl_sgemm on the calling thread, then bias and SiLU) and makes each
- * output row from the ring as soon as its KH input rows are there. The output is
- * written once, and its per-image channel sums, which a squeeze-and-excitation's
- * average pool wants, are taken while the row is in cache.
+ * in cache and makes each output row from the ring as soon as its KH input rows are
+ * there. The output is written once, and its per-image channel sums, which a
+ * squeeze-and-excitation's average pool wants, are taken while the row is in cache.
+ * On x86 the expansion is a register-blocked kernel with the bias and SiLU applied
+ * before its one store (edw_expand*), and the depthwise rows apply their SiLU and
+ * channel sums in registers (3x3 on AVX-512) or from L1 right after each channel
+ * block; the portable path runs dnnl_sgemm and separate bias, SiLU and sum passes.
  *
- * Numerics: the same sums as the unfused path in another order (sgemm against
- * oneDNN's 1x1 kernel, the taps in row-major order) and the SiLU with a refined
- * reciprocal (lk_silu_forward_fast_serial), so the results agree with the unfused path
- * to float rounding (2-4e-7 of the largest output at B3's shapes), not bit for bit; they
- * do not depend on the thread count or the bands.
+ * Numerics: the same sums as the unfused path in another order (the expansion's
+ * products in k order, sgemm on the portable path; the taps in row-major order) and
+ * the SiLU with a refined reciprocal (lk_silu_simd.h), so the results agree with the
+ * unfused path to float rounding (2-4e-7 of the largest output at B3's shapes), not bit
+ * for bit; they do not depend on the thread count or the bands.
  *
- * Measured (csrc/tests/bench_layers.c expdw_*, batch 16, 2 threads, against the 1x1 and
- * depthwise primitives with SiLU post-ops and the pool): AVX-512 24->144 at 150x150
- * 24.2 -> 16.6 ms, 32->192 at 75x75 14.8 -> 10.1 ms, 48->288 at 38x38 6.1 -> 5.0 ms;
- * AVX2 39.7 -> 30.4, 18.2 -> 16.8, 8.9 -> 8.8 ms; level or slower from 24x24 down, where
- * the expanded tensor already stays in the caches (block.c applies the rule).
+ * Measured (csrc/tests/bench_layers.c expdw_*, batch 16, 2 threads, minimum of 10 runs,
+ * three alternations): against the primitives (1x1 and depthwise with SiLU post-ops,
+ * and the pool), AVX-512 24->144 at 150x150 24.2 -> 16.6 ms, 32->192 at 75x75 14.8 ->
+ * 10.1 ms, 48->288 at 38x38 6.1 -> 5.0 ms; AVX2 39.7 -> 30.4, 18.2 -> 16.8, 8.9 -> 8.8 ms;
+ * level or slower from 24x24 down, where the expanded tensor already stays in the
+ * caches (block.c applies the rule). The register kernels against sgemm plus passes:
+ * AVX-512 32->192 k3 at 75x75 11.0-13.2 -> 9.7-10.0 ms, k5 stride 2 7.2-9.0 -> 6.8-7.7,
+ * 48->288 k3 stride 2 at 38x38 2.8 -> 2.5; AVX2 24->144 30.3 -> 28.2, 32->192 17.0 -> 15.7.
  */
 #include <string.h>
 
@@ -34,11 +40,14 @@
 
 #include "lk_cpu.h"
 #include "lk_layers.h"
+#include "lk_silu_simd.h"
 #include "lk_threads.h"
 
 enum { EDW_CB = 64,           /* channels per accumulator block (4 AVX-512 vectors) */
        EDW_MIN_M = 150,       /* fewest pixels per sgemm call (64 and 300 measured within 5 %) */
-       EDW_BAND_MIN_ROWS = 8  /* fewest output rows of a band (the halo is recomputed) */ };
+       EDW_BAND_MIN_ROWS = 8, /* fewest output rows of a band (the halo is recomputed) */
+       EDW_XR512 = 8,         /* rows of the AVX-512 expansion micro-tile (x 3 vectors) */
+       EDW_XR256 = 4          /* rows of the AVX2 one (x 3 vectors: 12 of 16 registers) */ };
 
 /* One output row y [OW, C] before its SiLU, from the KH input rows rows[i] (a zero row
  * for the padding), the tap-major weights w [KH * KW, C] and the bias b [C]. Portable
@@ -91,22 +100,29 @@ static inline void edw_interior(int *xa, int *xb, int ow, int iw, int k, int s, 
  * registers, four output pixels per step in the interior (four independent FMA chains:
  * one chain would wait on the FMA latency), single pixels with clipped taps at the
  * edges. */
-LK_TARGET_AVX512 static inline void edw_px512(float *yo, const float *const *rows,
-                                              const float *w, __m512 bv, __mmask16 m, int x0,
-                                              int iw, int c, int k) {
+LK_TARGET_AVX512 static inline __m512 edw_px512(float *yo, const float *const *rows,
+                                                const float *w, __m512 bv, __mmask16 m, int x0,
+                                                int iw, int c, int k, int fuse) {
     const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
     __m512 a = bv;
     for (int i = 0; i < k; i++)
         for (int j = j0; j < j1; j++)
             a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + (int64_t)(i * k + j) * c),
                                 _mm512_maskz_loadu_ps(m, rows[i] + (int64_t)(x0 + j) * c), a);
+    if (!fuse) { /* the row's SiLU pass follows */
+        _mm512_mask_storeu_ps(yo, m, a);
+        return _mm512_setzero_ps();
+    }
+    a = silu_fast16(a);
     _mm512_mask_storeu_ps(yo, m, a);
+    return a;
 }
 
-#define EDW_ROW512(K)                                                                          \
-    LK_TARGET_AVX512 static void edw_row512_k##K(float *y, const float *const *rows,           \
-                                                 const float *w, const float *b, int ow,       \
-                                                 int iw, int c, int s, int p) {                \
+#define EDW_ROW512(K, FUSE)                                                                    \
+    LK_TARGET_AVX512 static void edw_row512_k##K(float *y, float *sum,                         \
+                                                 const float *const *rows, const float *w,     \
+                                                 const float *b, int ow, int iw, int c, int s, \
+                                                 int p) {                                      \
         int xa, xb;                                                                            \
         edw_interior(&xa, &xb, ow, iw, K, s, p);                                               \
         for (int c0 = 0; c0 < c; c0 += 16) {                                                   \
@@ -118,10 +134,12 @@ LK_TARGET_AVX512 static inline void edw_px512(float *yo, const float *const *row
             for (int t = 0; t < K * K; t++)                                                    \
                 wv[t] = _mm512_maskz_loadu_ps(m, w + (int64_t)t * c + c0);                     \
             const __m512 bv = _mm512_maskz_loadu_ps(m, b + c0);                                \
+            __m512 sv = sum ? _mm512_maskz_loadu_ps(m, sum + c0) : _mm512_setzero_ps();        \
             const int64_t sc = (int64_t)s * c;                                                 \
             int ox = 0;                                                                        \
             for (; ox < xa; ox++)                                                              \
-                edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+                sv = _mm512_add_ps(sv, edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, FUSE));                  \
             for (; ox + 4 <= xb; ox += 4) {                                                    \
                 __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
                 const int64_t x0 = (int64_t)ox * s - p;                                        \
@@ -135,17 +153,35 @@ LK_TARGET_AVX512 static inline void edw_px512(float *yo, const float *const *row
                         a3 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 3 * sc), a3);    \
                     }                                                                          \
                 float *yo = y + (int64_t)ox * c + c0;                                          \
+                if (FUSE) {                                                                    \
+                    a0 = silu_fast16(a0);                                                      \
+                    a1 = silu_fast16(a1);                                                      \
+                    a2 = silu_fast16(a2);                                                      \
+                    a3 = silu_fast16(a3);                                                      \
+                }                                                                              \
                 _mm512_mask_storeu_ps(yo, m, a0);                                              \
                 _mm512_mask_storeu_ps(yo + c, m, a1);                                          \
                 _mm512_mask_storeu_ps(yo + 2 * c, m, a2);                                      \
                 _mm512_mask_storeu_ps(yo + 3 * c, m, a3);                                      \
+                if (FUSE) {                                                                    \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a0), a1); /* pixel order */           \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a2), a3);                             \
+                }                                                                              \
             }                                                                                  \
             for (; ox < ow; ox++)                                                              \
-                edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+                sv = _mm512_add_ps(sv, edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, FUSE));                  \
+            for (int q = 0; !(FUSE) && q < ow; q++) { /* from L1, in pixel order */            \
+                float *yo = y + (int64_t)q * c + c0;                                           \
+                const __m512 v = silu_fast16(_mm512_maskz_loadu_ps(m, yo));                   \
+                _mm512_mask_storeu_ps(yo, m, v);                                               \
+                sv = _mm512_add_ps(sv, v);                                                     \
+            }                                                                                  \
+            if (sum) _mm512_mask_storeu_ps(sum + c0, m, sv);                                   \
         }                                                                                      \
     }
-EDW_ROW512(3)
-EDW_ROW512(5)
+EDW_ROW512(3, 1)
+EDW_ROW512(5, 0)
 
 /* AVX2: the same in 8 lanes (16 registers: the 3x3 weights stay in them, 5x5 ones are
  * reloaded from L1). */
@@ -153,19 +189,26 @@ LK_TARGET_AVX2 static inline __m256i edw_mask8(int rem) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-LK_TARGET_AVX2 static inline void edw_px256(float *yo, const float *const *rows, const float *w,
-                                            __m256 bv, __m256i m, int x0, int iw, int c, int k) {
+LK_TARGET_AVX2 static inline __m256 edw_px256(float *yo, const float *const *rows,
+                                              const float *w, __m256 bv, __m256i m, int x0,
+                                              int iw, int c, int k, int fuse) {
     const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
     __m256 a = bv;
     for (int i = 0; i < k; i++)
         for (int j = j0; j < j1; j++)
             a = _mm256_fmadd_ps(_mm256_maskload_ps(w + (int64_t)(i * k + j) * c, m),
                                 _mm256_maskload_ps(rows[i] + (int64_t)(x0 + j) * c, m), a);
+    if (!fuse) {
+        _mm256_maskstore_ps(yo, m, a);
+        return _mm256_setzero_ps();
+    }
+    a = silu_fast8(a);
     _mm256_maskstore_ps(yo, m, a);
+    return a;
 }
 
-#define EDW_ROW256(K)                                                                          \
-    LK_TARGET_AVX2 static void edw_row256_k##K(float *y, const float *const *rows,             \
+#define EDW_ROW256(K, FUSE)                                                                    \
+    LK_TARGET_AVX2 static void edw_row256_k##K(float *y, float *sum, const float *const *rows, \
                                                const float *w, const float *b, int ow, int iw, \
                                                int c, int s, int p) {                          \
         int xa, xb;                                                                            \
@@ -178,10 +221,12 @@ LK_TARGET_AVX2 static inline void edw_px256(float *yo, const float *const *rows,
             for (int t = 0; t < K * K; t++)                                                    \
                 wv[t] = _mm256_maskload_ps(w + (int64_t)t * c + c0, m);                        \
             const __m256 bv = _mm256_maskload_ps(b + c0, m);                                   \
+            __m256 sv = sum ? _mm256_maskload_ps(sum + c0, m) : _mm256_setzero_ps();           \
             const int64_t sc = (int64_t)s * c;                                                 \
             int ox = 0;                                                                        \
             for (; ox < xa; ox++)                                                              \
-                edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+                sv = _mm256_add_ps(sv, edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, FUSE));                  \
             for (; ox + 4 <= xb; ox += 4) {                                                    \
                 __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
                 const int64_t x0 = (int64_t)ox * s - p;                                        \
@@ -195,21 +240,148 @@ LK_TARGET_AVX2 static inline void edw_px256(float *yo, const float *const *rows,
                         a3 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 3 * sc, m), a3);       \
                     }                                                                          \
                 float *yo = y + (int64_t)ox * c + c0;                                          \
+                if (FUSE) {                                                                    \
+                    a0 = silu_fast8(a0);                                                       \
+                    a1 = silu_fast8(a1);                                                       \
+                    a2 = silu_fast8(a2);                                                       \
+                    a3 = silu_fast8(a3);                                                       \
+                }                                                                              \
                 _mm256_maskstore_ps(yo, m, a0);                                                \
                 _mm256_maskstore_ps(yo + c, m, a1);                                            \
                 _mm256_maskstore_ps(yo + 2 * c, m, a2);                                        \
                 _mm256_maskstore_ps(yo + 3 * c, m, a3);                                        \
+                if (FUSE) {                                                                    \
+                    sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1); /* pixel order */           \
+                    sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);                             \
+                }                                                                              \
             }                                                                                  \
             for (; ox < ow; ox++)                                                              \
-                edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p, iw, c, K);  \
+                sv = _mm256_add_ps(sv, edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, FUSE));                  \
+            for (int q = 0; !(FUSE) && q < ow; q++) { /* from L1, in pixel order */            \
+                float *yo = y + (int64_t)q * c + c0;                                           \
+                const __m256 v = silu_fast8(_mm256_maskload_ps(yo, m));                       \
+                _mm256_maskstore_ps(yo, m, v);                                                 \
+                sv = _mm256_add_ps(sv, v);                                                     \
+            }                                                                                  \
+            if (sum) _mm256_maskstore_ps(sum + c0, m, sv);                                     \
         }                                                                                      \
     }
-EDW_ROW256(3)
-EDW_ROW256(5)
+EDW_ROW256(3, 0)
+EDW_ROW256(5, 0)
+
+/* The expansion e [m, EC] = silu(x [m, IC] w1t [IC, EC] + b1) into the ring, on x86:
+ * register-blocked products (the AVX-512 micro-tile 8 rows x 3 vectors, AVX2 4 x 3),
+ * then the bias and SiLU applied to the accumulators before the one store. sgemm
+ * repacked the weights on every call and was then followed by two passes over the
+ * chunk (bias, SiLU); at B3's K = 24-48 it reached 150-175 GFLOP/s on AVX-512. Rows
+ * that do not fill a micro-tile go through a zero-padded copy. Each output is the
+ * sum over k in order, then + b1: the unfused path's sums in another order. */
+
+/* One micro-tile: rows [EDW_XR512] of e (row stride lde) for NV vectors of channels,
+ * the last one masked by ml. */
+#define EDW_MK512(NV)                                                                        \
+    LK_TARGET_AVX512 static void edw_mk512_##NV(float *e, int64_t lde, const float *x,      \
+                                                int ldx, const float *w, int ldw,            \
+                                                const float *b, int k, __mmask16 ml) {       \
+        __m512 acc[EDW_XR512][NV];                                                           \
+        for (int r = 0; r < EDW_XR512; r++)                                                  \
+            for (int q = 0; q < NV; q++) acc[r][q] = _mm512_setzero_ps();                    \
+        for (int p = 0; p < k; p++) {                                                        \
+            __m512 wv[NV];                                                                   \
+            for (int q = 0; q < NV - 1; q++) wv[q] = _mm512_loadu_ps(w + (int64_t)p * ldw + 16 * q); \
+            wv[NV - 1] = _mm512_maskz_loadu_ps(ml, w + (int64_t)p * ldw + 16 * (NV - 1));    \
+            for (int r = 0; r < EDW_XR512; r++) {                                            \
+                const __m512 a = _mm512_set1_ps(x[(int64_t)r * ldx + p]);                     \
+                for (int q = 0; q < NV; q++) acc[r][q] = _mm512_fmadd_ps(a, wv[q], acc[r][q]); \
+            }                                                                                \
+        }                                                                                    \
+        /* Unrolled, or the accumulators live in memory (GCC spills them every k). */      \
+        _Pragma("GCC unroll 3") for (int q = 0; q < NV; q++) {                               \
+            const __m512 bv = _mm512_maskz_loadu_ps(q == NV - 1 ? ml : (__mmask16)0xFFFF,    \
+                                                    b + 16 * q);                             \
+            _Pragma("GCC unroll 8") for (int r = 0; r < EDW_XR512; r++) {                     \
+                const __m512 o = silu_fast16(_mm512_add_ps(acc[r][q], bv));                  \
+                float *eo = e + (int64_t)r * lde + 16 * q;                                   \
+                if (q < NV - 1 || ml == (__mmask16)0xFFFF) _mm512_storeu_ps(eo, o);          \
+                else _mm512_mask_storeu_ps(eo, ml, o);                                       \
+            }                                                                                \
+        }                                                                                    \
+    }
+EDW_MK512(1)
+EDW_MK512(2)
+EDW_MK512(3)
+
+#define EDW_MK256(NV)                                                                        \
+    LK_TARGET_AVX2 static void edw_mk256_##NV(float *e, int64_t lde, const float *x,        \
+                                              int ldx, const float *w, int ldw,              \
+                                              const float *b, int k, __m256i ml) {           \
+        __m256 acc[EDW_XR256][NV];                                                           \
+        for (int r = 0; r < EDW_XR256; r++)                                                  \
+            for (int q = 0; q < NV; q++) acc[r][q] = _mm256_setzero_ps();                    \
+        for (int p = 0; p < k; p++) {                                                        \
+            __m256 wv[NV];                                                                   \
+            for (int q = 0; q < NV - 1; q++) wv[q] = _mm256_loadu_ps(w + (int64_t)p * ldw + 8 * q); \
+            wv[NV - 1] = _mm256_maskload_ps(w + (int64_t)p * ldw + 8 * (NV - 1), ml);        \
+            for (int r = 0; r < EDW_XR256; r++) {                                            \
+                const __m256 a = _mm256_broadcast_ss(x + (int64_t)r * ldx + p);              \
+                for (int q = 0; q < NV; q++) acc[r][q] = _mm256_fmadd_ps(a, wv[q], acc[r][q]); \
+            }                                                                                \
+        }                                                                                    \
+        const int full = _mm256_movemask_ps(_mm256_castsi256_ps(ml)) == 0xFF;                \
+        /* Unrolled, or the accumulators live in memory (GCC spills them every k). */      \
+        _Pragma("GCC unroll 3") for (int q = 0; q < NV; q++) {                               \
+            const __m256 bv = q < NV - 1 ? _mm256_loadu_ps(b + 8 * q)                       \
+                                         : _mm256_maskload_ps(b + 8 * q, ml);                \
+            _Pragma("GCC unroll 8") for (int r = 0; r < EDW_XR256; r++) {                     \
+                const __m256 o = silu_fast8(_mm256_add_ps(acc[r][q], bv));                   \
+                float *eo = e + (int64_t)r * lde + 8 * q;                                    \
+                if (q < NV - 1 || full) _mm256_storeu_ps(eo, o);                             \
+                else _mm256_maskstore_ps(eo, ml, o);                                         \
+            }                                                                                \
+        }                                                                                    \
+    }
+EDW_MK256(1)
+EDW_MK256(2)
+EDW_MK256(3)
+
+LK_TARGET_AVX512 static inline __mmask16 edw_mask16(int rem) {
+    return (__mmask16)((1u << rem) - 1);
+}
+
+/* e [m, EC] (row stride EC) = silu(x [m, IC] w1t + b1) on the calling thread, in
+ * column blocks of 3 vectors (the weight panel stays in L1) and micro-tiles of XR
+ * rows; tmp [XR, IC + EC] takes the rows past the last whole micro-tile. */
+#define EDW_EXPAND(ISA, TGT, LANES, XR, MASKT, MASKF)                                        \
+    TGT static void edw_expand##ISA(float *e, const float *x, const float *w1t,              \
+                                    const float *b1, int64_t m, int ic, int ec, float *tmp) { \
+        const int64_t mf = m / (XR) * (XR);                                                  \
+        float *xt = tmp, *et = tmp + (size_t)(XR) * ic; /* [XR, IC], [XR, EC] */             \
+        if (mf < m) {                                                                        \
+            memset(xt, 0, sizeof(float) * (size_t)(XR) * ic);                                \
+            memcpy(xt, x + mf * ic, sizeof(float) * (size_t)(m - mf) * ic);                  \
+        }                                                                                    \
+        for (int c0 = 0; c0 < ec; c0 += 3 * (LANES)) {                                       \
+            const int cn = ec - c0 < 3 * (LANES) ? ec - c0 : 3 * (LANES);                    \
+            const int nv = (cn + (LANES) - 1) / (LANES);                                     \
+            const MASKT ml = MASKF(cn - (nv - 1) * (LANES)); /* the last vector's lanes */   \
+            const float *w = w1t + c0, *b = b1 + c0;                                         \
+            for (int64_t r0 = 0; r0 < m; r0 += (XR)) {                                       \
+                float *eo = r0 == mf ? et + c0 : e + r0 * ec + c0;                           \
+                const float *xs = r0 == mf ? xt : x + r0 * ic;                               \
+                if (nv == 3) edw_mk##ISA##_3(eo, ec, xs, ic, w, ec, b, ic, ml);              \
+                else if (nv == 2) edw_mk##ISA##_2(eo, ec, xs, ic, w, ec, b, ic, ml);         \
+                else edw_mk##ISA##_1(eo, ec, xs, ic, w, ec, b, ic, ml);                      \
+            }                                                                                \
+        }                                                                                    \
+        if (mf < m) memcpy(e + mf * ec, et, sizeof(float) * (size_t)(m - mf) * ec);          \
+    }
+EDW_EXPAND(512, LK_TARGET_AVX512, 16, EDW_XR512, __mmask16, edw_mask16)
+EDW_EXPAND(256, LK_TARGET_AVX2, 8, EDW_XR256, __m256i, edw_mask8)
 #endif
 
-typedef void (*edw_row_fn)(float *, const float *const *, const float *, const float *, int, int,
-                           int, int, int);
+typedef void (*edw_row_fn)(float *, float *, const float *const *, const float *,
+                           const float *, int, int, int, int, int);
 
 /* The row kernel for kernel size k on the path in force (NULL: the portable one). */
 static edw_row_fn edw_row_pick(int k) {
@@ -266,16 +438,18 @@ lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
         int nb = (2 * L->team + c->n - 1) / c->n, most = L->oh / EDW_BAND_MIN_ROWS;
         L->nband = nb < most ? nb : most < 1 ? 1 : most;
     }
+    /* Per thread: the ring, then the expansion kernels' tail rows [8, IC + EC]. */
     const size_t ring = (size_t)L->nslot * L->g * c->iw * c->ec;
-    L->ws_floats = ring;
-    L->ws = lk_alloc(sizeof(float) * ring * (size_t)L->team);
+    L->ws_floats = ring + (size_t)EDW_XR512 * (c->ic + c->ec);
+    L->ws = lk_alloc(sizeof(float) * L->ws_floats * (size_t)L->team);
     L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * c->ec);
+    L->w1t = lk_alloc(sizeof(float) * (size_t)c->ic * c->ec);
     L->part = lk_alloc(sizeof(float) * (size_t)c->n * L->nband * c->ec);
     L->zrow = lk_alloc(sizeof(float) * (size_t)c->iw * c->ec);
-    if (!L->ws || !L->wt || !L->part || !L->zrow) {
+    if (!L->ws || !L->wt || !L->w1t || !L->part || !L->zrow) {
         lk_expdw_free(L);
-        return LK_FAIL(LK_ERR_NOMEM, "expand+depthwise: ring [%d, %zu] and weights", L->team,
-                       ring);
+        return LK_FAIL(LK_ERR_NOMEM, "expand+depthwise: rings [%d, %zu] and weights", L->team,
+                       L->ws_floats);
     }
     memset(L->zrow, 0, sizeof(float) * (size_t)c->iw * c->ec);
     return LK_OK;
@@ -293,6 +467,8 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
                               int n, int oy0, int oy1) {
     const lk_expdw_cfg *c = &L->cfg;
     const edw_row_fn rowk = edw_row_pick(c->k);
+    const lk_kernel_isa_t isa = lk_kernel_isa();
+    float *tmp = ring + (size_t)L->nslot * L->g * c->iw * c->ec; /* [8, IC + EC] */
     void (*biasf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_bias);
     void (*sumf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_sum);
     const int k = c->k, s = c->stride, p = L->pad;
@@ -306,6 +482,20 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
             float *e = edw_ring_row(L, ring, next, r0); /* [g * IW, EC], contiguous */
             const int64_t m = (int64_t)g * c->iw;
             const float *xs = x + (((int64_t)n * c->ih + next) * c->iw) * c->ic;
+#ifdef LK_X86
+            if (isa == LK_ISA_AVX512) {
+                edw_expand512(e, xs, L->w1t, b1, m, c->ic, c->ec, tmp);
+                next += g;
+                continue;
+            }
+            if (isa == LK_ISA_AVX2) {
+                edw_expand256(e, xs, L->w1t, b1, m, c->ic, c->ec, tmp);
+                next += g;
+                continue;
+            }
+#endif
+            (void)isa;
+            (void)tmp;
             /* Inside the region sgemm runs on this thread alone. */
             dnnl_status_t st = dnnl_sgemm('N', 'T', m, c->ec, c->ic, 1.0f, xs, c->ic, w1, c->ic,
                                           0.0f, e, c->ec);
@@ -320,10 +510,11 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
             rows[i] = r < 0 || r >= c->ih ? L->zrow : edw_ring_row(L, ring, r, r0);
         }
         float *yr = y + (((int64_t)n * L->oh + oy) * L->ow) * c->ec;
-        if (rowk)
-            rowk(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, s, p);
-        else
-            edw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
+        if (rowk) { /* SiLU and the channel sums applied in registers */
+            rowk(yr, sum, rows, L->wt, bd, L->ow, c->iw, c->ec, s, p);
+            continue;
+        }
+        edw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
         lk_silu_forward_fast_serial(yr, yr, (int64_t)L->ow * c->ec);
         if (sum) sumf(sum, yr, L->ow, c->ec);
     }
@@ -339,6 +530,9 @@ lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, c
     /* wd [EC, 1, KH, KW] -> tap-major [KH * KW, EC], the kernel's vector direction. */
     for (int ch = 0; ch < ec; ch++)
         for (int t = 0; t < kk; t++) L->wt[(size_t)t * ec + ch] = wd[(size_t)ch * kk + t];
+    /* w1 [EC, IC] -> w1t [IC, EC], the x86 expansion kernels' vector direction. */
+    for (int ch = 0; ch < ec; ch++)
+        for (int i = 0; i < c->ic; i++) L->w1t[(size_t)i * ec + ch] = w1[(size_t)ch * c->ic + i];
     int team = L->team;
 #ifdef _OPENMP
     if (omp_get_max_threads() < team) team = omp_get_max_threads();
@@ -382,6 +576,7 @@ lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, c
 void lk_expdw_free(lk_expdw *L) {
     lk_free(L->ws);
     lk_free(L->wt);
+    lk_free(L->w1t);
     lk_free(L->part);
     lk_free(L->zrow);
     memset(L, 0, sizeof *L);

@@ -198,6 +198,7 @@ typedef struct lk_expdw {
     size_t ws_floats; /* one ring: [nslot * g, IW, EC] */
     float *ws;        /* [team] rings */
     float *wt;        /* [K * K, EC] depthwise weights, tap-major */
+    float *w1t;       /* [IC, EC] expansion weights, transposed (the x86 kernels) */
     float *part;      /* [N, nband, EC] per-band channel sums of the output */
     float *zrow;      /* [IW, EC] zeros: the rows of the padding */
 } lk_expdw;

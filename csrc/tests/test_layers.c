@@ -541,16 +541,19 @@ static int test_dwconv(void) {
 static double silu_d(double v) { return v / (1.0 + exp(-v)); }
 
 /* The fused MBConv expansion + depthwise (inference) against a double reference of the
- * two layers, output and pool: both strides, kernels 1, 3, 5 and 7, maps narrower than
- * one sgemm's rows (several rows per call) and wider, batches below the thread count
- * (bands of output rows, halo rows recomputed) and above, channels off the 64 block. */
+ * two layers, output and pool, on every kernel path: both strides, kernels 1, 3, 5 and
+ * 7, maps narrower than one expansion call's rows (several rows per call) and wider,
+ * batches below the thread count (bands of output rows, halo rows recomputed) and
+ * above, channels off the 64 block and off the expansion kernels' 3-vector blocks and
+ * vectors, row counts off their micro-tiles (B3's 150-wide rows: 150 = 18 x 8 + 6). */
 static int test_expdw(void) {
     NEED(lk_expdw_init, "expand_dw.c");
     /* n, ic, ih, iw, ec, k, stride */
     static const int cases[][7] = {
         {2, 5, 9, 11, 70, 3, 1},  {1, 3, 17, 13, 24, 5, 2}, {3, 4, 6, 80, 16, 3, 2},
         {1, 6, 33, 9, 130, 5, 1}, {2, 2, 4, 4, 8, 7, 1},    {1, 7, 20, 20, 64, 3, 1},
-        {1, 3, 5, 3, 9, 1, 2},    {4, 8, 12, 7, 136, 5, 2},
+        {1, 3, 5, 3, 9, 1, 2},    {4, 8, 12, 7, 136, 5, 2}, {1, 24, 5, 150, 144, 3, 2},
+        {2, 33, 6, 26, 200, 5, 1},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int *a = cases[t];
@@ -584,16 +587,29 @@ static int test_expdw(void) {
                         ry[((size_t)(b * oh + oy) * ow + ox) * ec + c] = v;
                         rp[(size_t)b * ec + c] += v / (oh * ow);
                     }
-        lk_expdw L;
-        lk_expdw_cfg cfg = {.n = n, .ic = ic, .ih = ih, .iw = iw, .ec = ec, .k = k, .stride = st};
-        OK(lk_expdw_init(&L, &cfg));
-        EXPECT(L.oh == oh && L.ow == ow, "case %zu: output %dx%d, expected %dx%d", t, L.oh, L.ow,
-               oh, ow);
-        lk_status s1 = lk_expdw_forward(&L, y, pool, x, w1, b1, wd, bd);
-        lk_expdw_free(&L);
-        OK(s1);
-        CLOSE("expdw y", y, ry, (size_t)n * oh * ow * ec);
-        CLOSE("expdw pool", pool, rp, (size_t)n * ec);
+        static const char *isas[] = {"c", "avx2", "avx512"};
+        for (int q = 0; q < 3; q++) { /* each kernel path: sgemm or the register kernels */
+            if (lk_kernel_isa_set(isas[q]) != LK_OK) { /* not on this CPU */
+                lk_clear_error();
+                continue;
+            }
+            lk_expdw L;
+            lk_expdw_cfg cfg = {.n = n, .ic = ic, .ih = ih, .iw = iw, .ec = ec, .k = k,
+                                .stride = st};
+            lk_status s1 = lk_expdw_init(&L, &cfg);
+            if (s1 == LK_OK) {
+                EXPECT(L.oh == oh && L.ow == ow, "case %zu: output %dx%d, expected %dx%d", t,
+                       L.oh, L.ow, oh, ow);
+                memset(y, 0, sizeof(float) * (size_t)n * oh * ow * ec);
+                s1 = lk_expdw_forward(&L, y, pool, x, w1, b1, wd, bd);
+                lk_expdw_free(&L);
+            }
+            lk_kernel_isa_set("auto");
+            OK(s1);
+            if (!close_to(isas[q], y, ry, (size_t)n * oh * ow * ec, RTOL, __LINE__) ||
+                !close_to(isas[q], pool, rp, (size_t)n * ec, RTOL, __LINE__))
+                return failf(__LINE__, "expdw case %zu on the %s path", t, isas[q]);
+        }
     }
     lk_expdw bad;
     lk_expdw_cfg c0 = {.n = 1, .ic = 4, .ih = 8, .iw = 8, .ec = 8, .k = 4, .stride = 1};

@@ -1,0 +1,121 @@
+/* SiLU's numerics and its vector steps, shared by activation.c (the SiLU layer and
+ * the fused BN+SiLU passes) and the kernels that apply SiLU in registers before their
+ * results reach memory (expand_dw.c). Not a public header. */
+#ifndef LK_SILU_SIMD_H
+#define LK_SILU_SIMD_H
+
+#include <stdint.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LK_SILU_X86 1
+#include <immintrin.h>
+#endif
+
+/* ------------------------------------------------------------------ SiLU
+ * sigmoid from e = exp(-|x|), which lies in [0, 1] and never overflows:
+ *   s = 1 / (1 + e) for x >= 0,   s = e / (1 + e) for x < 0,
+ * so s keeps its relative accuracy on both tails. Then
+ *   forward   y = x * s
+ *   backward dx = dy * (s * (1 + x * (1 - s)))   (torch's formula, also its sign of zero)
+ * exp(t), t = max(-|x|, -104): t = k ln2 + r with |r| <= ln2/2 (ln2 in two parts,
+ * Cody-Waite), e^r = 1 + r (1 + r q(r)) with q of degree 4 fitted for the least
+ * maximum relative error (3e-9 before float rounding), 2^k written into the exponent
+ * bits. k goes down to -150, below the normal range, so 2^k is applied as 2^(k+64) then
+ * 2^-64: a single rounding into the subnormals, and exactly 0 below e^-104.
+ * Special values as torch: silu(nan) = nan, silu(inf) = inf, silu(-inf) = nan
+ * (-inf * 0), silu(-1e4) = -0; the gradient is nan at nan and at +-inf. */
+#define SILU_LOG2E 1.44269504088896341f
+#define SILU_LN2_HI 0.693145751953125f        /* 0x3f317200: k * LN2_HI is exact */
+#define SILU_LN2_LO 1.42860682030941723e-6f   /* ln2 - LN2_HI */
+#define SILU_TMIN (-104.0f)                   /* e^-104 rounds to 0 */
+#define SILU_2M64 5.42101086242752217e-20f    /* 2^-64 */
+/* 1.5 * 2^23 + 191: adding it rounds t*log2(e) to an integer k, and the float's low
+ * mantissa bits then hold k + 64 + 127, the biased exponent of 2^(k+64). */
+#define SILU_SHIFT 12583103.0f
+#define SILU_Q0 0.4999999403953552f
+#define SILU_Q1 0.1666652113199234f
+#define SILU_Q2 0.04166838899254799f
+#define SILU_Q3 0.008368710055947304f
+#define SILU_Q4 0.001381461275741458f
+
+#ifdef LK_SILU_X86
+#define LK_AVX2 __attribute__((target("avx2,fma")))
+
+/* exp(t) for t in [SILU_TMIN, 0], 8 lanes. */
+LK_AVX2 static inline __m256 silu_exp8(__m256 t) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 j = _mm256_fmadd_ps(t, _mm256_set1_ps(SILU_LOG2E), _mm256_set1_ps(SILU_SHIFT));
+    __m256 k = _mm256_sub_ps(j, _mm256_set1_ps(SILU_SHIFT));
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(SILU_LN2_HI), t);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(SILU_LN2_LO), r);
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(SILU_Q4), r, _mm256_set1_ps(SILU_Q3));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(SILU_Q2));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(SILU_Q1));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(SILU_Q0));
+    __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(q, r, one), r, one);
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(j), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, scale), _mm256_set1_ps(SILU_2M64));
+}
+
+/* sigmoid(x) = *num / *den: num = 1 (x >= 0) or e (x < 0), den = 1 + e, e = exp(-|x|). */
+LK_AVX2 static inline void silu_parts8(__m256 x, __m256 *num, __m256 *den) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    /* -|x|; max() returns its second operand for a NaN, x * s is NaN regardless. */
+    __m256 t = _mm256_max_ps(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(SILU_TMIN));
+    __m256 e = silu_exp8(t);
+    *num = _mm256_blendv_ps(one, e, x); /* e where x's sign bit is set */
+    *den = _mm256_add_ps(one, e);
+}
+
+#define LK_AVX512 __attribute__((target("avx512f")))
+
+/* The AVX2 steps in 16 lanes; scalef applies 2^k with one rounding into the
+ * subnormals, so the 2^(k+64) * 2^-64 detour is not needed. */
+LK_AVX512 static inline __m512 silu_exp16(__m512 t) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(SILU_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(SILU_LN2_HI), t);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(SILU_LN2_LO), r);
+    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(SILU_Q4), r, _mm512_set1_ps(SILU_Q3));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(SILU_Q2));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(SILU_Q1));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(SILU_Q0));
+    __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(q, r, one), r, one);
+    return _mm512_scalef_ps(p, k);
+}
+
+/* silu_parts8 in 16 lanes. */
+LK_AVX512 static inline void silu_parts16(__m512 x, __m512 *num, __m512 *den) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    __m512i xi = _mm512_castps_si512(x);
+    __m512 t = _mm512_max_ps(_mm512_castsi512_ps(_mm512_or_si512(xi, sign)),
+                             _mm512_set1_ps(SILU_TMIN));
+    __m512 e = silu_exp16(t);
+    *num = _mm512_mask_blend_ps(_mm512_test_epi32_mask(xi, sign), one, e);
+    *den = _mm512_add_ps(one, e);
+}
+
+/* Inference: x * sigmoid(x) with 1 / (1 + e) from the reciprocal estimate (12 bits)
+ * and one Newton step, about 2^-22 relative, instead of the divider (the slowest step
+ * of the exact form). */
+LK_AVX2 static inline __m256 silu_fast8(__m256 v) {
+    __m256 num, d;
+    silu_parts8(v, &num, &d);
+    __m256 r = _mm256_rcp_ps(d);
+    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
+    return _mm256_mul_ps(v, _mm256_mul_ps(num, r));
+}
+
+/* silu_fast8 in 16 lanes: rcp14 and one Newton step (about 2^-27 relative). */
+LK_AVX512 static inline __m512 silu_fast16(__m512 v) {
+    __m512 num, d;
+    silu_parts16(v, &num, &d);
+    __m512 r = _mm512_rcp14_ps(d);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+    return _mm512_mul_ps(v, _mm512_mul_ps(num, r));
+}
+#endif
+
+#endif
