@@ -42,6 +42,8 @@ dnnl_lib = _locate("onednn-cpu-gomp", "libdnnl.so.3").parent
 sources = sorted(
     p for p in glob.glob("csrc/**/*.c", recursive=True) if not p.startswith("csrc/tests")
 )
+# A header change rebuilds the extension too (the kernel templates are headers).
+headers = sorted(glob.glob("csrc/**/*.h", recursive=True))
 include_dirs = [
     "csrc/core",
     "csrc/layers",
@@ -68,6 +70,7 @@ cflags += ["-O0", "-g"] if debug else ["-O3"]
 ext = Extension(
     "leukemia._core",
     sources=sources,
+    depends=headers,
     include_dirs=include_dirs,
     library_dirs=[str(dnnl_lib)],
     libraries=[":libdnnl.so.3"],

@@ -248,6 +248,67 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
         _core._expdw_policy("sometimes")
 
 
+@pytest.mark.parametrize(
+    "arch,fold",
+    [("efficientnet_b3", "never"), ("efficientnet_b3", "always"), ("efficientnet_v2_s", "never")],
+)
+def test_residual_added_inside_the_last_convolution(arch, fold):
+    """At inference a residual block adds its input as its last convolution writes (a
+    oneDNN binary post-op on the projection, or Winograd's output pass in V2-S's first
+    stage, forced on here) instead of in a pass of its own: the backbone's features
+    against torch and against the separate add, with the SE gate folded into the
+    projection (one image at a time) and not, and the frozen prefix of a last_block
+    training step, whose blocks run as at inference."""
+    from leukemia import _core
+
+    head, k = "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=4)
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    wino = "always" if arch == "efficientnet_v2_s" else "auto"
+
+    def under(resfuse, fn):
+        # The policies are read when a model plans, which its first call does.
+        old = (
+            _core._resfuse_policy(resfuse),
+            _core._se_fold_policy(fold),
+            _core._wino_policy(wino),
+        )
+        try:
+            return fn()
+        finally:
+            _core._resfuse_policy(old[0])
+            _core._se_fold_policy(old[1])
+            _core._wino_policy(old[2])
+
+    def features(resfuse):
+        return under(resfuse, lambda: _ours_from(ref, arch, head, k, "head").frozen_features(x))
+
+    fused, apart = features("auto"), features("never")
+    ref.eval()
+    with torch.no_grad():
+        want = ref.double().features(torch.from_numpy(x.astype(np.float64))).numpy()
+    ref.float()
+    assert _rel(fused, want) < LOGIT_RTOL
+    # The same sums in the same order: the fused add may differ by a rounding at most.
+    assert _rel(fused, apart) < 1e-6
+
+    def step(resfuse):
+        def run():
+            m = _ours_from(ref, arch, head, k, "last_block").train()
+            y = m(x)
+            m.backward(_dlogits(y, np.array([0, 1])))
+            return y, dict(m.named_grads(trainable=True))
+
+        return under(resfuse, run)
+
+    (y1, g1), (y2, g2) = step("auto"), step("never")
+    assert _rel(y1, y2) < 1e-6
+    for name, g in g1.items():
+        assert _rel(g, g2[name]) < 1e-5, name
+    with pytest.raises(ValueError, match="residual fusion"):
+        _core._resfuse_policy("always")
+
+
 def test_winograd_forward_in_eval_and_train():
     """V2-S with every dense 3x3 stride-1 convolution by Winograd F(4x4, 3x3) (its
     FusedMBConv stages): against torch in eval and in a train step (forward, input and

@@ -26,6 +26,10 @@ static lk_expdw_policy g_expdw = LK_EXPDW_AUTO;
 void lk_block_set_expdw_policy(lk_expdw_policy p) { g_expdw = p; }
 lk_expdw_policy lk_block_get_expdw_policy(void) { return g_expdw; }
 
+static lk_resfuse_policy g_resfuse = LK_RESFUSE_AUTO;
+void lk_block_set_resfuse_policy(lk_resfuse_policy p) { g_resfuse = p; }
+lk_resfuse_policy lk_block_get_resfuse_policy(void) { return g_resfuse; }
+
 /* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape;
  * from 24x24 down the two paths are within 5 % either way (expand_dw.c). */
 static int expdw_pays(const lk_block *b) { return b->ih * b->iw >= 38 * 38; }
@@ -117,6 +121,10 @@ lk_status lk_block_plan(lk_block *b, const lk_plan_opts *o, int train, int grad_
         /* The projection after an SE takes the gate instead of the gated tensor. */
         u->gate_in = i == b->se_after + 1 && b->se_after >= 0 && m != LK_MODE_FROZEN &&
                      se_fold_wanted(h, w, u->oc);
+        /* At inference the residual is added as the last unit writes (no stochastic
+         * depth there): b->out is that unit's output. */
+        u->res_in = i == b->nu - 1 && b->cfg.residual && b->mode == LK_MODE_EVAL &&
+                    m == LK_MODE_EVAL && g_resfuse == LK_RESFUSE_AUTO;
         LK_TRY(lk_cba_plan(u, o, m, h, w));
         /* An expansion read only by the next unit (lk_block_shared). */
         u->shared_out = i == 0 && b->nu > 1 && u->mode == LK_MODE_TRAIN && u->bn.cfg.silu;
@@ -151,7 +159,7 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
     size_t count = (size_t)b->n * b->oh * b->ow * b->cfg.out;
     b->sd = NULL;
     b->keep = NULL;
-    if (b->cfg.residual) {
+    if (b->cfg.residual && !b->u[b->nu - 1].res_in) {
         b->out = lk_arena_take(a, count);
         if (block_has_sd(b)) {
             b->sd = lk_arena_take(a, count);
@@ -209,8 +217,11 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         lk_cba *u = &b->u[i];
         const uint64_t ver = lk_unit_version(v, u->trainable);
         const int done = b->fused_xdw && i == 1; /* u->out made by lk_expdw_forward */
+        const float *res = u->res_in ? x : NULL; /* the residual, added as u writes */
         if (!done && u->gate_in)
-            LK_TRY(lk_cba_forward_gated(u, h, b->se.gate, ver));
+            LK_TRY(lk_cba_forward_gated(u, h, b->se.gate, res, ver));
+        else if (!done && res)
+            LK_TRY(lk_cba_forward_add(u, h, res, ver));
         else if (!done)
             LK_TRY(lk_cba_forward(u, h, ver));
         h = u->out;
@@ -226,7 +237,8 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
             }
         }
     }
-    if (!b->cfg.residual) return LK_OK; /* b->out aliases the last unit's output */
+    /* b->out aliases the last unit's output, which holds the sum where it was fused. */
+    if (!b->cfg.residual || b->u[b->nu - 1].res_in) return LK_OK;
     int64_t per = (int64_t)b->oh * b->ow * b->cfg.out;
     if (block_has_sd(b)) {
         LK_TRY(lk_stochdepth_forward(b->sd, b->keep, h, b->n, per, b->cfg.sd_prob, seed));

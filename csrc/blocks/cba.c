@@ -50,6 +50,8 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
     LK_REQUIRE(!u->gate_in || (mode != LK_MODE_FROZEN && u->k == 1 && u->stride == 1 &&
                                u->groups == 1),
                "conv-BN unit: a gated input needs an EVAL or TRAIN 1x1 unit");
+    LK_REQUIRE(!u->res_in || mode == LK_MODE_EVAL,
+               "conv-BN unit: the fused residual is for EVAL units only");
     lk_conv2d_cfg cc = {.n = o->n, .ic = u->ic, .ih = ih, .iw = iw, .oc = u->oc, .kh = u->k,
                         .kw = u->k, .sh = u->stride, .sw = u->stride, .pt = pad, .pl = pad,
                         .pb = pad, .pr = pad, .groups = u->groups, .scratch = o->scratch};
@@ -57,6 +59,7 @@ lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, in
         cc.bias = 1; /* the folded BN shift */
         if (mode == LK_MODE_EVAL) {
             cc.post_silu = u->has_act; /* one pass instead of three */
+            cc.post_add = u->res_in;
         } else {
             cc.train = 1;
             cc.need_dx = u->need_dx;
@@ -153,6 +156,12 @@ static lk_status cba_after_conv(lk_cba *u) {
     return LK_OK;
 }
 
+lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version) {
+    LK_REQUIRE(u->res_in && add, "conv-BN unit: not planned for a residual (res_in), or none given");
+    lk_cba_refold(u, version);
+    return lk_conv2d_forward_add(&u->conv, u->z, x, u->wf, u->bf, version, add);
+}
+
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
     if (u->mode != LK_MODE_TRAIN) {
         lk_cba_refold(u, version);
@@ -167,9 +176,12 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
  * image: the gated input (an activation-sized pass, written and read back) never
  * exists; one image's weights, [OC, IC], are far smaller on the maps this is planned
  * for (the block's rule). */
-lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version) {
+lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, const float *add,
+                               uint64_t version) {
     LK_REQUIRE(u->gate_in && u->wg, "conv-BN unit: not planned for a gated input (gate_in)");
     LK_REQUIRE(x && gate, "conv-BN unit (gated): NULL argument");
+    LK_REQUIRE(!add == !u->res_in, "conv-BN unit (gated): the residual %s",
+               add ? "was given, but the unit was not planned for it (res_in)" : "is missing");
     const float *b = NULL;
     if (u->mode != LK_MODE_TRAIN) {
         lk_cba_refold(u, version);
@@ -192,7 +204,8 @@ lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uin
         /* The same products as w * g before the layout: a reorder only moves them. */
 #pragma omp parallel for simd schedule(static) if (nl > 65536)
         for (int64_t k = 0; k < nl; k++) wg[k] = wl[k] * g[map[k]];
-        LK_TRY(lk_conv2d_forward_laid(&u->conv1, u->z + n * hw * oc, x + n * hw * ic, wg, b));
+        LK_TRY(lk_conv2d_forward_laid(&u->conv1, u->z + n * hw * oc, x + n * hw * ic, wg, b,
+                                      add ? add + n * hw * oc : NULL));
     }
     return cba_after_conv(u);
 }

@@ -93,6 +93,8 @@ typedef struct lk_cba {
                           and channel (a squeeze-and-excitation folded into this unit):
                           each image runs with its weights times its gate, and a training
                           weight gradient makes the gated rows in cache */
+    int res_in;        /* set by the block before planning (EVAL only): the unit's forward
+                          adds the block's residual as it writes (lk_cba_forward_add) */
     lk_conv2d conv1;   /* gate_in: the same convolution on one image */
     size_t nlaid;      /* gate_in: floats of conv1's weights in its own layout */
     float *wl;         /* gate_in: [nlaid] the weights (EVAL: folded) in conv1's layout */
@@ -110,11 +112,14 @@ typedef struct lk_cba {
 lk_status lk_cba_plan(lk_cba *u, const lk_plan_opts *o, lk_mode mode, int ih, int iw);
 void lk_cba_bind(lk_cba *u, lk_arena *a);
 lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version);
+/* A res_in unit's forward: out = unit(x) + add, add [N, OH, OW, OC] the residual. */
+lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version);
 /* EVAL / FROZEN: wf and bf from the parameters, unless already folded at `version`
  * (0: always refold). */
 void lk_cba_refold(lk_cba *u, uint64_t version);
 /* gate_in units: lk_cba_forward of x * gate[image] (gate [N, IC]), never formed. */
-lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, uint64_t version);
+lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, const float *add,
+                               uint64_t version);
 /* out again from z and the batch statistics (shared_out units): the forward's bits. */
 lk_status lk_cba_recompute_out(lk_cba *u);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
@@ -235,6 +240,14 @@ lk_se_fold_policy lk_block_get_se_fold_policy(void);
 typedef enum lk_expdw_policy { LK_EXPDW_AUTO = 0, LK_EXPDW_NEVER, LK_EXPDW_ALWAYS } lk_expdw_policy;
 void lk_block_set_expdw_policy(lk_expdw_policy p);
 lk_expdw_policy lk_block_get_expdw_policy(void);
+
+/* Whether a residual block at inference (EVAL) adds its input inside the last unit's
+ * convolution (a post-op: the unit output is never read back) instead of in a pass of
+ * its own. AUTO fuses wherever possible; NEVER for tests and benchmarks. Read when a
+ * block is planned. */
+typedef enum lk_resfuse_policy { LK_RESFUSE_AUTO = 0, LK_RESFUSE_NEVER } lk_resfuse_policy;
+void lk_block_set_resfuse_policy(lk_resfuse_policy p);
+lk_resfuse_policy lk_block_get_resfuse_policy(void);
 
 /* Structure of a block (which units exist) from its config; zeroes the block. */
 void lk_block_setup(lk_block *b, const lk_block_cfg *cfg);

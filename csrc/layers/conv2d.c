@@ -44,6 +44,8 @@ static lk_status conv_check(const lk_conv2d_cfg *c, int *oh, int *ow) {
                "conv2d: gated_in needs a training plain 1x1 convolution without bias");
     LK_REQUIRE(!(c->post_silu && c->train),
                "conv2d: the fused SiLU post-op is for inference only (train=1 given)");
+    LK_REQUIRE(!(c->post_add && c->train),
+               "conv2d: the fused residual add is for inference only (train=1 given)");
     *oh = (c->ih + c->pt + c->pb - c->kh) / c->sh + 1;
     *ow = (c->iw + c->pl + c->pr - c->kw) / c->sw + 1;
     LK_REQUIRE(c->ih + c->pt + c->pb >= c->kh && c->iw + c->pl + c->pr >= c->kw,
@@ -332,19 +334,25 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     LK_TRY_GOTO(conv_weights_md(&w_user, c, dnnl_oihw));                     /* [OC, IC/G, KH, KW] */
     if (c->bias) LK_TRY_GOTO(lk_md1(&b_md, c->oc));                          /* [OC] */
     LK_TRY_GOTO(lk_attr(&attr));
-    if (c->post_silu) {
-        /* Inference only (checked in conv_check): training needs the pre-activation. */
+    if (c->post_silu || c->post_add) {
+        /* Inference only (checked in conv_check): training needs the pre-activation. The
+         * residual is a binary add of a whole tensor (no broadcast), after the SiLU: the
+         * 1x1 kernels apply it as they store, so the conv output is never read back. */
         dnnl_post_ops_t po = NULL;
         LK_DNNL_GOTO(dnnl_post_ops_create(&po));
-        dnnl_status_t ps = dnnl_post_ops_append_eltwise(po, dnnl_eltwise_swish, 1.0f, 0.0f);
+        dnnl_status_t ps = dnnl_success;
+        if (c->post_silu) ps = dnnl_post_ops_append_eltwise(po, dnnl_eltwise_swish, 1.0f, 0.0f);
+        if (ps == dnnl_success && c->post_add)
+            ps = dnnl_post_ops_append_binary(po, dnnl_binary_add, y_md);
         if (ps == dnnl_success) ps = dnnl_primitive_attr_set_post_ops(attr, po);
         dnnl_post_ops_destroy(po);
         if (ps != dnnl_success) {
-            st = LK_FAIL(LK_ERR_DNNL, "oneDNN call dnnl_post_ops_append_eltwise / "
-                         "dnnl_primitive_attr_set_post_ops (SiLU) failed: %s",
+            st = LK_FAIL(LK_ERR_DNNL, "oneDNN call dnnl_post_ops_append_eltwise / _binary / "
+                         "dnnl_primitive_attr_set_post_ops (SiLU, residual) failed: %s",
                          lk_dnnl_status_str(ps));
             goto done;
         }
+        if (c->post_add) LK_TRY_GOTO(lk_mem(&L->m_add, y_md));
     }
 
     LK_DNNL_GOTO(dnnl_convolution_forward_primitive_desc_create(
@@ -466,30 +474,52 @@ static lk_status conv_weights_to(lk_prim *reorder, int needed, dnnl_memory_t m_u
 }
 
 /* The forward primitive on x, y and b, with its weights already bound to m_w_fwd. */
-static lk_status conv_fwd_exec(lk_conv2d *L, float *y, const float *x, const float *b) {
+/* Whether add suits the plan: given exactly when planned with post_add, never y. */
+static lk_status conv_add_check(const lk_conv2d *L, const float *y, const float *add) {
+    LK_REQUIRE(!add == !L->cfg.post_add,
+               add ? "conv2d forward: an addend given, but the layer was planned without post_add"
+                   : "conv2d forward: the layer was planned with post_add: give the addend");
+    LK_REQUIRE(add != y, "conv2d forward: the addend may not alias the output");
+    return LK_OK;
+}
+
+static lk_status conv_fwd_exec(lk_conv2d *L, float *y, const float *x, const float *b,
+                               const float *add) {
     LK_TRY(lk_mem_set(L->m_x, x));
     LK_TRY(lk_mem_set(L->m_y, y));
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, L->m_x}, {DNNL_ARG_WEIGHTS, L->m_w_fwd},
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, L->m_x}, {DNNL_ARG_WEIGHTS, L->m_w_fwd},
                                {DNNL_ARG_DST, L->m_y}};
     int n = 3;
     if (L->cfg.bias) {
         LK_TRY(lk_mem_set(L->m_b, b));
         args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, L->m_b};
     }
+    if (add) { /* the binary post-op follows the SiLU's, if there is one */
+        LK_TRY(lk_mem_set(L->m_add, add));
+        const int idx = L->cfg.post_silu ? 1 : 0;
+        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx) | DNNL_ARG_SRC_1,
+                                      L->m_add};
+    }
     return lk_prim_exec(&L->fwd, n, args);
 }
 
 lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
                             uint64_t w_version) {
+    return lk_conv2d_forward_add(L, y, x, w, b, w_version, NULL);
+}
+
+lk_status lk_conv2d_forward_add(lk_conv2d *L, float *y, const float *x, const float *w,
+                                const float *b, uint64_t w_version, const float *add) {
     LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
     LK_REQUIRE(y && x && w && (b || !L->cfg.bias), "conv2d forward: NULL argument");
+    LK_TRY(conv_add_check(L, y, add));
     if (L->wino) {
         if (w_version == 0 || L->wg_w != w || L->wg_version != w_version) {
             lk_wino_set_weights(&L->wg, w);
             L->wg_w = w;
             L->wg_version = w_version;
         }
-        return lk_wino_forward(&L->wg, y, x, L->cfg.bias ? b : NULL);
+        return lk_wino_forward(&L->wg, y, x, L->cfg.bias ? b : NULL, add);
     }
     int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
     if (!fresh || !L->need_w_fwd) {
@@ -497,7 +527,7 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
         L->w_cached = w;
         L->w_cached_version = w_version;
     }
-    return conv_fwd_exec(L, y, x, b);
+    return conv_fwd_exec(L, y, x, b, add);
 }
 
 size_t lk_conv2d_fwd_weights_floats(const lk_conv2d *L) {
@@ -519,12 +549,13 @@ lk_status lk_conv2d_fwd_weights(lk_conv2d *L, float *dst, const float *w) {
 }
 
 lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const float *w_laid,
-                                 const float *b) {
+                                 const float *b, const float *add) {
     LK_REQUIRE(L->fwd.p, "conv2d: layer not initialised");
     LK_REQUIRE(y && x && w_laid && (b || !L->cfg.bias), "conv2d forward (laid): NULL argument");
+    LK_TRY(conv_add_check(L, y, add));
     L->w_cached = NULL;
     LK_TRY(lk_mem_set(L->m_w_fwd, w_laid));
-    return conv_fwd_exec(L, y, x, b);
+    return conv_fwd_exec(L, y, x, b, add);
 }
 
 /* dx = forward(dy) with the kernel rotated by 180 degrees (conv_dx_flipped); the
@@ -568,7 +599,7 @@ lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, cons
     } else if (dx && L->wino_dx) {
         LK_REQUIRE(w, "conv2d backward: w is NULL");
         lk_wino_set_weights_rotated(&L->wg_dx, w);
-        LK_TRY(lk_wino_forward(&L->wg_dx, dx, dy, NULL));
+        LK_TRY(lk_wino_forward(&L->wg_dx, dx, dy, NULL, NULL));
     } else if (dx) {
         LK_REQUIRE(L->bwd_d.p, "conv2d backward: planned without the input gradient (need_dx=0)");
         LK_REQUIRE(w, "conv2d backward: w is NULL");
@@ -667,7 +698,8 @@ void lk_conv2d_free(lk_conv2d *L) {
     lk_wino_free(&L->wg_dx);
     dnnl_memory_t *mems[] = {&L->m_x,     &L->m_y,      &L->m_w_user,  &L->m_w_fwd,
                              &L->m_b,     &L->m_dx,     &L->m_dy,      &L->m_w_bwd_d,
-                             &L->m_dw_int, &L->m_dw_user, &L->m_db,    &L->m_w_flip};
+                             &L->m_dw_int, &L->m_dw_user, &L->m_db,    &L->m_w_flip,
+                             &L->m_add};
     for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) lk_mem_free(mems[i]);
     memset(L, 0, sizeof *L);
 }

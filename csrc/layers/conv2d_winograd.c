@@ -133,18 +133,31 @@ enum { WG_T = 48,   /* tiles per block (half that when the layer has few tiles f
 #undef WK_MR
 #endif
 
-typedef void (*wg_block_fn)(const lk_wino *, float *, const float *, const float *, float *,
-                            int64_t, int64_t);
+typedef void (*wg_block_fn)(const lk_wino *, float *, const float *, const float *,
+                            const float *, float *, int64_t, int64_t);
+typedef void (*wg_block_w_fn)(const lk_wino *, float *, const float *, const float *, float *,
+                              int64_t, int64_t);
 
-static wg_block_fn wg_block_pick(int grad_w) {
+static wg_block_fn wg_block_pick(void) {
 #ifdef LK_X86
     switch (lk_kernel_isa()) {
-    case LK_ISA_AVX512: return grad_w ? wk_block_w_avx512 : wk_block_avx512;
-    case LK_ISA_AVX2: return grad_w ? wk_block_w_avx2 : wk_block_avx2;
+    case LK_ISA_AVX512: return wk_block_avx512;
+    case LK_ISA_AVX2: return wk_block_avx2;
     default: break;
     }
 #endif
-    return grad_w ? wk_block_w_c : wk_block_c;
+    return wk_block_c;
+}
+
+static wg_block_w_fn wg_block_w_pick(void) {
+#ifdef LK_X86
+    switch (lk_kernel_isa()) {
+    case LK_ISA_AVX512: return wk_block_w_avx512;
+    case LK_ISA_AVX2: return wk_block_w_avx2;
+    default: break;
+    }
+#endif
+    return wk_block_w_c;
 }
 
 int lk_wino_supported(int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr, int groups,
@@ -234,12 +247,13 @@ void lk_wino_set_weights(lk_wino *L, const float *w) { wg_set(L, w, 0); }
 
 void lk_wino_set_weights_rotated(lk_wino *L, const float *w) { wg_set(L, w, 1); }
 
-lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) {
+lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b,
+                          const float *add) {
     LK_REQUIRE(L->u, "winograd conv: layer not initialised");
     LK_REQUIRE(y && x, "winograd conv forward: NULL argument");
     float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
     LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
-    const wg_block_fn block = wg_block_pick(0);
+    const wg_block_fn block = wg_block_pick();
     const int64_t nblk = (L->tiles + L->t - 1) / L->t;
     int team = L->team;
 #ifdef _OPENMP
@@ -256,7 +270,7 @@ lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b) 
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < nblk; k++) {
             const int64_t t0 = k * L->t, t1 = t0 + L->t < L->tiles ? t0 + L->t : L->tiles;
-            block(L, y, x, b, ws, t0, t1);
+            block(L, y, x, b, add, ws, t0, t1);
         }
     }
     return LK_OK;
@@ -273,7 +287,7 @@ lk_status lk_wino_backward_w(lk_wino *L, float *dw, const float *x, const float 
     LK_REQUIRE(dw && x && dy, "winograd conv weight gradient: NULL argument");
     float *const wsall = L->cfg.scratch ? L->cfg.scratch->base : L->ws;
     LK_REQUIRE(wsall, "winograd conv: the plan's shared workspace is not allocated");
-    const wg_block_fn block = wg_block_pick(1);
+    const wg_block_w_fn block = wg_block_w_pick();
     const int64_t nblk = (L->tiles + L->t - 1) / L->t;
     const int ic = L->cfg.ic, oc = L->cfg.oc;
     const size_t nu = (size_t)36 * ic * oc, pofs = L->per - nu; /* P: a thread's last nu */

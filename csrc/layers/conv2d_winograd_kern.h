@@ -148,10 +148,19 @@ WK_TGT static void WK(wk_out)(float *const orow[4], int ncol, const float *mt, s
 #undef WK_OUT_STEP
 }
 
+/* row [n] += add [n] (the residual of lk_wino_forward). */
+WK_TGT static void WK(wk_addrow)(float *row, const float *add, int64_t n) {
+    typedef WK(wk_mem) mem;
+    int64_t k = 0;
+    for (; k + WK_LN <= n; k += WK_LN) *(mem *)(row + k) += *(const mem *)(add + k);
+    for (; k < n; k++) row[k] += add[k];
+}
+
 /* Tiles [t0, t1) of the layer (t1 - t0 <= L->t): transforms and products through this
- * thread's workspace, then the SiLU (if any) over the block's output rows. */
+ * thread's workspace, then the SiLU (if any) and the residual (if any) over the block's
+ * output rows, which are still in cache. */
 WK_TGT static void WK(wk_block)(const lk_wino *L, float *y, const float *x, const float *b,
-                                float *ws, int64_t t0, int64_t t1) {
+                                const float *add, float *ws, int64_t t0, int64_t t1) {
     const lk_wino_cfg *c = &L->cfg;
     const int th = (c->h + 3) / 4, tw = (c->w + 3) / 4, nt = (int)(t1 - t0);
     float *vb = ws, *mb = ws + 36 * L->vs;
@@ -186,13 +195,14 @@ WK_TGT static void WK(wk_block)(const lk_wino *L, float *y, const float *x, cons
                        c->oc, o0, nc);
         }
     }
-    if (!c->silu) return;
-    for (int64_t t = t0; t < t1; t++) { /* the block's rows are still in cache */
+    if (!c->silu && !add) return;
+    for (int64_t t = t0; t < t1; t++) {
         const int n = (int)(t / ((int64_t)th * tw)), r = (int)(t % ((int64_t)th * tw));
         const int oy = (r / tw) * 4, ox = (r % tw) * 4, ncol = c->w - ox < 4 ? c->w - ox : 4;
         for (int i = 0; i < 4 && oy + i < c->h; i++) {
-            float *row = y + (((int64_t)n * c->h + oy + i) * c->w + ox) * c->oc;
-            lk_silu_forward_fast_serial(row, row, (int64_t)ncol * c->oc);
+            const int64_t off = (((int64_t)n * c->h + oy + i) * c->w + ox) * c->oc;
+            if (c->silu) lk_silu_forward_fast_serial(y + off, y + off, (int64_t)ncol * c->oc);
+            if (add) WK(wk_addrow)(y + off, add + off, (int64_t)ncol * c->oc);
         }
     }
 }

@@ -58,8 +58,10 @@ void lk_wino_set_weights(lk_wino *L, const float *w);
  * (this layer's channels swapped): each kernel transposed and turned by 180 degrees,
  * so that lk_wino_forward(dy) is that convolution's dx. */
 void lk_wino_set_weights_rotated(lk_wino *L, const float *w);
-/* y = conv(x, w) + b (b [OC] or NULL), then SiLU if configured. */
-lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b);
+/* y = conv(x, w) + b (b [OC] or NULL), then SiLU if configured, then + add [N, H, W, OC]
+ * (a residual, or NULL; it may not alias y). */
+lk_status lk_wino_forward(lk_wino *L, float *y, const float *x, const float *b,
+                          const float *add);
 /* dw [OC, IC, 3, 3] of y = conv(x, w) from dy [N, H, W, OC] (planned with grad_w). */
 lk_status lk_wino_backward_w(lk_wino *L, float *dw, const float *x, const float *dy);
 void lk_wino_free(lk_wino *L);
@@ -76,6 +78,8 @@ typedef struct lk_conv2d_cfg {
     int need_dx;            /* (train) compute the input gradient */
     int no_dw;              /* (train) no weight gradient: a frozen layer passing dx on */
     int post_silu;          /* (inference) apply SiLU to the output as a fused post-op */
+    int post_add;           /* (inference) add a tensor of the output's shape last (a
+                               residual; lk_conv2d_forward_add) as a fused post-op */
     int in_rows;            /* (train) plan for lk_conv2d_backward_w_rows (input made on demand) */
     int gated_in;           /* (train, plain 1x1) plan for lk_conv2d_backward_w_gated */
     lk_scratch *scratch;    /* a plan's shared workspace for the Winograd paths, or NULL */
@@ -89,6 +93,7 @@ typedef struct lk_conv2d {
     int need_w_fwd, need_w_bwd_d, need_dw_user;
     float *w_fwd, *w_bwd_d, *dw_int;          /* internal weight layouts */
     dnnl_memory_t m_x, m_y, m_w_user, m_w_fwd, m_b, m_dx, m_dy, m_w_bwd_d, m_dw_int, m_dw_user, m_db;
+    dnnl_memory_t m_add;    /* post_add: the addend, as the binary post-op's source */
     const float *w_cached;  /* eval: weights already reordered for this pointer */
     uint64_t w_cached_version;
     int dw_custom;          /* depthwise weight gradient by lk_dwconv_bwd_weights (no bwd_w) */
@@ -150,6 +155,10 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg);
  * (pass 0 to always reorder). */
 lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float *w, const float *b,
                             uint64_t w_version);
+/* The same, then y += add [N, OH, OW, OC] (after the SiLU, if any): planned with
+ * post_add, where add must be given (and may not alias y). */
+lk_status lk_conv2d_forward_add(lk_conv2d *L, float *y, const float *x, const float *w,
+                                const float *b, uint64_t w_version, const float *add);
 /* Floats of the weights in the forward primitive's own layout (blocked, maybe padded
  * with zeros), lk_conv2d_fwd_weights writes w [OC, IC/G, KH, KW] there, and
  * lk_conv2d_forward_laid runs the forward on weights already in it: for callers that
@@ -157,7 +166,7 @@ lk_status lk_conv2d_forward(lk_conv2d *L, float *y, const float *x, const float 
 size_t lk_conv2d_fwd_weights_floats(const lk_conv2d *L);
 lk_status lk_conv2d_fwd_weights(lk_conv2d *L, float *dst, const float *w);
 lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const float *w_laid,
-                                 const float *b);
+                                 const float *b, const float *add); /* add: as _forward_add */
 /* dx [N, IH, IW, IC], dw [OC, IC/G, KH, KW], db [OC] from dy [N, OH, OW, OC]. */
 lk_status lk_conv2d_backward(lk_conv2d *L, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w);

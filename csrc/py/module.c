@@ -109,6 +109,16 @@ static PyObject *py_expdw_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 3, xdw_get, xdw_set, "expand+depthwise");
 }
 
+static int resfuse_get(void) { return (int)lk_block_get_resfuse_policy(); }
+static void resfuse_set(int i) { lk_block_set_resfuse_policy((lk_resfuse_policy)i); }
+
+/* Tests: whether residual blocks at inference add their input inside the last unit's
+ * convolution ("auto", "never"; read when a model is planned); returns the previous one. */
+static PyObject *py_resfuse_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "never"};
+    return policy_switch(arg, names, 2, resfuse_get, resfuse_set, "residual fusion");
+}
+
 static int wino_get(void) { return (int)lk_conv2d_get_wino_policy(); }
 static void wino_set(int i) { lk_conv2d_set_wino_policy((lk_conv_wino_policy)i); }
 
@@ -179,6 +189,9 @@ PyMethodDef lk_py_core_methods[] = {
     {"_expdw_policy", py_expdw_policy, METH_O,
      "Tests: whether MBConv blocks at inference fuse expansion and depthwise; returns the "
      "previous policy."},
+    {"_resfuse_policy", py_resfuse_policy, METH_O,
+     "Tests: whether residual blocks at inference add their input inside the last unit's "
+     "convolution; returns the previous policy."},
     {"_wino_policy", py_wino_policy, METH_O,
      "Tests: whether dense 3x3 stride-1 convolutions run by Winograd (forward and gradients); "
      "returns the previous policy."},

@@ -145,7 +145,7 @@ static int failf(int line, const char *fmt, ...) {
     do { if (!close_to(what, got, ref, n, RTOL, __LINE__)) return 0; } while (0)
 
 /* Per-test allocations, released after each test (so early returns do not leak). */
-static void *g_allocs[256];
+static void *g_allocs[512];
 static int g_nallocs;
 
 static void *talloc(size_t bytes) {
@@ -633,10 +633,16 @@ static int wino_case(size_t t, const char *isa, int n, int h, int w, int ic, int
     const lk_wino_cfg cfg = {.n = n, .h = h, .w = w, .ic = ic, .oc = oc, .silu = silu};
     OK(lk_wino_init(&L, &cfg));
     lk_wino_set_weights(&L, wt);
-    lk_status s1 = lk_wino_forward(&L, y, x, b);
+    lk_status s1 = lk_wino_forward(&L, y, x, b, NULL);
+    /* With a residual (here the output itself): y + y after the SiLU. */
+    float *twice = fbuf(ny);
+    double *r2 = dbuf(ny);
+    for (size_t i = 0; i < ny; i++) r2[i] = 2.0 * ry[i];
+    if (s1 == LK_OK) s1 = lk_wino_forward(&L, twice, x, b, y);
     lk_wino_free(&L);
     OK(s1);
     if (!close_to(isa, y, ry, ny, 1e-3, __LINE__)) return 0;
+    if (!close_to(isa, twice, r2, ny, 1e-3, __LINE__)) return 0;
     /* Through conv2d: the same result, and a new weight version is transformed anew
      * (the same version keeps the cached transform, by contract). */
     lk_conv2d_set_wino_policy(LK_CONV_WINO_ALWAYS);
