@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "lk_blocks.h"
+#include "lk_cpu.h"
 
 static lk_se_fold_policy g_se_fold = LK_SE_FOLD_AUTO;
 void lk_block_set_se_fold_policy(lk_se_fold_policy p) { g_se_fold = p; }
@@ -30,9 +31,15 @@ static lk_resfuse_policy g_resfuse = LK_RESFUSE_AUTO;
 void lk_block_set_resfuse_policy(lk_resfuse_policy p) { g_resfuse = p; }
 lk_resfuse_policy lk_block_get_resfuse_policy(void) { return g_resfuse; }
 
-/* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape;
- * from 24x24 down the two paths are within 5 % either way (expand_dw.c). */
-static int expdw_pays(const lk_block *b) { return b->ih * b->iw >= 38 * 38; }
+/* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape.
+ * With the AVX-512 kernels also at 19x19 and 24x24 (bench_layers expdw_*, 2 threads:
+ * B3 96->576 k3 at 19x19 2.98 -> 2.40 ms at batch 16, V2-S 160->960 at 24x24 5.3 -> 4.6
+ * ms at batch 8), not at 12x12 and 10x10 (5.4 -> 6.7, 3.3 -> 3.8 ms); the AVX2 kernels
+ * lose from 24x24 down (V2-S 160->960 8.6 -> 9.3 ms). */
+static int expdw_pays(const lk_block *b) {
+    const int hw = b->ih * b->iw;
+    return hw >= 38 * 38 || (hw >= 19 * 19 && lk_kernel_isa() == LK_ISA_AVX512);
+}
 
 /* Whether a planned block runs its expansion and depthwise units fused (lk_expdw):
  * an MBConv with an expansion, wholly at inference (an eval plan, or a frozen block of
