@@ -26,9 +26,10 @@
  * Measured (csrc/tests/bench_layers.c expdw_*, batch 16, 2 threads, minimum of 10 runs,
  * three alternations): against the primitives (1x1 and depthwise with SiLU post-ops,
  * and the pool), AVX-512 24->144 at 150x150 24.2 -> 16.6 ms, 32->192 at 75x75 14.8 ->
- * 10.1 ms, 48->288 at 38x38 6.1 -> 5.0 ms; AVX2 39.7 -> 30.4, 18.2 -> 16.8, 8.9 -> 8.8 ms;
- * level or slower from 24x24 down, where the expanded tensor already stays in the
- * caches (block.c applies the rule). The register kernels against sgemm plus passes:
+ * 10.1 ms, 48->288 at 38x38 6.1 -> 5.0 ms; AVX2 39.7 -> 30.4, 18.2 -> 16.8, 8.9 -> 8.8 ms.
+ * With sgemm it was level or slower from 24x24 down, where the expanded tensor already
+ * stays in the caches; the AVX-512 register kernels win at 24x24 and 19x19 too, not at
+ * 12x12 (block.c applies the rule). The register kernels against sgemm plus passes:
  * AVX-512 32->192 k3 at 75x75 11.0-13.2 -> 9.7-10.0 ms, k5 stride 2 7.2-9.0 -> 6.8-7.7,
  * 48->288 k3 stride 2 at 38x38 2.8 -> 2.5; AVX2 24->144 30.3 -> 28.2, 32->192 17.0 -> 15.7.
  */
