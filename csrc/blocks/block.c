@@ -6,6 +6,7 @@
 
 #include "lk_blocks.h"
 #include "lk_cpu.h"
+#include "lk_threads.h"
 
 static lk_se_fold_policy g_se_fold = LK_SE_FOLD_AUTO;
 void lk_block_set_se_fold_policy(lk_se_fold_policy p) { g_se_fold = p; }
@@ -34,11 +35,14 @@ lk_resfuse_policy lk_block_get_resfuse_policy(void) { return g_resfuse; }
 /* Input maps of 38x38 and more: faster on both ISAs at every such B3 and V2-S shape.
  * With the AVX-512 kernels also at 19x19 and 24x24 (bench_layers expdw_*, 2 threads:
  * B3 96->576 k3 at 19x19 2.98 -> 2.40 ms at batch 16, V2-S 160->960 at 24x24 5.3 -> 4.6
- * ms at batch 8), not at 12x12 and 10x10 (5.4 -> 6.7, 3.3 -> 3.8 ms); the AVX2 kernels
+ * ms at batch 8), not at 12x12 and 10x10 (5.4 -> 6.7, 3.3 -> 3.8 ms), and only with an
+ * image per thread: cut into bands of rows, these small maps recompute too large a
+ * share as halo (batch 1: B3 15.3 -> 16.8 ms, V2-S 35.5 -> 44.5 ms). The AVX2 kernels
  * lose from 24x24 down (V2-S 160->960 8.6 -> 9.3 ms). */
 static int expdw_pays(const lk_block *b) {
     const int hw = b->ih * b->iw;
-    return hw >= 38 * 38 || (hw >= 19 * 19 && lk_kernel_isa() == LK_ISA_AVX512);
+    return hw >= 38 * 38 || (hw >= 19 * 19 && lk_kernel_isa() == LK_ISA_AVX512 &&
+                             b->n >= lk_get_num_threads());
 }
 
 /* Whether a planned block runs its expansion and depthwise units fused (lk_expdw):
