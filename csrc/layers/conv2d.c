@@ -473,7 +473,6 @@ static lk_status conv_weights_to(lk_prim *reorder, int needed, dnnl_memory_t m_u
     return lk_prim_exec(reorder, 2, args);
 }
 
-/* The forward primitive on x, y and b, with its weights already bound to m_w_fwd. */
 /* Whether add suits the plan: given exactly when planned with post_add, never y. */
 static lk_status conv_add_check(const lk_conv2d *L, const float *y, const float *add) {
     LK_REQUIRE(!add == !L->cfg.post_add,
@@ -483,6 +482,8 @@ static lk_status conv_add_check(const lk_conv2d *L, const float *y, const float 
     return LK_OK;
 }
 
+/* The forward primitive on x, y, b and the addend (post_add), with its weights already
+ * bound to m_w_fwd. */
 static lk_status conv_fwd_exec(lk_conv2d *L, float *y, const float *x, const float *b,
                                const float *add) {
     LK_TRY(lk_mem_set(L->m_x, x));
