@@ -108,6 +108,10 @@ static int se_folded(const lk_block *b) {
     return b->se_after >= 0 && b->u[b->se_after + 1].gate_in;
 }
 
+/* Whether the last unit adds the residual as it writes (u[nu - 1].res_in): b->out is
+ * then that unit's output. */
+static int residual_fused(const lk_block *b) { return b->u[b->nu - 1].res_in; }
+
 /* Input of unit i: the block input, the previous unit's output or the SE output (with
  * the gate folded in, the SE's input: the unit takes the gate beside it). */
 static const float *unit_input(const lk_block *b, int i, const float *x) {
@@ -170,7 +174,7 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
     size_t count = (size_t)b->n * b->oh * b->ow * b->cfg.out;
     b->sd = NULL;
     b->keep = NULL;
-    if (b->cfg.residual && !b->u[b->nu - 1].res_in) {
+    if (b->cfg.residual && !residual_fused(b)) {
         b->out = lk_arena_take(a, count);
         if (block_has_sd(b)) {
             b->sd = lk_arena_take(a, count);
@@ -249,7 +253,7 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         }
     }
     /* b->out aliases the last unit's output, which holds the sum where it was fused. */
-    if (!b->cfg.residual || b->u[b->nu - 1].res_in) return LK_OK;
+    if (!b->cfg.residual || residual_fused(b)) return LK_OK;
     int64_t per = (int64_t)b->oh * b->ow * b->cfg.out;
     if (block_has_sd(b)) {
         LK_TRY(lk_stochdepth_forward(b->sd, b->keep, h, b->n, per, b->cfg.sd_prob, seed));

@@ -156,20 +156,24 @@ static lk_status cba_after_conv(lk_cba *u) {
     return LK_OK;
 }
 
-lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version) {
-    LK_REQUIRE(u->res_in && add, "conv-BN unit: not planned for a residual (res_in), or none given");
-    lk_cba_refold(u, version);
-    return lk_conv2d_forward_add(&u->conv, u->z, x, u->wf, u->bf, version, add);
-}
-
-lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
+/* The forward, with the residual `add` (res_in units; NULL otherwise). */
+static lk_status cba_forward(lk_cba *u, const float *x, const float *add, uint64_t version) {
     if (u->mode != LK_MODE_TRAIN) {
         lk_cba_refold(u, version);
-        LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->wf, u->bf, version));
+        LK_TRY(lk_conv2d_forward_add(&u->conv, u->z, x, u->wf, u->bf, version, add));
     } else {
         LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
     }
     return cba_after_conv(u);
+}
+
+lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
+    return cba_forward(u, x, NULL, version);
+}
+
+lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version) {
+    LK_REQUIRE(u->res_in && add, "conv-BN unit: not planned for a residual (res_in), or none given");
+    return cba_forward(u, x, add, version);
 }
 
 /* conv(x * gate[n]) = conv with the weights' input channels scaled by gate[n], image by

@@ -154,20 +154,18 @@ LK_TARGET_AVX512 static inline __m512 edw_px512(float *yo, const float *const *r
                         a3 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 3 * sc), a3);    \
                     }                                                                          \
                 float *yo = y + (int64_t)ox * c + c0;                                          \
-                if (FUSE) {                                                                    \
+                if (FUSE) { /* SiLU, and the sums in pixel order */                            \
                     a0 = silu_fast16(a0);                                                      \
                     a1 = silu_fast16(a1);                                                      \
                     a2 = silu_fast16(a2);                                                      \
                     a3 = silu_fast16(a3);                                                      \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a0), a1);                             \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a2), a3);                             \
                 }                                                                              \
                 _mm512_mask_storeu_ps(yo, m, a0);                                              \
                 _mm512_mask_storeu_ps(yo + c, m, a1);                                          \
                 _mm512_mask_storeu_ps(yo + 2 * c, m, a2);                                      \
                 _mm512_mask_storeu_ps(yo + 3 * c, m, a3);                                      \
-                if (FUSE) {                                                                    \
-                    sv = _mm512_add_ps(_mm512_add_ps(sv, a0), a1); /* pixel order */           \
-                    sv = _mm512_add_ps(_mm512_add_ps(sv, a2), a3);                             \
-                }                                                                              \
             }                                                                                  \
             for (; ox < ow; ox++)                                                              \
                 sv = _mm512_add_ps(sv, edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
@@ -241,20 +239,18 @@ LK_TARGET_AVX2 static inline __m256 edw_px256(float *yo, const float *const *row
                         a3 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 3 * sc, m), a3);       \
                     }                                                                          \
                 float *yo = y + (int64_t)ox * c + c0;                                          \
-                if (FUSE) {                                                                    \
+                if (FUSE) { /* SiLU, and the sums in pixel order */                            \
                     a0 = silu_fast8(a0);                                                       \
                     a1 = silu_fast8(a1);                                                       \
                     a2 = silu_fast8(a2);                                                       \
                     a3 = silu_fast8(a3);                                                       \
+                    sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1);                             \
+                    sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);                             \
                 }                                                                              \
                 _mm256_maskstore_ps(yo, m, a0);                                                \
                 _mm256_maskstore_ps(yo + c, m, a1);                                            \
                 _mm256_maskstore_ps(yo + 2 * c, m, a2);                                        \
                 _mm256_maskstore_ps(yo + 3 * c, m, a3);                                        \
-                if (FUSE) {                                                                    \
-                    sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1); /* pixel order */           \
-                    sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);                             \
-                }                                                                              \
             }                                                                                  \
             for (; ox < ow; ox++)                                                              \
                 sv = _mm256_add_ps(sv, edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
@@ -384,6 +380,19 @@ EDW_EXPAND(256, LK_TARGET_AVX2, 8, EDW_XR256, __m256i, edw_mask8)
 typedef void (*edw_row_fn)(float *, float *, const float *const *, const float *,
                            const float *, int, int, int, int, int);
 
+typedef void (*edw_expand_fn)(float *, const float *, const float *, const float *, int64_t,
+                              int, int, float *);
+
+/* The expansion kernel on the path in force (NULL: sgemm and passes, the portable one). */
+static edw_expand_fn edw_expand_pick(void) {
+#ifdef LK_X86
+    const lk_kernel_isa_t isa = lk_kernel_isa();
+    if (isa == LK_ISA_AVX512) return edw_expand512;
+    if (isa == LK_ISA_AVX2) return edw_expand256;
+#endif
+    return NULL;
+}
+
 /* The row kernel for kernel size k on the path in force (NULL: the portable one). */
 static edw_row_fn edw_row_pick(int k) {
 #ifdef LK_X86
@@ -468,7 +477,7 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
                               int n, int oy0, int oy1) {
     const lk_expdw_cfg *c = &L->cfg;
     const edw_row_fn rowk = edw_row_pick(c->k);
-    const lk_kernel_isa_t isa = lk_kernel_isa();
+    const edw_expand_fn expand = edw_expand_pick();
     float *tmp = ring + (size_t)L->nslot * L->g * c->iw * c->ec; /* [8, IC + EC] */
     void (*biasf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_bias);
     void (*sumf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_sum);
@@ -483,26 +492,15 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
             float *e = edw_ring_row(L, ring, next, r0); /* [g * IW, EC], contiguous */
             const int64_t m = (int64_t)g * c->iw;
             const float *xs = x + (((int64_t)n * c->ih + next) * c->iw) * c->ic;
-#ifdef LK_X86
-            if (isa == LK_ISA_AVX512) {
-                edw_expand512(e, xs, L->w1t, b1, m, c->ic, c->ec, tmp);
-                next += g;
-                continue;
+            if (expand) {
+                expand(e, xs, L->w1t, b1, m, c->ic, c->ec, tmp);
+            } else { /* inside the region sgemm runs on this thread alone */
+                dnnl_status_t st = dnnl_sgemm('N', 'T', m, c->ec, c->ic, 1.0f, xs, c->ic, w1,
+                                              c->ic, 0.0f, e, c->ec);
+                if (st != dnnl_success) return st;
+                biasf(e, b1, m, c->ec);
+                lk_silu_forward_fast_serial(e, e, m * c->ec);
             }
-            if (isa == LK_ISA_AVX2) {
-                edw_expand256(e, xs, L->w1t, b1, m, c->ic, c->ec, tmp);
-                next += g;
-                continue;
-            }
-#endif
-            (void)isa;
-            (void)tmp;
-            /* Inside the region sgemm runs on this thread alone. */
-            dnnl_status_t st = dnnl_sgemm('N', 'T', m, c->ec, c->ic, 1.0f, xs, c->ic, w1, c->ic,
-                                          0.0f, e, c->ec);
-            if (st != dnnl_success) return st;
-            biasf(e, b1, m, c->ec);
-            lk_silu_forward_fast_serial(e, e, m * c->ec);
             next += g;
         }
         const float *rows[16];
