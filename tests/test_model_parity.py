@@ -26,6 +26,9 @@ from leukemia.io import save_safetensors
 LOGIT_RTOL = 1e-4
 GRAD_RTOL = 1e-3
 STAT_ATOL = 1e-4
+# Both frameworks in float32: a running variance of 2.6 differed by 1.06e-4 on AVX2 (V2-S
+# features.7, 4e-5 relative); a wrong momentum or variance correction is off by >= 1e-2.
+STAT_RTOL = 1e-4
 
 PARAMS = {
     ("efficientnet_b3", 1000): 12_233_232,
@@ -147,7 +150,7 @@ def test_parity_with_torchvision(arch, via, tmp_path):
         for name, t in tv.state_dict().items():
             if "running" in name:
                 np.testing.assert_allclose(
-                    ours[name], t.numpy(), rtol=0, atol=STAT_ATOL, err_msg=name
+                    ours[name], t.numpy(), rtol=STAT_RTOL, atol=STAT_ATOL, err_msg=name
                 )
             if name.endswith("num_batches_tracked"):
                 assert int(ours[name]) == int(t), name

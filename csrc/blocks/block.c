@@ -193,7 +193,9 @@ void lk_block_bind(lk_block *b, lk_arena *a) {
  * B3@300 keeps about 1.2 GiB less (SE outputs 549 MiB, expansions 690 MiB). Where our
  * depthwise kernel computes that weight gradient, it makes the expansion's output row
  * by row from z itself (lk_cba_backward_from): the same bits, one write and one read of
- * the expanded tensor fewer. Where the SE gate is folded into the projection
+ * the expanded tensor fewer; where our depthwise forward runs, its forward does the same
+ * (lk_cba_forward_from), and the expansion's output is then written by neither. Where
+ * the SE gate is folded into the projection
  * (se_fold_wanted), the SE output never exists at all: the projection's forward scales
  * each image's weights and its weight gradient gates the rows in cache. */
 static size_t se_shared(const lk_block *b) {
@@ -205,6 +207,12 @@ static size_t se_shared(const lk_block *b) {
 static size_t expansion_shared(const lk_block *b) {
     const lk_cba *u = &b->u[0];
     return b->first == 0 && u->shared_out ? (size_t)b->n * u->oh * u->ow * u->oc : 0;
+}
+
+/* Whether the depthwise unit makes the shared expansion output row by row in its forward
+ * as well (lk_cba_forward_from): the expansion then never writes it. */
+static int expansion_rows_fwd(const lk_block *b) {
+    return expansion_shared(b) && lk_cba_forward_takes_rows(&b->u[1], &b->u[0]);
 }
 
 size_t lk_block_shared(const lk_block *b) {
@@ -233,7 +241,12 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         const uint64_t ver = lk_unit_version(v, u->trainable);
         const int done = b->fused_xdw && i == 1; /* u->out made by lk_expdw_forward */
         const float *res = u->res_in ? x : NULL; /* the residual, added as u writes */
-        if (!done && u->gate_in)
+        const int rows = expansion_rows_fwd(b) && i <= 1; /* u[0]'s output never written */
+        if (rows && i == 0)
+            LK_TRY(lk_cba_forward_stats(u, h));
+        else if (rows)
+            LK_TRY(lk_cba_forward_from(u, &b->u[0]));
+        else if (!done && u->gate_in)
             LK_TRY(lk_cba_forward_gated(u, h, b->se.gate, res, ver));
         else if (!done && res)
             LK_TRY(lk_cba_forward_add(u, h, res, ver));

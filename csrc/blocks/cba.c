@@ -214,6 +214,28 @@ lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, con
     return cba_after_conv(u);
 }
 
+lk_status lk_cba_forward_stats(lk_cba *u, const float *x) {
+    LK_REQUIRE(u->mode == LK_MODE_TRAIN && u->shared_out && u->bn.cfg.silu,
+               "conv-BN unit: only a TRAIN unit with a shared, fused BN+SiLU output may leave "
+               "it unwritten");
+    LK_TRY(lk_conv2d_forward(&u->conv, u->z, x, u->p.w, NULL, 0));
+    return lk_bn_silu_forward_stats(&u->bn, u->mean, u->var, u->z, u->p.rmean, u->p.rvar);
+}
+
+int lk_cba_forward_takes_rows(const lk_cba *u, const lk_cba *src) {
+    return u->mode == LK_MODE_TRAIN && lk_conv2d_forward_takes_rows(&u->conv) &&
+           src->mode == LK_MODE_TRAIN && src->shared_out && src->bn.cfg.silu;
+}
+
+lk_status lk_cba_forward_from(lk_cba *u, lk_cba *src) {
+    LK_REQUIRE(lk_cba_forward_takes_rows(u, src),
+               "conv-BN unit: cannot take its forward's input as rows of the previous unit");
+    lk_dw_input in;
+    LK_TRY(lk_bn_silu_rows_input(&src->bn, &in, src->mean, src->var, src->p.gamma, src->p.beta));
+    LK_TRY(lk_conv2d_forward_rows(&u->conv, u->z, src->z, u->p.w, &in));
+    return cba_after_conv(u);
+}
+
 lk_status lk_cba_recompute_out(lk_cba *u) {
     LK_REQUIRE(u->shared_out && u->bn.cfg.silu, "conv-BN unit: its output is kept, not recomputed");
     return lk_bn_silu_recompute(&u->bn, u->out, u->z, u->mean, u->var, u->p.gamma, u->p.beta);

@@ -86,8 +86,8 @@ typedef struct lk_cba {
     int shared_out;    /* TRAIN, fused SiLU: out lives in the block's shared buffer and
                           is recomputed from z for the next unit's weight gradient */
     int in_rows;       /* set by the block before planning: the input is the previous
-                          unit's shared output, which the weight gradient may make on
-                          demand (lk_cba_backward_from) */
+                          unit's shared output, which the forward and the weight gradient
+                          may make on demand (lk_cba_forward_from, lk_cba_backward_from) */
     int gate_in;       /* set by the block before planning (EVAL or TRAIN 1x1 units): the
                           input arrives as x and a gate [N, IC] to scale it by per image
                           and channel (a squeeze-and-excitation folded into this unit):
@@ -122,6 +122,14 @@ lk_status lk_cba_forward_gated(lk_cba *u, const float *x, const float *gate, con
                                uint64_t version);
 /* out again from z and the batch statistics (shared_out units): the forward's bits. */
 lk_status lk_cba_recompute_out(lk_cba *u);
+/* A shared_out unit's forward up to its BatchNorm statistics: out is left unwritten for
+ * the next unit to make row by row (lk_cba_forward_from). */
+lk_status lk_cba_forward_stats(lk_cba *u, const float *x);
+/* Whether u (TRAIN, planned with in_rows) can take its forward's input as src's fused
+ * BN+SiLU output made on demand inside its depthwise convolution, and that forward
+ * (src ran lk_cba_forward_stats): the input is never written. */
+int lk_cba_forward_takes_rows(const lk_cba *u, const lk_cba *src);
+lk_status lk_cba_forward_from(lk_cba *u, lk_cba *src);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
  * consumed: the activation and BN gradients overwrite it in place (no scratch). */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);

@@ -70,15 +70,6 @@ static void silu_bwd_c(float *dx, const float *dy, const float *x, int64_t n) {
 }
 
 #ifdef LK_SILU_X86
-LK_AVX2 static inline __m256 silu_sigmoid8(__m256 x) {
-    __m256 num, den;
-    silu_parts8(x, &num, &den);
-    /* A true division: s must be exactly 1 once e < 2^-24, or x * (1 - s) in the
-     * gradient blows up for large x (a reciprocal estimate plus Newton step gives
-     * 1 - 2^-24 at d = 1). */
-    return _mm256_div_ps(num, den);
-}
-
 /* Lanes [0, rem) of a tail, rem in 1..7. */
 LK_AVX2 static inline __m256i silu_tail_mask(int64_t rem) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
@@ -108,13 +99,6 @@ LK_AVX2 static void silu_fwd_fast_avx2(float *y, const float *x, int64_t n) {
         if (full) _mm256_storeu_ps(y + i, o);
         else _mm256_maskstore_ps(y + i, m, o);
     }
-}
-
-LK_AVX2 static inline __m256 silu_grad8(__m256 g, __m256 v) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    __m256 s = silu_sigmoid8(v);
-    __m256 u = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
-    return _mm256_mul_ps(g, _mm256_mul_ps(s, u));
 }
 
 LK_AVX2 static void silu_bwd_avx2(float *dx, const float *dy, const float *x, int64_t n) {

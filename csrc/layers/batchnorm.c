@@ -22,6 +22,7 @@
 #include "lk_cpu.h"
 #include "lk_dwconv.h"
 #include "lk_layers.h"
+#include "lk_silu_simd.h"
 
 /* Plain-C reductions over the N*H*W rows of NHWC.
  *
@@ -490,6 +491,86 @@ LK_KERNEL_CLONES(bn_gate, (float *d, const float *dy, const float *gs, const flo
                            int64_t r0, int nr, int j0, int jn, int ch, int64_t hw),
                  (d, dy, gs, ga, r0, nr, j0, jn, ch, hw))
 
+#ifdef LK_SILU_X86
+/* AVX2: the affine step and the SiLU (and in the backward the gate, the SiLU gradient and
+ * the float tile sums) in registers, one pass over whole rows instead of the tile
+ * written by one kernel and read back by the next. The same operations in the same
+ * order as the tile kernels (x - mean, * scale, + beta, each rounded; the exact SiLU of
+ * activation.c), so the same bits. Channels past the last 8 go masked. */
+LK_AVX2 static inline __m256i bn_mask8(int rem) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* y [nr, C] = silu((x - mean) * scale + beta), nr whole rows. */
+LK_AVX2 static void bn_silu_rows_avx2(float *y, const float *x, const float *m, const float *sc,
+                                      const float *be, int64_t nr, int ch) {
+    const int full = ch / 8 * 8;
+    const __m256i tm = bn_mask8(ch - full);
+    for (int64_t r = 0; r < nr; r++) {
+        const float *xr = x + r * ch;
+        float *yr = y + r * ch;
+        for (int j = 0; j < ch; j += 8) {
+            const int whole = j < full;
+            const __m256i k = whole ? _mm256_set1_epi32(-1) : tm;
+            const __m256 v = whole ? _mm256_loadu_ps(xr + j) : _mm256_maskload_ps(xr + j, k);
+            const __m256 a = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_sub_ps(v, _mm256_maskload_ps(m + j, k)),
+                              _mm256_maskload_ps(sc + j, k)),
+                _mm256_maskload_ps(be + j, k));
+            const __m256 o = _mm256_mul_ps(a, silu_sigmoid8(a));
+            if (whole) _mm256_storeu_ps(yr + j, o);
+            else _mm256_maskstore_ps(yr + j, k, o);
+        }
+    }
+}
+
+/* The backward's first pass over nr whole rows r0 .. (x, dy, g [nr, C]): g = d * silu'(a),
+ * a = (x - mean) * scale + beta, d = dy or dy * gate->scale[n] + gate->shift[n], g
+ * stored unless g is NULL, and sgd [C] += sum of g * (x - mean), sg [C] += sum of g: the
+ * rows summed in float in f [2, C] (in row order), then into the doubles. */
+LK_AVX2 static void bn_silu_bwd_rows_avx2(float *g, double *sgd, double *sg, float *f,
+                                          const float *dy, const lk_bn_gate *gate, int64_t r0,
+                                          int64_t hw, const float *x, const float *m,
+                                          const float *sc, const float *be, int nr, int ch) {
+    const int full = ch / 8 * 8;
+    const __m256i tm = bn_mask8(ch - full);
+    float *f1 = f, *f0 = f + ch;
+    memset(f, 0, sizeof(float) * 2 * (size_t)ch);
+    int64_t n = r0 / hw, next = (n + 1) * hw;
+    for (int r = 0; r < nr; r++) {
+        if (r0 + r == next) {
+            n++;
+            next += hw;
+        }
+        const float *xr = x + (int64_t)r * ch, *dyr = dy + (int64_t)r * ch;
+        const float *gs = gate ? gate->scale + n * ch : NULL, *ga = gate ? gate->shift + n * ch : NULL;
+        float *gr = g ? g + (int64_t)r * ch : NULL;
+        for (int j = 0; j < ch; j += 8) {
+            const int whole = j < full;
+            const __m256i k = whole ? _mm256_set1_epi32(-1) : tm;
+            const __m256 v = whole ? _mm256_loadu_ps(xr + j) : _mm256_maskload_ps(xr + j, k);
+            const __m256 dm = _mm256_sub_ps(v, _mm256_maskload_ps(m + j, k));
+            const __m256 a = _mm256_add_ps(_mm256_mul_ps(dm, _mm256_maskload_ps(sc + j, k)),
+                                           _mm256_maskload_ps(be + j, k));
+            __m256 d = whole ? _mm256_loadu_ps(dyr + j) : _mm256_maskload_ps(dyr + j, k);
+            if (gate)
+                d = _mm256_add_ps(_mm256_mul_ps(d, _mm256_maskload_ps(gs + j, k)),
+                                  _mm256_maskload_ps(ga + j, k));
+            const __m256 gv = silu_grad8(d, a);
+            if (gr && whole) _mm256_storeu_ps(gr + j, gv);
+            else if (gr) _mm256_maskstore_ps(gr + j, k, gv);
+            _mm256_maskstore_ps(f1 + j, k, _mm256_add_ps(_mm256_maskload_ps(f1 + j, k),
+                                                         _mm256_mul_ps(gv, dm)));
+            _mm256_maskstore_ps(f0 + j, k, _mm256_add_ps(_mm256_maskload_ps(f0 + j, k), gv));
+        }
+    }
+    for (int j = 0; j < ch; j++) {
+        sgd[j] += f1[j];
+        sg[j] += f0[j];
+    }
+}
+#endif
+
 /* scale [C] = gamma / sqrt(var + eps) in the layer's scratch (after mean and var), the
  * one factor the fused passes apply. */
 static float *bn_silu_scale(lk_bn *L, const float *gamma, const float *var) {
@@ -506,6 +587,12 @@ static void bn_silu_tiles(const lk_bn *L, float *y, const float *x, int64_t rows
     const int ch = L->cfg.c;
     void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
                    int) = LK_KERNEL_PICK(bn_affine);
+#ifdef LK_SILU_X86
+    if (lk_kernel_isa() == LK_ISA_AVX2) {
+        bn_silu_rows_avx2(y, x, mean, scale, beta, rows, ch);
+        return;
+    }
+#endif
     const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
     for (int64_t r0 = 0; r0 < rows; r0 += tr) {
         const int64_t nr = rows - r0 < tr ? rows - r0 : tr;
@@ -559,16 +646,10 @@ lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *
     return LK_OK;
 }
 
-lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
-                             const float *gamma, const float *beta, float *running_mean,
-                             float *running_var) {
+/* The forward's first pass: mean and var of x, and the running statistics updated. */
+static void bn_silu_stats(lk_bn *L, float *mean, float *var, const float *x, float *running_mean,
+                          float *running_var) {
     const lk_bn_cfg *c = &L->cfg;
-    LK_REQUIRE(c->silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
-    LK_REQUIRE(y && x && gamma && beta, "batchnorm+SiLU forward: NULL argument (y, x, gamma, beta)");
-    LK_REQUIRE(!running_mean == !running_var,
-               "batchnorm forward: pass both running_mean and running_var, or neither");
-    if (!mean) mean = L->scaleshift_tmp;
-    if (!var) var = L->scaleshift_tmp + c->c;
     const int ch = c->c, nblk = (ch + BN_CB - 1) / BN_CB;
     const int64_t rows = (int64_t)c->n * c->h * c->w, nchunk = L->nchunk, ntask = nchunk * nblk;
     void (*stats)(double *, const float *, int, int, int, int64_t, int64_t) =
@@ -588,9 +669,32 @@ lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const 
         mean[j] = (float)((double)x[j] + md);
         var[j] = (float)(v > 0.0 ? v : 0.0); /* biased, like oneDNN and torch's normalisation */
     }
-    bn_silu_apply(L, y, x, mean, var, gamma, beta);
     if (running_mean)
         bn_update_running(running_mean, running_var, mean, var, ch, c->momentum, rows);
+}
+
+lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
+                             const float *gamma, const float *beta, float *running_mean,
+                             float *running_var) {
+    const lk_bn_cfg *c = &L->cfg;
+    LK_REQUIRE(c->silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
+    LK_REQUIRE(y && x && gamma && beta, "batchnorm+SiLU forward: NULL argument (y, x, gamma, beta)");
+    LK_REQUIRE(!running_mean == !running_var,
+               "batchnorm forward: pass both running_mean and running_var, or neither");
+    if (!mean) mean = L->scaleshift_tmp;
+    if (!var) var = L->scaleshift_tmp + c->c;
+    bn_silu_stats(L, mean, var, x, running_mean, running_var);
+    bn_silu_apply(L, y, x, mean, var, gamma, beta);
+    return LK_OK;
+}
+
+lk_status lk_bn_silu_forward_stats(lk_bn *L, float *mean, float *var, const float *x,
+                                   float *running_mean, float *running_var) {
+    LK_REQUIRE(L->cfg.silu && L->part, "batchnorm: not planned with the fused SiLU (cfg.silu)");
+    LK_REQUIRE(mean && var && x, "batchnorm+SiLU statistics: NULL argument (mean, var, x)");
+    LK_REQUIRE(!running_mean == !running_var,
+               "batchnorm forward: pass both running_mean and running_var, or neither");
+    bn_silu_stats(L, mean, var, x, running_mean, running_var);
     return LK_OK;
 }
 
@@ -627,6 +731,9 @@ lk_status lk_bn_silu_backward_gated(lk_bn *L, float *dx, float *dgamma, float *d
      * gathering 64-channel blocks, measured 1.5-2.5x slower). */
     const int64_t nfc = L->nchunk_fused;
     const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
+#ifdef LK_SILU_X86
+    const int fused_avx2 = lk_kernel_isa() == LK_ISA_AVX2; /* bn_silu_bwd_rows_avx2 */
+#endif
     const int seg = ch < BN_TILE ? ch : BN_TILE;
 #pragma omp parallel for schedule(static) if (nfc > 1 && rows * ch >= BN_PAR_MIN)
     for (int64_t k = 0; k < nfc; k++) {
@@ -637,6 +744,13 @@ lk_status lk_bn_silu_backward_gated(lk_bn *L, float *dx, float *dgamma, float *d
         float at[BN_TILE], gt[BN_TILE], dt[BN_TILE];
         for (int64_t rb = r0; rb < r1; rb += tr) {
             const int nr = (int)(r1 - rb < tr ? r1 - rb : tr);
+#ifdef LK_SILU_X86
+            if (fused_avx2 && nr > 1) { /* whole rows (seg == C), at */
+                bn_silu_bwd_rows_avx2(dx ? dx + rb * ch : NULL, sgd, sg, at, dy + rb * ch,
+                                      gate, rb, hw, x + rb * ch, mean, scale, beta, nr, ch);
+                continue;
+            }
+#endif
             for (int j0 = 0; j0 < ch; j0 += seg) {
                 const int jn = ch - j0 < seg ? ch - j0 : seg;
                 const int64_t off = rb * ch + j0; /* nr == 1 or jn == C: contiguous */

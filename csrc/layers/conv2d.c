@@ -89,6 +89,35 @@ static int conv_dx_flipped(const lk_conv2d_cfg *c) {
            c->pr == c->kw / 2 && !c->post_silu;
 }
 
+/* Depthwise training forward on our kernel (lk_dwconv_fwd) or oneDNN's primitive
+ * (brdgmm_dw)? bench_layers dwfwd_*, batch 16, 2 threads, AVX2 (Zen 3), minimum of 7:
+ * ours won on the maps of 38x38 and more (B3 192 channels 3x3 at 75x75 12.9-17.0 ->
+ * 8.9-11.6 ms, 5x5 stride 2 8.4-11.4 -> 4.9-6.8, 144 channels stride 2 at 150x150
+ * 17.4-21.3 -> 16.6-17.5) and lost below (576 channels at 19x19 1.7-1.8 -> 2.2-2.4 ms,
+ * 1392 at 10x10 2.2-3.4 -> 4.6) and at 40 channels (150x150: 5.1-8.3 -> 10.9-11.4); with
+ * its input made by the BatchNorm+SiLU before it (lk_conv2d_forward_rows) it also saves
+ * that pass's write and read. The stride-1 input gradient is the same forward. AVX-512
+ * was not measured against oneDNN's brdgmm_dw there, so AUTO keeps the primitive on it. */
+static lk_conv_dwf_policy g_dwf_policy = LK_CONV_DWF_AUTO;
+void lk_conv2d_set_dwf_policy(lk_conv_dwf_policy p) { g_dwf_policy = p; }
+lk_conv_dwf_policy lk_conv2d_get_dwf_policy(void) { return g_dwf_policy; }
+
+static int conv_dwf(const lk_conv2d_cfg *c) {
+    const int fits = c->train && c->groups == c->ic && c->ic == c->oc && c->kh == c->kw &&
+                     c->kh % 2 == 1 && c->kh <= 15 && c->sh == c->sw &&
+                     (c->sh == 1 || c->sh == 2) && c->pt == c->kh / 2 && c->pb == c->kh / 2 &&
+                     c->pl == c->kw / 2 && c->pr == c->kw / 2 && !c->bias && !c->post_silu &&
+                     !c->post_add;
+    if (!fits) return 0;
+    switch (g_dwf_policy) {
+    case LK_CONV_DWF_ONEDNN: return 0;
+    case LK_CONV_DWF_OURS: return 1;
+    default:
+        return lk_kernel_isa() == LK_ISA_AVX2 && lk_dwconv_fwd_vectorised(c->kh) &&
+               c->ic >= 64 && c->ih >= 38 && c->iw >= 38;
+    }
+}
+
 /* Dense weight gradient as a GEMM on the NHWC tensors, dW [OC, KH*KW*IC] =
  * dY^T [OC, P] x col [P, KH*KW*IC] over the P = N*OH*OW output positions, where
  * col is x itself for a plain 1x1 convolution (no copy at all) and otherwise
@@ -363,10 +392,12 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
     const_dnnl_memory_desc_t w_fwd_md = lk_prim_md(&L->fwd, dnnl_query_weights_md, 0);
     LK_TRY_GOTO(lk_reorder_init(&L->w_to_fwd, &L->need_w_fwd, w_user, w_fwd_md));
     L->w_to_fwd.weights = 1;
-    /* A Winograd forward never runs the primitive on reordered weights (it stays for the
-     * backward's hint and lk_conv2d_forward_laid): no copy of them to keep. */
+    /* A Winograd forward, or our depthwise one, never runs the primitive on reordered
+     * weights (it stays for the backward's hint and lk_conv2d_forward_laid): no copy of
+     * them to keep. */
     L->wino = conv_wino(c, L->oh, L->ow);
-    if (L->need_w_fwd && !L->wino) {
+    L->dwf = !L->wino && conv_dwf(c);
+    if (L->need_w_fwd && !L->wino && !L->dwf) {
         L->w_fwd = lk_alloc(dnnl_memory_desc_get_size(w_fwd_md));
         if (!L->w_fwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: weight buffer"); goto done; }
     }
@@ -383,9 +414,17 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
         LK_TRY_GOTO(lk_wino_init(&L->wg, &wc));
     }
 
+    if (L->dwf) {
+        const lk_dwconv_fwd_cfg fc = {.n = c->n, .c = c->ic, .ih = c->ih, .iw = c->iw,
+                                      .k = c->kh, .stride = c->sh, .in_rows = c->in_rows};
+        L->dwfwd = lk_alloc(sizeof *L->dwfwd);
+        if (!L->dwfwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: depthwise forward"); goto done; }
+        memset(L->dwfwd, 0, sizeof *L->dwfwd);
+        LK_TRY_GOTO(lk_dwconv_fwd_init(L->dwfwd, &fc));
+    }
     if (c->train) {
         L->dx_flipped = conv_dx_flipped(c);
-        if (L->dx_flipped) {
+        if (L->dx_flipped && !L->dwf) { /* the primitive on the rotated kernel */
             const size_t wn = (size_t)c->oc * c->kh * c->kw;
             L->w_flip = lk_alloc(wn * sizeof(float));
             L->w_flip_fwd = L->need_w_fwd ? lk_alloc(dnnl_memory_desc_get_size(w_fwd_md)) : NULL;
@@ -522,6 +561,7 @@ lk_status lk_conv2d_forward_add(lk_conv2d *L, float *y, const float *x, const fl
         }
         return lk_wino_forward(&L->wg, y, x, L->cfg.bias ? b : NULL, add);
     }
+    if (L->dwf) return lk_dwconv_forward(L->dwfwd, y, x, w, 0, NULL);
     int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
     if (!fresh || !L->need_w_fwd) {
         LK_TRY(conv_weights_to(&L->w_to_fwd, L->need_w_fwd, L->m_w_user, L->m_w_fwd, L->w_fwd, w));
@@ -563,6 +603,7 @@ lk_status lk_conv2d_forward_laid(lk_conv2d *L, float *y, const float *x, const f
  * forward's bias, if it has one, is zero here. The rotation costs OC*KH*KW moves. */
 static lk_status conv_dx_by_forward(lk_conv2d *L, float *dx, const float *dy, const float *w) {
     const lk_conv2d_cfg *c = &L->cfg;
+    if (L->dwf) return lk_dwconv_forward(L->dwfwd, dx, dy, w, 1, NULL);
     const int kk = c->kh * c->kw;
     for (int o = 0; o < c->oc; o++)
         for (int t = 0; t < kk; t++) L->w_flip[(size_t)o * kk + t] = w[(size_t)o * kk + kk - 1 - t];
@@ -670,6 +711,16 @@ lk_status lk_conv2d_backward_w_gated(lk_conv2d *L, float *dw, const float *dy, c
 
 int lk_conv2d_takes_rows(const lk_conv2d *L) { return L->dw_custom && L->cfg.in_rows; }
 
+int lk_conv2d_forward_takes_rows(const lk_conv2d *L) { return L->dwf && L->cfg.in_rows; }
+
+lk_status lk_conv2d_forward_rows(lk_conv2d *L, float *y, const float *x, const float *w,
+                                 const lk_dw_input *in) {
+    LK_REQUIRE(lk_conv2d_forward_takes_rows(L),
+               "conv2d forward: not planned for an input made on demand (in_rows, ours)");
+    LK_REQUIRE(y && x && w && in, "conv2d forward (rows): NULL argument");
+    return lk_dwconv_forward(L->dwfwd, y, x, w, 0, in);
+}
+
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
                                     const float *x, const lk_dw_input *in) {
     const lk_conv2d_cfg *c = &L->cfg;
@@ -697,6 +748,8 @@ void lk_conv2d_free(lk_conv2d *L) {
     lk_free(L->zero_bias);
     lk_wino_free(&L->wg);
     lk_wino_free(&L->wg_dx);
+    if (L->dwfwd) lk_dwconv_fwd_free(L->dwfwd);
+    lk_free(L->dwfwd);
     dnnl_memory_t *mems[] = {&L->m_x,     &L->m_y,      &L->m_w_user,  &L->m_w_fwd,
                              &L->m_b,     &L->m_dx,     &L->m_dy,      &L->m_w_bwd_d,
                              &L->m_dw_int, &L->m_dw_user, &L->m_db,    &L->m_w_flip,

@@ -13,9 +13,10 @@
  * there. The output is written once, and its per-image channel sums, which a
  * squeeze-and-excitation's average pool wants, are taken while the row is in cache.
  * On x86 the expansion is a register-blocked kernel with the bias and SiLU applied
- * before its one store (edw_expand*), and the depthwise rows apply their SiLU and
- * channel sums in registers (3x3 on AVX-512) or from L1 right after each channel
- * block; the portable path runs dnnl_sgemm and separate bias, SiLU and sum passes.
+ * before its one store (edw_expand*), and the depthwise rows (dwconv.c's row kernels,
+ * lk_dw_row_pick) apply their SiLU and channel sums in registers (3x3 on AVX-512) or
+ * from L1 right after each channel block; the portable path runs dnnl_sgemm and
+ * separate bias, SiLU and sum passes.
  *
  * Numerics: the same sums as the unfused path in another order (the expansion's
  * products in k order, sgemm on the portable path; the taps in row-major order) and
@@ -40,232 +41,22 @@
 #endif
 
 #include "lk_cpu.h"
+#include "lk_dwconv.h"
 #include "lk_layers.h"
 #include "lk_silu_simd.h"
 #include "lk_threads.h"
 
-enum { EDW_CB = 64,           /* channels per accumulator block (4 AVX-512 vectors) */
-       EDW_MIN_M = 150,       /* fewest pixels per sgemm call (64 and 300 measured within 5 %) */
+enum { EDW_MIN_M = 150,       /* fewest pixels per sgemm call (64 and 300 measured within 5 %) */
        EDW_BAND_MIN_ROWS = 8, /* fewest output rows of a band (the halo is recomputed) */
        EDW_XR512 = 8,         /* rows of the AVX-512 expansion micro-tile (x 3 vectors) */
        EDW_XR256 = 4          /* rows of the AVX2 one (x 3 vectors: 12 of 16 registers) */ };
 
-/* One output row y [OW, C] before its SiLU, from the KH input rows rows[i] (a zero row
- * for the padding), the tap-major weights w [KH * KW, C] and the bias b [C]. Portable
- * path: channels in blocks of EDW_CB, whose accumulators the compiler keeps in
- * registers; the x86 paths below vectorise by hand. */
-LK_ALWAYS_INLINE void edw_pixel(float *y, const float *const *rows, const float *w,
-                                const float *b, int x0, int iw, int c, int cn, int k) {
-    float acc[EDW_CB];
-    for (int q = 0; q < cn; q++) acc[q] = b[q];
-    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
-    for (int i = 0; i < k; i++) {
-        const float *wi = w + (int64_t)i * k * c;
-        for (int j = j0; j < j1; j++) {
-            const float *e = rows[i] + (int64_t)(x0 + j) * c, *wt = wi + (int64_t)j * c;
-            for (int q = 0; q < cn; q++) acc[q] += wt[q] * e[q];
-        }
-    }
-    for (int q = 0; q < cn; q++) y[q] = acc[q];
-}
-
-static void edw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
-                      int iw, int c, int k, int s, int p) {
-    const float *rc[16];
-    for (int c0 = 0; c0 < c; c0 += EDW_CB) {
-        const int cn = c - c0 < EDW_CB ? c - c0 : EDW_CB;
-        for (int i = 0; i < k; i++) rc[i] = rows[i] + c0;
-        for (int ox = 0; ox < ow; ox++) {
-            float *yo = y + (int64_t)ox * c + c0;
-            if (cn == EDW_CB)
-                edw_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, EDW_CB, k);
-            else
-                edw_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, cn, k);
-        }
-    }
-}
-
-/* The output columns whose taps all lie inside the map: [*xa, *xb). */
-static inline void edw_interior(int *xa, int *xb, int ow, int iw, int k, int s, int p) {
-    int a = (p + s - 1) / s, b = iw - k + p >= 0 ? (iw - k + p) / s + 1 : 0;
-    if (b > ow) b = ow;
-    if (a > b) a = b;
-    *xa = a;
-    *xb = b;
-}
-
 #ifdef LK_X86
 #include <immintrin.h>
 
-/* AVX-512: 16 channels at a time (the last block masked), the block's KxK weights in
- * registers, four output pixels per step in the interior (four independent FMA chains:
- * one chain would wait on the FMA latency), single pixels with clipped taps at the
- * edges. */
-LK_TARGET_AVX512 static inline __m512 edw_px512(float *yo, const float *const *rows,
-                                                const float *w, __m512 bv, __mmask16 m, int x0,
-                                                int iw, int c, int k, int fuse) {
-    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
-    __m512 a = bv;
-    for (int i = 0; i < k; i++)
-        for (int j = j0; j < j1; j++)
-            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + (int64_t)(i * k + j) * c),
-                                _mm512_maskz_loadu_ps(m, rows[i] + (int64_t)(x0 + j) * c), a);
-    if (!fuse) { /* the row's SiLU pass follows */
-        _mm512_mask_storeu_ps(yo, m, a);
-        return _mm512_setzero_ps();
-    }
-    a = silu_fast16(a);
-    _mm512_mask_storeu_ps(yo, m, a);
-    return a;
-}
-
-#define EDW_ROW512(K, FUSE)                                                                    \
-    LK_TARGET_AVX512 static void edw_row512_k##K(float *y, float *sum,                         \
-                                                 const float *const *rows, const float *w,     \
-                                                 const float *b, int ow, int iw, int c, int s, \
-                                                 int p) {                                      \
-        int xa, xb;                                                                            \
-        edw_interior(&xa, &xb, ow, iw, K, s, p);                                               \
-        for (int c0 = 0; c0 < c; c0 += 16) {                                                   \
-            const __mmask16 m = c - c0 >= 16 ? (__mmask16)0xFFFF                               \
-                                             : (__mmask16)((1u << (c - c0)) - 1);              \
-            const float *rc[K];                                                                \
-            for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;                                  \
-            __m512 wv[K * K];                                                                  \
-            for (int t = 0; t < K * K; t++)                                                    \
-                wv[t] = _mm512_maskz_loadu_ps(m, w + (int64_t)t * c + c0);                     \
-            const __m512 bv = _mm512_maskz_loadu_ps(m, b + c0);                                \
-            __m512 sv = sum ? _mm512_maskz_loadu_ps(m, sum + c0) : _mm512_setzero_ps();        \
-            const int64_t sc = (int64_t)s * c;                                                 \
-            int ox = 0;                                                                        \
-            for (; ox < xa; ox++)                                                              \
-                sv = _mm512_add_ps(sv, edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
-                                                ox * s - p, iw, c, K, FUSE));                  \
-            for (; ox + 4 <= xb; ox += 4) {                                                    \
-                __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
-                const int64_t x0 = (int64_t)ox * s - p;                                        \
-                for (int i = 0; i < K; i++)                                                    \
-                    for (int j = 0; j < K; j++) {                                              \
-                        const float *e = rc[i] + (x0 + j) * c;                                 \
-                        const __m512 wt = wv[i * K + j];                                       \
-                        a0 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e), a0);             \
-                        a1 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + sc), a1);        \
-                        a2 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 2 * sc), a2);    \
-                        a3 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 3 * sc), a3);    \
-                    }                                                                          \
-                float *yo = y + (int64_t)ox * c + c0;                                          \
-                if (FUSE) { /* SiLU, and the sums in pixel order */                            \
-                    a0 = silu_fast16(a0);                                                      \
-                    a1 = silu_fast16(a1);                                                      \
-                    a2 = silu_fast16(a2);                                                      \
-                    a3 = silu_fast16(a3);                                                      \
-                    sv = _mm512_add_ps(_mm512_add_ps(sv, a0), a1);                             \
-                    sv = _mm512_add_ps(_mm512_add_ps(sv, a2), a3);                             \
-                }                                                                              \
-                _mm512_mask_storeu_ps(yo, m, a0);                                              \
-                _mm512_mask_storeu_ps(yo + c, m, a1);                                          \
-                _mm512_mask_storeu_ps(yo + 2 * c, m, a2);                                      \
-                _mm512_mask_storeu_ps(yo + 3 * c, m, a3);                                      \
-            }                                                                                  \
-            for (; ox < ow; ox++)                                                              \
-                sv = _mm512_add_ps(sv, edw_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
-                                                ox * s - p, iw, c, K, FUSE));                  \
-            for (int q = 0; !(FUSE) && q < ow; q++) { /* from L1, in pixel order */            \
-                float *yo = y + (int64_t)q * c + c0;                                           \
-                const __m512 v = silu_fast16(_mm512_maskz_loadu_ps(m, yo));                   \
-                _mm512_mask_storeu_ps(yo, m, v);                                               \
-                sv = _mm512_add_ps(sv, v);                                                     \
-            }                                                                                  \
-            if (sum) _mm512_mask_storeu_ps(sum + c0, m, sv);                                   \
-        }                                                                                      \
-    }
-EDW_ROW512(3, 1)
-EDW_ROW512(5, 0)
-
-/* AVX2: the same in 8 lanes (16 registers: the 3x3 weights stay in them, 5x5 ones are
- * reloaded from L1). */
 LK_TARGET_AVX2 static inline __m256i edw_mask8(int rem) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-
-LK_TARGET_AVX2 static inline __m256 edw_px256(float *yo, const float *const *rows,
-                                              const float *w, __m256 bv, __m256i m, int x0,
-                                              int iw, int c, int k, int fuse) {
-    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
-    __m256 a = bv;
-    for (int i = 0; i < k; i++)
-        for (int j = j0; j < j1; j++)
-            a = _mm256_fmadd_ps(_mm256_maskload_ps(w + (int64_t)(i * k + j) * c, m),
-                                _mm256_maskload_ps(rows[i] + (int64_t)(x0 + j) * c, m), a);
-    if (!fuse) {
-        _mm256_maskstore_ps(yo, m, a);
-        return _mm256_setzero_ps();
-    }
-    a = silu_fast8(a);
-    _mm256_maskstore_ps(yo, m, a);
-    return a;
-}
-
-#define EDW_ROW256(K, FUSE)                                                                    \
-    LK_TARGET_AVX2 static void edw_row256_k##K(float *y, float *sum, const float *const *rows, \
-                                               const float *w, const float *b, int ow, int iw, \
-                                               int c, int s, int p) {                          \
-        int xa, xb;                                                                            \
-        edw_interior(&xa, &xb, ow, iw, K, s, p);                                               \
-        for (int c0 = 0; c0 < c; c0 += 8) {                                                    \
-            const __m256i m = edw_mask8(c - c0);                                               \
-            const float *rc[K];                                                                \
-            for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;                                  \
-            __m256 wv[K * K];                                                                  \
-            for (int t = 0; t < K * K; t++)                                                    \
-                wv[t] = _mm256_maskload_ps(w + (int64_t)t * c + c0, m);                        \
-            const __m256 bv = _mm256_maskload_ps(b + c0, m);                                   \
-            __m256 sv = sum ? _mm256_maskload_ps(sum + c0, m) : _mm256_setzero_ps();           \
-            const int64_t sc = (int64_t)s * c;                                                 \
-            int ox = 0;                                                                        \
-            for (; ox < xa; ox++)                                                              \
-                sv = _mm256_add_ps(sv, edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
-                                                ox * s - p, iw, c, K, FUSE));                  \
-            for (; ox + 4 <= xb; ox += 4) {                                                    \
-                __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
-                const int64_t x0 = (int64_t)ox * s - p;                                        \
-                for (int i = 0; i < K; i++)                                                    \
-                    for (int j = 0; j < K; j++) {                                              \
-                        const float *e = rc[i] + (x0 + j) * c;                                 \
-                        const __m256 wt = wv[i * K + j];                                       \
-                        a0 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e, m), a0);                \
-                        a1 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + sc, m), a1);           \
-                        a2 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 2 * sc, m), a2);       \
-                        a3 = _mm256_fmadd_ps(wt, _mm256_maskload_ps(e + 3 * sc, m), a3);       \
-                    }                                                                          \
-                float *yo = y + (int64_t)ox * c + c0;                                          \
-                if (FUSE) { /* SiLU, and the sums in pixel order */                            \
-                    a0 = silu_fast8(a0);                                                       \
-                    a1 = silu_fast8(a1);                                                       \
-                    a2 = silu_fast8(a2);                                                       \
-                    a3 = silu_fast8(a3);                                                       \
-                    sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1);                             \
-                    sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);                             \
-                }                                                                              \
-                _mm256_maskstore_ps(yo, m, a0);                                                \
-                _mm256_maskstore_ps(yo + c, m, a1);                                            \
-                _mm256_maskstore_ps(yo + 2 * c, m, a2);                                        \
-                _mm256_maskstore_ps(yo + 3 * c, m, a3);                                        \
-            }                                                                                  \
-            for (; ox < ow; ox++)                                                              \
-                sv = _mm256_add_ps(sv, edw_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
-                                                ox * s - p, iw, c, K, FUSE));                  \
-            for (int q = 0; !(FUSE) && q < ow; q++) { /* from L1, in pixel order */            \
-                float *yo = y + (int64_t)q * c + c0;                                           \
-                const __m256 v = silu_fast8(_mm256_maskload_ps(yo, m));                       \
-                _mm256_maskstore_ps(yo, m, v);                                                 \
-                sv = _mm256_add_ps(sv, v);                                                     \
-            }                                                                                  \
-            if (sum) _mm256_maskstore_ps(sum + c0, m, sv);                                     \
-        }                                                                                      \
-    }
-EDW_ROW256(3, 0)
-EDW_ROW256(5, 0)
 
 /* The expansion e [m, EC] = silu(x [m, IC] w1t [IC, EC] + b1) into the ring, on x86:
  * register-blocked products (the AVX-512 micro-tile 8 rows x 3 vectors, AVX2 4 x 3),
@@ -377,9 +168,6 @@ EDW_EXPAND(512, LK_TARGET_AVX512, 16, EDW_XR512, __mmask16, edw_mask16)
 EDW_EXPAND(256, LK_TARGET_AVX2, 8, EDW_XR256, __m256i, edw_mask8)
 #endif
 
-typedef void (*edw_row_fn)(float *, float *, const float *const *, const float *,
-                           const float *, int, int, int, int, int);
-
 typedef void (*edw_expand_fn)(float *, const float *, const float *, const float *, int64_t,
                               int, int, float *);
 
@@ -390,17 +178,6 @@ static edw_expand_fn edw_expand_pick(void) {
     if (isa == LK_ISA_AVX512) return edw_expand512;
     if (isa == LK_ISA_AVX2) return edw_expand256;
 #endif
-    return NULL;
-}
-
-/* The row kernel for kernel size k on the path in force (NULL: the portable one). */
-static edw_row_fn edw_row_pick(int k) {
-#ifdef LK_X86
-    const lk_kernel_isa_t isa = lk_kernel_isa();
-    if (isa == LK_ISA_AVX512) return k == 3 ? edw_row512_k3 : k == 5 ? edw_row512_k5 : NULL;
-    if (isa == LK_ISA_AVX2) return k == 3 ? edw_row256_k3 : k == 5 ? edw_row256_k5 : NULL;
-#endif
-    (void)k;
     return NULL;
 }
 
@@ -476,7 +253,7 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
                               const float *w1, const float *b1, const float *bd, float *ring,
                               int n, int oy0, int oy1) {
     const lk_expdw_cfg *c = &L->cfg;
-    const edw_row_fn rowk = edw_row_pick(c->k);
+    const lk_dw_row_fn rowk = lk_dw_row_pick(c->k, LK_DW_ROW_SILU);
     const edw_expand_fn expand = edw_expand_pick();
     float *tmp = ring + (size_t)L->nslot * L->g * c->iw * c->ec; /* [8, IC + EC] */
     void (*biasf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_bias);
@@ -513,7 +290,7 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
             rowk(yr, sum, rows, L->wt, bd, L->ow, c->iw, c->ec, s, p);
             continue;
         }
-        edw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
+        lk_dw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
         lk_silu_forward_fast_serial(yr, yr, (int64_t)L->ow * c->ec);
         if (sum) sumf(sum, yr, L->ow, c->ec);
     }

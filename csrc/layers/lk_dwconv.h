@@ -1,7 +1,9 @@
-/* Hand-written depthwise convolution kernels for NHWC activations, used by
- * conv2d.c where oneDNN v3.2 falls back to a slow path: its AVX2 depthwise
- * backward-weights JIT (jit_dw) rejects kernels wider than 3, so 5x5 layers
- * get the generic grouped-convolution JIT instead.
+/* Hand-written depthwise convolution kernels for NHWC activations (dwconv.c), used by
+ * conv2d.c where oneDNN v3.2 is slow: its AVX2 depthwise backward-weights JIT (jit_dw)
+ * rejects kernels wider than 3, so 5x5 layers get the generic grouped-convolution JIT
+ * instead, and its NHWC depthwise forward (brdgmm_dw) is bound by neither memory nor
+ * arithmetic on AVX2 (lk_dwconv_fwd says how far). The forward's row kernels also
+ * serve the fused expansion + depthwise (expand_dw.c).
  */
 #ifndef LK_DWCONV_H
 #define LK_DWCONV_H
@@ -15,21 +17,69 @@
 extern "C" {
 #endif
 
-/* dw [C, 1, KH, KW] (PyTorch layout, overwritten) =
- *   sum over n, oy, ox of dy [N, OH, OW, C] * x [N, IH, IW, C] at
- *   (oy*sh - pt + i, ox*sw - pl + j), zero outside the input.
- * Each output element is summed in a fixed order that depends only on the
- * shapes, so the result is the same for every thread count. */
-/* The weight gradient's input made row by row from another tensor: rows(y, x, npix, ctx)
- * writes y [npix, C] from x [npix, C] (one image row at a time, on the calling thread,
- * the same bits every call). Used to recompute a BatchNorm+SiLU output on the fly
- * instead of keeping it. */
+/* An input made row by row from another tensor: rows(y, x, npix, ctx) writes y [npix, C]
+ * from x [npix, C] (one image row at a time, on the calling thread, the same bits every
+ * call). Used to recompute a BatchNorm+SiLU output on the fly instead of keeping it. */
 typedef struct lk_dw_input {
     void (*rows)(float *y, const float *x, int64_t npix, const void *ctx);
     const void *ctx;
 } lk_dw_input;
 
-/* `in` NULL: x is the input; otherwise x is what in->rows turns into the input. */
+/* ------------------------------------------------------------------ forward */
+/* One output row y [OW, C] of a depthwise KxK convolution, stride s, left padding p, from
+ * its K input rows rows[i] (each [IW, C]; a row of zeros stands for the padding), the
+ * tap-major weights w [K * K, C] and the bias b [C]. LK_DW_ROW_SILU applies SiLU (the
+ * inference form, lk_silu_simd.h) and adds the row's outputs to sum [C] in pixel order
+ * (sum may be NULL); LK_DW_ROW_PLAIN stores the sums as they are and ignores sum. */
+typedef void (*lk_dw_row_fn)(float *y, float *sum, const float *const *rows, const float *w,
+                             const float *b, int ow, int iw, int c, int s, int p);
+typedef enum lk_dw_row_act { LK_DW_ROW_PLAIN = 0, LK_DW_ROW_SILU } lk_dw_row_act;
+
+/* The vector row kernel for K on the kernel path in force; NULL where there is none
+ * (plain C, or K other than 3 and 5): then lk_dw_row_c, which applies no activation. */
+lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act);
+void lk_dw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
+                 int iw, int c, int k, int s, int p);
+
+/* y [N, OH, OW, C] = the depthwise convolution of x [N, IH, IW, C] with w [C, 1, K, K]
+ * (PyTorch's layout), odd K, stride 1 or 2, padding (K - 1) / 2 on every side, no bias:
+ * the training forward, and at stride 1 with the kernel rotated by 180 degrees its
+ * input gradient. Each output is the sum over the taps in row-major order (of the
+ * rotated kernel when rotated), the same for every thread count. */
+typedef struct lk_dwconv_fwd_cfg {
+    int n, c, ih, iw, k, stride;
+    int in_rows; /* plan a ring of input rows for an `in` transform */
+} lk_dwconv_fwd_cfg;
+
+typedef struct lk_dwconv_fwd {
+    lk_dwconv_fwd_cfg cfg;
+    int oh, ow, pad;
+    int team;         /* threads the rings were made for */
+    int nband;        /* row bands per image (images < threads) */
+    size_t ring;      /* floats of one thread's ring: K rows [IW, C] (in_rows), else 0 */
+    float *ws;        /* [team, ring] */
+    float *wt;        /* [K * K, C] the weights tap-major, made per call */
+    float *zero;      /* [IW * C] zeros: the padding rows and the (absent) bias */
+} lk_dwconv_fwd;
+
+lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg);
+/* Whether lk_dwconv_fwd has a vector kernel for K on the path in force (otherwise it
+ * runs lk_dw_row_c: correct, not faster than oneDNN). */
+int lk_dwconv_fwd_vectorised(int k);
+/* `rotate`: use w turned by 180 degrees (stride 1 only). `in` (planned with in_rows):
+ * x is what in->rows turns into the input, row by row, into a ring that stays in
+ * cache, so the input itself never reaches memory; NULL: x is the input. */
+lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
+                            const lk_dw_input *in);
+void lk_dwconv_fwd_free(lk_dwconv_fwd *L);
+
+/* ---------------------------------------------------------- weight gradient */
+/* dw [C, 1, KH, KW] (PyTorch layout, overwritten) =
+ *   sum over n, oy, ox of dy [N, OH, OW, C] * x [N, IH, IW, C] at
+ *   (oy*sh - pt + i, ox*sw - pl + j), zero outside the input.
+ * Each output element is summed in a fixed order that depends only on the
+ * shapes, so the result is the same for every thread count.
+ * `in` NULL: x is the input; otherwise x is what in->rows turns into the input. */
 lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
                                 int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
                                 int pl, float *ws, const lk_dw_input *in);

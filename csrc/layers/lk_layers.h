@@ -103,7 +103,9 @@ typedef struct lk_conv2d {
     int64_t gemm_rows;      /* output positions per im2col chunk (0: plain 1x1, no im2col) */
     float *gemm_ws;         /* [gemm_threads, gemm_rows * KK + OC * KK], KK = KH*KW*IC:
                                each thread's im2col chunk, then its partial dW [OC, KH, KW, IC] */
-    int dx_flipped;         /* depthwise stride 1: dx by the forward primitive (no bwd_d) */
+    int dx_flipped;         /* depthwise stride 1: dx by the forward (no bwd_d) */
+    int dwf;                /* depthwise (train): the forward, and a flipped dx, by dwfwd */
+    struct lk_dwconv_fwd *dwfwd; /* our depthwise forward (lk_dwconv.h), when dwf */
     float *w_flip;          /* [OC, 1, KH, KW] the kernel rotated by 180 degrees */
     float *w_flip_fwd;      /* w_flip in the forward's layout (when it differs) */
     float *zero_bias;       /* [OC] zeros, when the forward primitive takes a bias */
@@ -136,6 +138,19 @@ lk_conv_bwd_w_policy lk_conv2d_get_bwd_w_policy(void);
 typedef enum lk_conv_dx_policy { LK_CONV_DX_AUTO = 0, LK_CONV_DX_ONEDNN } lk_conv_dx_policy;
 void lk_conv2d_set_dx_policy(lk_conv_dx_policy p);
 lk_conv_dx_policy lk_conv2d_get_dx_policy(void);
+
+/* Which forward conv2d plans for training depthwise layers (and for their stride-1
+ * input gradient, a forward with the kernel rotated): AUTO picks per shape and kernel
+ * path (conv2d.c says where ours was measured faster), ONEDNN keeps the primitive, OURS
+ * takes lk_dwconv_fwd wherever it applies (odd K, stride 1 or 2, centred padding, no
+ * bias). For tests and benchmarks; read by lk_conv2d_init. */
+typedef enum lk_conv_dwf_policy {
+    LK_CONV_DWF_AUTO = 0,
+    LK_CONV_DWF_ONEDNN,
+    LK_CONV_DWF_OURS
+} lk_conv_dwf_policy;
+void lk_conv2d_set_dwf_policy(lk_conv_dwf_policy p);
+lk_conv_dwf_policy lk_conv2d_get_dwf_policy(void);
 
 /* How conv2d plans the 3x3 stride-1 layers lk_wino supports (forward, and in training
  * both gradients): AUTO uses Winograd where it was measured faster (conv2d.c), NEVER
@@ -183,6 +198,13 @@ int lk_conv2d_takes_rows(const lk_conv2d *L);
 lk_status lk_conv2d_backward_w_gated(lk_conv2d *L, float *dw, const float *dy, const float *x,
                                      const float *gate);
 struct lk_dw_input;
+/* Whether the forward can take its input as rows made on demand: planned with
+ * cfg.in_rows and on our depthwise forward (lk_conv2d_set_dwf_policy). */
+int lk_conv2d_forward_takes_rows(const lk_conv2d *L);
+/* y = the forward of the input that `in` makes from x row by row (lk_dwconv.h): the
+ * input is never written. Requires lk_conv2d_forward_takes_rows. */
+lk_status lk_conv2d_forward_rows(lk_conv2d *L, float *y, const float *x, const float *w,
+                                 const struct lk_dw_input *in);
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
                                     const float *x, const struct lk_dw_input *in);
 void lk_conv2d_free(lk_conv2d *L);
@@ -266,12 +288,16 @@ lk_status lk_bn_backward(lk_bn *L, float *dx, float *dgamma, float *dbeta, const
 lk_status lk_bn_silu_forward(lk_bn *L, float *y, float *mean, float *var, const float *x,
                              const float *gamma, const float *beta, float *running_mean,
                              float *running_var);
+/* lk_bn_silu_forward without y: the statistics (and the running ones) alone, for a
+ * consumer that makes y row by row from x (lk_bn_silu_rows_input). */
+lk_status lk_bn_silu_forward_stats(lk_bn *L, float *mean, float *var, const float *x,
+                                   float *running_mean, float *running_var);
 /* y again from x and the statistics lk_bn_silu_forward returned: the same bits (for
  * plans that recompute an activation instead of keeping it). */
 lk_status lk_bn_silu_recompute(lk_bn *L, float *y, const float *x, const float *mean,
                                const float *var, const float *gamma, const float *beta);
-/* The output of lk_bn_silu_forward made on demand, row by row (for a depthwise weight
- * gradient that reads it, lk_dwconv.h): fills `in`, valid while mean, var and beta
+/* The output of lk_bn_silu_forward made on demand, row by row (for a depthwise forward
+ * or weight gradient that reads it, lk_dwconv.h): fills `in`, valid while mean, var and beta
  * live and until the next call on L; the same bits as lk_bn_silu_recompute. */
 lk_status lk_bn_silu_rows_input(lk_bn *L, struct lk_dw_input *in, const float *mean,
                                 const float *var, const float *gamma, const float *beta);

@@ -67,6 +67,24 @@ LK_AVX2 static inline void silu_parts8(__m256 x, __m256 *num, __m256 *den) {
     *den = _mm256_add_ps(one, e);
 }
 
+/* Training: sigmoid by a true division. */
+LK_AVX2 static inline __m256 silu_sigmoid8(__m256 x) {
+    __m256 num, den;
+    silu_parts8(x, &num, &den);
+    /* A true division: s must be exactly 1 once e < 2^-24, or x * (1 - s) in the
+     * gradient blows up for large x (a reciprocal estimate plus Newton step gives
+     * 1 - 2^-24 at d = 1). */
+    return _mm256_div_ps(num, den);
+}
+
+/* The gradient g * silu'(v), torch's formula. */
+LK_AVX2 static inline __m256 silu_grad8(__m256 g, __m256 v) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 s = silu_sigmoid8(v);
+    __m256 u = _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one);
+    return _mm256_mul_ps(g, _mm256_mul_ps(s, u));
+}
+
 #define LK_AVX512 __attribute__((target("avx512f")))
 
 /* The AVX2 steps in 16 lanes; scalef applies 2^k with one rounding into the

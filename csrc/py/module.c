@@ -89,6 +89,16 @@ static void dw_set(int i) { lk_dwconv_set_policy((lk_dw_bwd_w_policy)i); }
 static int dx_get(void) { return (int)lk_conv2d_get_dx_policy(); }
 static void dx_set(int i) { lk_conv2d_set_dx_policy((lk_conv_dx_policy)i); }
 
+static int dwf_get(void) { return (int)lk_conv2d_get_dwf_policy(); }
+static void dwf_set(int i) { lk_conv2d_set_dwf_policy((lk_conv_dwf_policy)i); }
+
+/* Tests: which forward conv2d plans for training depthwise layers ("auto", "onednn",
+ * "ours"; also their stride-1 input gradient); returns the previous one. */
+static PyObject *py_dwfwd_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "onednn", "ours"};
+    return policy_switch(arg, names, 3, dwf_get, dwf_set, "depthwise forward");
+}
+
 static int fold_get(void) { return (int)lk_block_get_se_fold_policy(); }
 static void fold_set(int i) { lk_block_set_se_fold_policy((lk_se_fold_policy)i); }
 
@@ -183,6 +193,9 @@ PyMethodDef lk_py_core_methods[] = {
      "Tests: depthwise weight-gradient kernel conv2d plans; returns the previous policy."},
     {"_conv_dx_policy", py_conv_dx_policy, METH_O,
      "Tests: depthwise stride-1 input-gradient path conv2d plans; returns the previous one."},
+    {"_dwfwd_policy", py_dwfwd_policy, METH_O,
+     "Tests: which forward training depthwise layers run (also their stride-1 input "
+     "gradient); returns the previous policy."},
     {"_se_fold_policy", py_se_fold_policy, METH_O,
      "Tests: whether MBConv blocks fold the SE gate into their projection; returns the "
      "previous policy."},

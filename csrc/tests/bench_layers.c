@@ -434,6 +434,70 @@ static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
     lk_free(bd), lk_free(pool), lk_free(pool2);
 }
 
+/* A depthwise training forward (no bias): oneDNN's primitive against lk_dwconv_forward
+ * from memory, RESULT <op> plan onednn ours, and ours with the input made row by row
+ * by a BatchNorm+SiLU transform (RESULT <op>_rows plan separate fused: the transform as
+ * a pass, then ours from memory, against the two in one). */
+static void bench_dwfwd(const char *op, int c, int hw, int k, int s) {
+    if (!wanted(op)) return;
+    const int pad = (k - 1) / 2;
+    lk_conv2d D;
+    lk_dwconv_fwd F;
+    lk_bn B;
+    lk_conv2d_cfg cd = {.n = g_batch, .ic = c, .ih = hw, .iw = hw, .oc = c, .kh = k, .kw = k,
+                        .sh = s, .sw = s, .pt = pad, .pl = pad, .pb = pad, .pr = pad,
+                        .groups = c, .train = 1, .need_dx = 1};
+    lk_dwconv_fwd_cfg cf = {.n = g_batch, .c = c, .ih = hw, .iw = hw, .k = k, .stride = s,
+                            .in_rows = 1};
+    lk_bn_cfg bc = {.n = g_batch, .c = c, .h = hw, .w = hw, .eps = 1e-5f, .momentum = 0.1f,
+                    .mode = LK_BN_TRAIN, .need_dx = 1, .silu = 1};
+    double t0 = now_ms();
+    CK(lk_conv2d_init(&D, &cd));
+    double plan = now_ms() - t0;
+    CK(lk_dwconv_fwd_init(&F, &cf));
+    CK(lk_bn_init(&B, &bc));
+    size_t nx = (size_t)g_batch * hw * hw * c, ny = (size_t)g_batch * D.oh * D.ow * c;
+    float *x = rnd(nx, -1, 1), *a = rnd(nx, 0, 0), *y = rnd(ny, 0, 0), *y2 = rnd(ny, 0, 0);
+    float *w = rnd((size_t)c * k * k, -0.2f, 0.2f);
+    float *gamma = rnd((size_t)c, 0.5f, 1.5f), *beta = rnd((size_t)c, -0.5f, 0.5f);
+    float *mean = rnd((size_t)c, 0, 0), *var = rnd((size_t)c, 0, 0);
+    double dn, ours, sep, rows;
+    TIME_REPS(dn, CK(lk_conv2d_forward(&D, y, x, w, NULL, 0)));
+    TIME_REPS(ours, CK(lk_dwconv_forward(&F, y2, x, w, 0, NULL)));
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = fabs((double)y[i] - y2[i]);
+        if (d > err) err = d;
+        if (fabs(y[i]) > ref) ref = fabs(y[i]);
+    }
+    report(op, plan, dn, ours);
+    printf("CHECK %s max |ours - onednn| / max |onednn| = %.2e\n", op, err / ref);
+    CK(lk_bn_silu_forward(&B, a, mean, var, x, gamma, beta, NULL, NULL));
+    lk_dw_input in;
+    TIME_REPS(sep, {
+        CK(lk_bn_silu_recompute(&B, a, x, mean, var, gamma, beta));
+        CK(lk_dwconv_forward(&F, y, a, w, 0, NULL));
+    });
+    TIME_REPS(rows, {
+        CK(lk_bn_silu_rows_input(&B, &in, mean, var, gamma, beta));
+        CK(lk_dwconv_forward(&F, y2, x, w, 0, &in));
+    });
+    char name[128];
+    snprintf(name, sizeof name, "%s_rows", op);
+    report(name, 0, sep, rows);
+    err = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = fabs((double)y[i] - y2[i]);
+        if (d > err) err = d;
+    }
+    printf("CHECK %s max |rows - separate| = %.2e (same bits expected)\n", name, err);
+    lk_conv2d_free(&D);
+    lk_dwconv_fwd_free(&F);
+    lk_bn_free(&B);
+    lk_free(x), lk_free(a), lk_free(y), lk_free(y2), lk_free(w), lk_free(gamma), lk_free(beta);
+    lk_free(mean), lk_free(var);
+}
+
 /* A dense 3x3 stride-1 convolution by oneDNN's direct kernel against Winograd
  * (conv2d_winograd.c): the inference forward (bias, SiLU post-op) as RESULT <op> plan
  * direct winograd, a training plan's input gradient as RESULT <op>_dx and its weight
@@ -615,6 +679,18 @@ int main(int argc, char **argv) {
     bench_bn_silu("bn+silu_fused_1536_12", 1536, 12, 2, 1);
     bench_bn_silu("silu_1536_10", 1536, 10, 0, 1);
     bench_chmul("se_chmul_144_75", 144, 75);
+    bench_dwfwd("dwfwd_k3_s2_144_150", 144, 150, 3, 2);
+    bench_dwfwd("dwfwd_k3_s1_192_75", 192, 75, 3, 1);
+    bench_dwfwd("dwfwd_k5_s2_192_75", 192, 75, 5, 2);
+    bench_dwfwd("dwfwd_k5_s1_288_38", 288, 38, 5, 1);
+    bench_dwfwd("dwfwd_k3_s1_576_19", 576, 19, 3, 1);
+    bench_dwfwd("dwfwd_k5_s1_816_19", 816, 19, 5, 1);
+    bench_dwfwd("dwfwd_k5_s1_1392_10", 1392, 10, 5, 1);
+    bench_dwfwd("dwfwd_k3_s1_2304_10", 2304, 10, 3, 1);
+    bench_dwfwd("dwfwd_k3_s1_40_150", 40, 150, 3, 1);
+    bench_dwfwd("dwfwd_k3_s1_24_192", 24, 192, 3, 1);
+    bench_dwfwd("dwfwd_k3_s1_960_24", 960, 24, 3, 1);
+    bench_dwfwd("dwfwd_k3_s1_1536_12", 1536, 12, 3, 1);
     bench_expdw("expdw_24_150_144_k3s2", 24, 150, 144, 3, 2);
     bench_expdw("expdw_32_75_192_k3s1", 32, 75, 192, 3, 1);
     bench_expdw("expdw_32_75_192_k5s2", 32, 75, 192, 5, 2);

@@ -79,6 +79,9 @@
 #pragma weak lk_softmax_backward
 #pragma weak lk_softmax_free
 #pragma weak lk_dwconv_bwd_weights
+#pragma weak lk_dwconv_fwd_init
+#pragma weak lk_dwconv_forward
+#pragma weak lk_dwconv_fwd_free
 #pragma weak lk_expdw_init
 #pragma weak lk_expdw_forward
 #pragma weak lk_expdw_free
@@ -443,14 +446,14 @@ static void dw_test_rows(float *y, const float *x, int64_t npix, const void *ctx
     for (int64_t i = 0; i < npix * c; i++) y[i] = dw_test_rows_fn(x[i]);
 }
 
-/* Depthwise weight/bias gradient kernel alone (dwconv_bwd_w.c): odd channel
+/* Depthwise weight/bias gradient kernel alone (dwconv.c): odd channel
  * counts (16-, 8- and scalar-wide paths, more than one 64-channel item),
  * kernels with and without a vector path (3, 5, 7 vs 1, 4, 9) and wider than
  * one item's taps (33), strides 1-3, asymmetric padding, batch 1; and the
  * result must be bit-identical for 1, 2 and 3 threads. */
 static int test_dwconv(void) {
-    NEED(lk_dwconv_bwd_weights, "dwconv_bwd_w.c");
-    NEED(lk_dwconv_bwd_bias, "dwconv_bwd_w.c");
+    NEED(lk_dwconv_bwd_weights, "dwconv.c");
+    NEED(lk_dwconv_bwd_bias, "dwconv.c");
     /* n, c, ih, iw, kh, kw, sh, sw, pt, pl, pb, pr */
     static const int cases[][12] = {
         {2, 13, 9, 11, 5, 5, 1, 1, 2, 2, 2, 2},  {1, 77, 10, 7, 5, 5, 2, 2, 1, 2, 2, 2},
@@ -533,6 +536,102 @@ static int test_dwconv(void) {
     BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, NULL, NULL), LK_ERR_ARG);
     BAD(lk_dwconv_bwd_weights(&v, &v, &v, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, NULL, NULL), LK_ERR_ARG);
     BAD(lk_dwconv_bwd_bias(&v, NULL, 1, 1, 1, 1), LK_ERR_ARG);
+    return 1;
+}
+
+/* The depthwise forward (dwconv.c) against a double reference on every kernel path:
+ * kernels 1, 3, 5 and 7 (3 and 5 have vector kernels), both strides, the kernel rotated
+ * (stride 1: the input gradient), maps narrower than the kernel, channels off the 8 and
+ * 16 blocks (the masked tail) and above 64, batches below the thread count (bands), and
+ * the input made row by row by a transform (lk_dw_input) into the ring: then the same
+ * bits as the transformed input given whole; and the same bits for 1 and 3 threads. */
+static int test_dwconv_fwd(void) {
+    NEED(lk_dwconv_fwd_init, "dwconv.c");
+    /* n, c, ih, iw, k, stride */
+    static const int cases[][6] = {
+        {2, 13, 9, 11, 5, 1}, {1, 77, 10, 7, 5, 2}, {3, 24, 15, 10, 3, 2}, {1, 8, 12, 12, 3, 1},
+        {1, 5, 4, 3, 5, 1},   {2, 19, 8, 8, 7, 1},  {2, 9, 6, 7, 1, 1},    {1, 72, 3, 3, 5, 1},
+        {1, 40, 20, 38, 3, 1}, {2, 144, 7, 19, 5, 2}, {1, 16, 2, 2, 3, 2},
+    };
+    static const char *isas[] = {"c", "avx2", "avx512"};
+    const int threads0 = lk_get_num_threads();
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *a = cases[t];
+        const int n = a[0], c = a[1], ih = a[2], iw = a[3], k = a[4], st = a[5], p = (k - 1) / 2;
+        const int oh = (ih + 2 * p - k) / st + 1, ow = (iw + 2 * p - k) / st + 1;
+        const size_t nx = (size_t)n * ih * iw * c, ny = (size_t)n * oh * ow * c;
+        float *x = frand(nx, -1, 1), *w = frand((size_t)c * k * k, -0.5, 0.5), *xt = fbuf(nx);
+        float *y = fbuf(ny), *y1 = fbuf(ny), *yr = fbuf(ny);
+        for (size_t i = 0; i < nx; i++) xt[i] = dw_test_rows_fn(x[i]);
+        const lk_dw_input in = {dw_test_rows, &c};
+        for (int rot = 0; rot <= (st == 1); rot++) {
+            double *ref = dbuf(ny);
+            for (int b = 0; b < n; b++)
+                for (int oy = 0; oy < oh; oy++)
+                    for (int ox = 0; ox < ow; ox++)
+                        for (int ch = 0; ch < c; ch++) {
+                            double v = 0;
+                            for (int i = 0; i < k; i++)
+                                for (int j = 0; j < k; j++) {
+                                    int yy = oy * st - p + i, xx = ox * st - p + j;
+                                    if (yy < 0 || yy >= ih || xx < 0 || xx >= iw) continue;
+                                    const int tap = rot ? k * k - 1 - (i * k + j) : i * k + j;
+                                    v += (double)xt[((size_t)(b * ih + yy) * iw + xx) * c + ch] *
+                                         w[(size_t)ch * k * k + tap];
+                                }
+                            ref[((size_t)(b * oh + oy) * ow + ox) * c + ch] = v;
+                        }
+            for (int q = 0; q < 3; q++) {
+                if (lk_kernel_isa_set(isas[q]) != LK_OK) { /* not on this CPU */
+                    lk_clear_error();
+                    continue;
+                }
+                lk_dwconv_fwd L;
+                const lk_dwconv_fwd_cfg cfg = {.n = n, .c = c, .ih = ih, .iw = iw, .k = k,
+                                               .stride = st, .in_rows = 1};
+                lk_status s1 = LK_OK;
+                for (int nt = 1; nt <= 3 && s1 == LK_OK; nt += 2) {
+                    lk_set_num_threads(nt);
+                    s1 = lk_dwconv_fwd_init(&L, &cfg);
+                    if (s1 == LK_OK) {
+                        memset(y, 0xff, ny * sizeof(float)); /* NaN: must be overwritten */
+                        s1 = lk_dwconv_forward(&L, y, xt, w, rot, NULL);
+                        if (s1 == LK_OK) s1 = lk_dwconv_forward(&L, yr, x, w, rot, &in);
+                        EXPECT(L.oh == oh && L.ow == ow, "case %zu: output %dx%d, expected %dx%d",
+                               t, L.oh, L.ow, oh, ow);
+                    }
+                    lk_dwconv_fwd_free(&L);
+                    if (nt == 1) memcpy(y1, y, ny * sizeof(float));
+                    EXPECT(s1 != LK_OK || memcmp(y, y1, ny * sizeof(float)) == 0,
+                           "dwconv forward case %zu (%s): 1 and %d threads differ", t, isas[q],
+                           nt);
+                    EXPECT(s1 != LK_OK || memcmp(y, yr, ny * sizeof(float)) == 0,
+                           "dwconv forward case %zu (%s, %d threads): rows made on demand "
+                           "differ from the input given whole", t, isas[q], nt);
+                }
+                lk_set_num_threads(threads0);
+                lk_kernel_isa_set("auto");
+                OK(s1);
+                if (!close_to(isas[q], y, ref, ny, RTOL, __LINE__))
+                    return failf(__LINE__, "dwconv forward case %zu (rotated %d) on the %s path",
+                                 t, rot, isas[q]);
+            }
+        }
+    }
+    lk_dwconv_fwd bad;
+    lk_dwconv_fwd_cfg c0 = {.n = 1, .c = 4, .ih = 8, .iw = 8, .k = 4, .stride = 1};
+    BAD(lk_dwconv_fwd_init(&bad, &c0), LK_ERR_ARG);
+    c0.k = 3;
+    c0.stride = 3;
+    BAD(lk_dwconv_fwd_init(&bad, &c0), LK_ERR_ARG);
+    c0.stride = 2;
+    OK(lk_dwconv_fwd_init(&bad, &c0));
+    float v[64 * 4] = {0};
+    BAD(lk_dwconv_forward(&bad, v, v, v, 1, NULL), LK_ERR_ARG);  /* rotated at stride 2 */
+    const lk_dw_input in = {dw_test_rows, &c0.c};
+    BAD(lk_dwconv_forward(&bad, v, v, v, 0, &in), LK_ERR_ARG); /* no ring: not in_rows */
+    BAD(lk_dwconv_forward(&bad, NULL, v, v, 0, NULL), LK_ERR_ARG);
+    lk_dwconv_fwd_free(&bad);
     return 1;
 }
 
@@ -2693,6 +2792,7 @@ typedef struct {
 static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
+    {"dwconv_fwd", test_dwconv_fwd},
     {"expdw", test_expdw},
     {"wino", test_wino},
     {"conv2d_dw_paths", test_conv2d_dw_paths},

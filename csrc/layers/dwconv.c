@@ -1,0 +1,802 @@
+/* Hand-written depthwise convolution kernels for NHWC activations: the forward (and,
+ * by a kernel rotated 180 degrees, the stride-1 input gradient) and the weight
+ * gradient. Channels are contiguous in NHWC, so every kernel vectorises over channels.
+ *
+ * Forward. oneDNN v3.2's NHWC depthwise forward (brdgmm_dw) runs far below both memory
+ * and arithmetic on AVX2: B3's 192-channel 3x3 layer at 75x75, 16 images, took 15-18 ms
+ * there, 8 GB/s and 20 GFLOP/s. Here each task (an image, or a band of its rows when
+ * there are fewer images than threads) makes one output row at a time from its K input
+ * rows: per block of 8 (AVX2) or 16 (AVX-512) channels the KxK weights are loaded once,
+ * and four output pixels run as four independent FMA chains. The input rows can come
+ * from a transform instead of memory (lk_dw_input: the BatchNorm+SiLU of the expansion
+ * before it, made into a ring of K rows that stays in cache), so that input is never
+ * written at all. The same row kernels, with SiLU and the pool's sums, serve the fused
+ * expansion + depthwise at inference (expand_dw.c).
+ *
+ * Weight gradient. oneDNN v3.2 runs depthwise 5x5 weight gradients through its generic
+ * grouped JIT (jit_dw takes only 3-wide kernels on AVX2), the slowest primitive of a
+ * training step. Here the N*OH output rows are cut into chunks, and for each row of a
+ * chunk, each block of up to 64 channels and each kernel row it sums
+ * dy[n, oy, ox, c] * x[n, iy, ix, c] over ox in registers (one AVX2 accumulator
+ * per tap and 8 channels; AVX-512: 16 channels), then adds that row sum to the
+ * chunk's partial dw. The chunks' partials are added at the end. A chunk reads
+ * its slab of x and dy from memory once.
+ *
+ * The instruction set is chosen at run time (lk_cpu.h). Determinism: the forward sums
+ * each output's taps in one order on every path. The weight gradient's chunks depend
+ * only on the shape, each chunk sums its rows in order and the partials are added in
+ * chunk order; which code path (32, 16, 8 or scalar channels) serves a channel depends
+ * only on C and the instruction set, and the vector paths all add the same fused
+ * products per lane. So results are identical for every thread count (and the weight
+ * gradient the same bits with AVX2 or AVX-512; plain C rounds each product).
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "lk_cpu.h"
+#include "lk_dnnl.h"
+#include "lk_dwconv.h"
+#include "lk_silu_simd.h"
+#include "lk_threads.h"
+
+#ifdef LK_X86
+#include <immintrin.h>
+#define LK_DW_X86 1
+#define LK_DW_TARGET LK_TARGET_AVX2
+#define LK_DW_TARGET512 LK_TARGET_AVX512
+#define LK_DW_INLINE __attribute__((always_inline)) inline
+#endif
+
+/* ================================================================== forward */
+
+enum { DWF_CB = 64,              /* channels per accumulator block of the portable row */
+       DWF_BAND_MIN_ROWS = 8 };  /* fewest output rows of a band (images < threads) */
+
+/* One output pixel's channels c0 .. c0 + cn - 1 on the portable path (the compiler
+ * keeps the block's accumulators in registers). */
+LK_ALWAYS_INLINE void dwf_pixel(float *y, const float *const *rows, const float *w,
+                                const float *b, int x0, int iw, int c, int cn, int k) {
+    float acc[DWF_CB];
+    for (int q = 0; q < cn; q++) acc[q] = b[q];
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    for (int i = 0; i < k; i++) {
+        const float *wi = w + (int64_t)i * k * c;
+        for (int j = j0; j < j1; j++) {
+            const float *e = rows[i] + (int64_t)(x0 + j) * c, *wt = wi + (int64_t)j * c;
+            for (int q = 0; q < cn; q++) acc[q] += wt[q] * e[q];
+        }
+    }
+    for (int q = 0; q < cn; q++) y[q] = acc[q];
+}
+
+void lk_dw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
+                 int iw, int c, int k, int s, int p) {
+    const float *rc[16];
+    for (int c0 = 0; c0 < c; c0 += DWF_CB) {
+        const int cn = c - c0 < DWF_CB ? c - c0 : DWF_CB;
+        for (int i = 0; i < k; i++) rc[i] = rows[i] + c0;
+        for (int ox = 0; ox < ow; ox++) {
+            float *yo = y + (int64_t)ox * c + c0;
+            if (cn == DWF_CB)
+                dwf_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, DWF_CB, k);
+            else
+                dwf_pixel(yo, rc, w + c0, b + c0, ox * s - p, iw, c, cn, k);
+        }
+    }
+}
+
+/* The output columns whose taps all lie inside the map: [*xa, *xb). */
+static inline void dwf_interior(int *xa, int *xb, int ow, int iw, int k, int s, int p) {
+    int a = (p + s - 1) / s, b = iw - k + p >= 0 ? (iw - k + p) / s + 1 : 0;
+    if (b > ow) b = ow;
+    if (a > b) a = b;
+    *xa = a;
+    *xb = b;
+}
+
+#ifdef LK_DW_X86
+/* The row kernels, per path and activation ACT: 0 none, 1 SiLU and the sums in
+ * registers, 2 SiLU and the sums in a pass from L1 right after each channel block (the
+ * 5x5 weights and the SiLU's constants do not fit the registers together).
+ *
+ * AVX-512: 16 channels at a time (the last block masked), the block's KxK weights in
+ * registers, four output pixels per step in the interior (four independent FMA chains:
+ * one chain would wait on the FMA latency), single pixels with clipped taps at the
+ * edges. */
+LK_DW_TARGET512 static inline __m512 dwf_px512(float *yo, const float *const *rows,
+                                               const float *w, __m512 bv, __mmask16 m, int x0,
+                                               int iw, int c, int k, int fuse) {
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    __m512 a = bv;
+    for (int i = 0; i < k; i++)
+        for (int j = j0; j < j1; j++)
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + (int64_t)(i * k + j) * c),
+                                _mm512_maskz_loadu_ps(m, rows[i] + (int64_t)(x0 + j) * c), a);
+    if (!fuse) { /* no SiLU, or the row's SiLU pass follows */
+        _mm512_mask_storeu_ps(yo, m, a);
+        return _mm512_setzero_ps();
+    }
+    a = silu_fast16(a);
+    _mm512_mask_storeu_ps(yo, m, a);
+    return a;
+}
+
+#define DWF_ROW512(NAME, K, ACT)                                                               \
+    LK_DW_TARGET512 static void NAME(float *y, float *sum, const float *const *rows,           \
+                                     const float *w, const float *b, int ow, int iw, int c,    \
+                                     int s, int p) {                                           \
+        int xa, xb;                                                                            \
+        dwf_interior(&xa, &xb, ow, iw, K, s, p);                                               \
+        if ((ACT) == 0) sum = NULL;                                                            \
+        for (int c0 = 0; c0 < c; c0 += 16) {                                                   \
+            const __mmask16 m = c - c0 >= 16 ? (__mmask16)0xFFFF                               \
+                                             : (__mmask16)((1u << (c - c0)) - 1);              \
+            const float *rc[K];                                                                \
+            for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;                                  \
+            __m512 wv[K * K];                                                                  \
+            for (int t = 0; t < K * K; t++)                                                    \
+                wv[t] = _mm512_maskz_loadu_ps(m, w + (int64_t)t * c + c0);                     \
+            const __m512 bv = _mm512_maskz_loadu_ps(m, b + c0);                                \
+            __m512 sv = sum ? _mm512_maskz_loadu_ps(m, sum + c0) : _mm512_setzero_ps();        \
+            const int64_t sc = (int64_t)s * c;                                                 \
+            int ox = 0;                                                                        \
+            for (; ox < xa; ox++)                                                              \
+                sv = _mm512_add_ps(sv, dwf_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, (ACT) == 1));            \
+            for (; ox + 4 <= xb; ox += 4) {                                                    \
+                __m512 a0 = bv, a1 = bv, a2 = bv, a3 = bv;                                     \
+                const int64_t x0 = (int64_t)ox * s - p;                                        \
+                for (int i = 0; i < K; i++)                                                    \
+                    for (int j = 0; j < K; j++) {                                              \
+                        const float *e = rc[i] + (x0 + j) * c;                                 \
+                        const __m512 wt = wv[i * K + j];                                       \
+                        a0 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e), a0);             \
+                        a1 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + sc), a1);        \
+                        a2 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 2 * sc), a2);    \
+                        a3 = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(m, e + 3 * sc), a3);    \
+                    }                                                                          \
+                float *yo = y + (int64_t)ox * c + c0;                                          \
+                if ((ACT) == 1) { /* SiLU, and the sums in pixel order */                      \
+                    a0 = silu_fast16(a0);                                                      \
+                    a1 = silu_fast16(a1);                                                      \
+                    a2 = silu_fast16(a2);                                                      \
+                    a3 = silu_fast16(a3);                                                      \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a0), a1);                             \
+                    sv = _mm512_add_ps(_mm512_add_ps(sv, a2), a3);                             \
+                }                                                                              \
+                _mm512_mask_storeu_ps(yo, m, a0);                                              \
+                _mm512_mask_storeu_ps(yo + c, m, a1);                                          \
+                _mm512_mask_storeu_ps(yo + 2 * c, m, a2);                                      \
+                _mm512_mask_storeu_ps(yo + 3 * c, m, a3);                                      \
+            }                                                                                  \
+            for (; ox < ow; ox++)                                                              \
+                sv = _mm512_add_ps(sv, dwf_px512(y + (int64_t)ox * c + c0, rc, w + c0, bv, m,  \
+                                                ox * s - p, iw, c, K, (ACT) == 1));            \
+            for (int q = 0; (ACT) == 2 && q < ow; q++) { /* from L1, in pixel order */         \
+                float *yo = y + (int64_t)q * c + c0;                                           \
+                const __m512 v = silu_fast16(_mm512_maskz_loadu_ps(m, yo));                   \
+                _mm512_mask_storeu_ps(yo, m, v);                                               \
+                sv = _mm512_add_ps(sv, v);                                                     \
+            }                                                                                  \
+            if (sum) _mm512_mask_storeu_ps(sum + c0, m, sv);                                   \
+        }                                                                                      \
+    }
+DWF_ROW512(dwf_row512_k3, 3, 0)
+DWF_ROW512(dwf_row512_k5, 5, 0)
+DWF_ROW512(dwf_row512_k3_silu, 3, 1)
+DWF_ROW512(dwf_row512_k5_silu, 5, 2)
+
+/* AVX2: the same in 8 lanes (16 registers: the 3x3 weights stay in them, 5x5 ones are
+ * reloaded from L1). Whole blocks of 8 load and store plainly, the last partial one
+ * masked: AVX2's masked moves are slow on AMD (with them on every block the kernel ran
+ * 2x slower; the masked store alone cost more than the block's FMAs). */
+#define DWF_LD(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), m))
+#define DWF_ST(p, v) (FULL ? _mm256_storeu_ps((p), (v)) : _mm256_maskstore_ps((p), m, (v)))
+
+LK_DW_TARGET static inline __m256 dwf_px256(float *yo, const float *const *rows, const float *w,
+                                            __m256 bv, __m256i m, int x0, int iw, int c,
+                                            const int k, const int fuse, const int FULL) {
+    const int j0 = x0 < 0 ? -x0 : 0, j1 = x0 + k > iw ? iw - x0 : k;
+    __m256 a = bv;
+    for (int i = 0; i < k; i++)
+        for (int j = j0; j < j1; j++)
+            a = _mm256_fmadd_ps(DWF_LD(w + (int64_t)(i * k + j) * c),
+                                DWF_LD(rows[i] + (int64_t)(x0 + j) * c), a);
+    if (fuse) a = silu_fast8(a);
+    DWF_ST(yo, a);
+    return fuse ? a : _mm256_setzero_ps();
+}
+
+/* One block of 8 channels (c0) of a row; the callers pass constants for K, ACT, FULL. */
+LK_DW_TARGET static inline __attribute__((always_inline)) void
+dwf_blk256(float *y, float *sum, const float *const *rows, const float *w, const float *b,
+           int ow, int iw, int c, int s, int p, int xa, int xb, int c0, const int K,
+           const int ACT, const int FULL) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(c - c0),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const float *rc[7];
+    for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;
+    __m256 wv[49];
+    for (int t = 0; t < K * K; t++) wv[t] = DWF_LD(w + (int64_t)t * c + c0);
+    const __m256 bv = DWF_LD(b + c0);
+    __m256 sv = sum ? DWF_LD(sum + c0) : _mm256_setzero_ps();
+    const int64_t sc = (int64_t)s * c;
+    int ox = 0;
+    for (; ox < xa; ox++)
+        sv = _mm256_add_ps(sv, dwf_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p,
+                                         iw, c, K, ACT == 1, FULL));
+    for (; ox + 4 <= xb; ox += 4) {
+        __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+        const int64_t x0 = (int64_t)ox * s - p;
+        for (int i = 0; i < K; i++)
+            for (int j = 0; j < K; j++) {
+                const float *e = rc[i] + (x0 + j) * c;
+                const __m256 wt = wv[i * K + j];
+                a0 = _mm256_fmadd_ps(wt, DWF_LD(e), a0);
+                a1 = _mm256_fmadd_ps(wt, DWF_LD(e + sc), a1);
+                a2 = _mm256_fmadd_ps(wt, DWF_LD(e + 2 * sc), a2);
+                a3 = _mm256_fmadd_ps(wt, DWF_LD(e + 3 * sc), a3);
+            }
+        float *yo = y + (int64_t)ox * c + c0;
+        if (ACT == 1) { /* SiLU, and the sums in pixel order */
+            a0 = silu_fast8(a0);
+            a1 = silu_fast8(a1);
+            a2 = silu_fast8(a2);
+            a3 = silu_fast8(a3);
+            sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1);
+            sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);
+        }
+        DWF_ST(yo, a0);
+        DWF_ST(yo + c, a1);
+        DWF_ST(yo + 2 * c, a2);
+        DWF_ST(yo + 3 * c, a3);
+    }
+    for (; ox < ow; ox++)
+        sv = _mm256_add_ps(sv, dwf_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p,
+                                         iw, c, K, ACT == 1, FULL));
+    for (int q = 0; ACT == 2 && q < ow; q++) { /* from L1, in pixel order */
+        float *yo = y + (int64_t)q * c + c0;
+        const __m256 v = silu_fast8(DWF_LD(yo));
+        DWF_ST(yo, v);
+        sv = _mm256_add_ps(sv, v);
+    }
+    if (sum) DWF_ST(sum + c0, sv);
+}
+#undef DWF_LD
+#undef DWF_ST
+
+#define DWF_ROW256(NAME, K, ACT)                                                               \
+    LK_DW_TARGET static void NAME(float *y, float *sum, const float *const *rows,              \
+                                  const float *w, const float *b, int ow, int iw, int c,       \
+                                  int s, int p) {                                              \
+        int xa, xb;                                                                            \
+        dwf_interior(&xa, &xb, ow, iw, K, s, p);                                               \
+        if ((ACT) == 0) sum = NULL;                                                            \
+        int c0 = 0;                                                                            \
+        for (; c0 + 8 <= c; c0 += 8)                                                           \
+            dwf_blk256(y, sum, rows, w, b, ow, iw, c, s, p, xa, xb, c0, K, ACT, 1);            \
+        if (c0 < c) dwf_blk256(y, sum, rows, w, b, ow, iw, c, s, p, xa, xb, c0, K, ACT, 0);    \
+    }
+DWF_ROW256(dwf_row256_k3, 3, 0)
+DWF_ROW256(dwf_row256_k5, 5, 0)
+DWF_ROW256(dwf_row256_k3_silu, 3, 2)
+DWF_ROW256(dwf_row256_k5_silu, 5, 2)
+#endif
+
+lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act) {
+#ifdef LK_DW_X86
+    const int silu = act == LK_DW_ROW_SILU;
+    const lk_kernel_isa_t isa = lk_kernel_isa();
+    if (isa == LK_ISA_AVX512 && k == 3) return silu ? dwf_row512_k3_silu : dwf_row512_k3;
+    if (isa == LK_ISA_AVX512 && k == 5) return silu ? dwf_row512_k5_silu : dwf_row512_k5;
+    if (isa == LK_ISA_AVX2 && k == 3) return silu ? dwf_row256_k3_silu : dwf_row256_k3;
+    if (isa == LK_ISA_AVX2 && k == 5) return silu ? dwf_row256_k5_silu : dwf_row256_k5;
+#endif
+    (void)k;
+    (void)act;
+    return NULL;
+}
+
+int lk_dwconv_fwd_vectorised(int k) { return lk_dw_row_pick(k, LK_DW_ROW_PLAIN) != NULL; }
+
+lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg) {
+    memset(L, 0, sizeof *L);
+    L->cfg = *cfg;
+    const lk_dwconv_fwd_cfg *c = &L->cfg;
+    LK_REQUIRE(c->n > 0 && c->c > 0 && c->ih > 0 && c->iw > 0,
+               "dwconv forward: sizes must be positive (n=%d c=%d ih=%d iw=%d)", c->n, c->c,
+               c->ih, c->iw);
+    LK_REQUIRE(c->k >= 1 && c->k <= 15 && c->k % 2 == 1 && (c->stride == 1 || c->stride == 2),
+               "dwconv forward: kernel must be odd and at most 15, stride 1 or 2 (k=%d s=%d)",
+               c->k, c->stride);
+    L->pad = (c->k - 1) / 2;
+    L->oh = (c->ih + 2 * L->pad - c->k) / c->stride + 1;
+    L->ow = (c->iw + 2 * L->pad - c->k) / c->stride + 1;
+    L->team = lk_get_num_threads();
+    /* Bands: whole images when every thread gets one, else about two per thread of at
+     * least DWF_BAND_MIN_ROWS rows (a band remakes its halo rows from an `in`). */
+    L->nband = 1;
+    if (c->n < L->team) {
+        int nb = (2 * L->team + c->n - 1) / c->n, most = L->oh / DWF_BAND_MIN_ROWS;
+        L->nband = nb < most ? nb : most < 1 ? 1 : most;
+    }
+    const size_t row = (size_t)c->iw * c->c;
+    L->ring = c->in_rows ? (size_t)c->k * row : 0;
+    L->ws = L->ring ? lk_alloc(sizeof(float) * L->ring * (size_t)L->team) : NULL;
+    L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * c->c);
+    L->zero = lk_alloc(sizeof(float) * row);
+    if ((L->ring && !L->ws) || !L->wt || !L->zero) {
+        lk_dwconv_fwd_free(L);
+        return LK_FAIL(LK_ERR_NOMEM, "dwconv forward: rings [%d, %zu] and weights", L->team,
+                       L->ring);
+    }
+    memset(L->zero, 0, sizeof(float) * row);
+    return LK_OK;
+}
+
+/* Output rows oy0 .. oy1 - 1 of image n; `ring` [K, IW, C] takes the rows `in` makes
+ * (input row r in slot r % K: an output row's K rows are consecutive). */
+static void dwf_task(const lk_dwconv_fwd *L, float *y, const float *x, const lk_dw_input *in,
+                     float *ring, lk_dw_row_fn rowk, int n, int oy0, int oy1) {
+    const lk_dwconv_fwd_cfg *c = &L->cfg;
+    const int k = c->k, s = c->stride, p = L->pad;
+    const int64_t row = (int64_t)c->iw * c->c;
+    const float *xn = x + (int64_t)n * c->ih * row;
+    int next = oy0 * s - p > 0 ? oy0 * s - p : 0; /* the next row `in` makes */
+    for (int oy = oy0; oy < oy1; oy++) {
+        const int lo = oy * s - p;
+        const float *rows[16];
+        if (in) {
+            const int hi = lo + k < c->ih ? lo + k : c->ih;
+            for (; next < hi; next++)
+                in->rows(ring + (next % k) * row, xn + next * row, c->iw, in->ctx);
+        }
+        for (int i = 0; i < k; i++) {
+            const int r = lo + i;
+            rows[i] = r < 0 || r >= c->ih ? L->zero : in ? ring + (r % k) * row : xn + r * row;
+        }
+        float *yr = y + ((int64_t)n * L->oh + oy) * L->ow * c->c;
+        if (rowk)
+            rowk(yr, NULL, rows, L->wt, L->zero, L->ow, c->iw, c->c, s, p);
+        else
+            lk_dw_row_c(yr, rows, L->wt, L->zero, L->ow, c->iw, c->c, k, s, p);
+    }
+}
+
+lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
+                            const lk_dw_input *in) {
+    LK_REQUIRE(L->wt, "dwconv forward: layer not initialised");
+    LK_REQUIRE(y && x && w, "dwconv forward: NULL argument");
+    const lk_dwconv_fwd_cfg *c = &L->cfg;
+    LK_REQUIRE(!rotate || c->stride == 1, "dwconv forward: a rotated kernel needs stride 1");
+    LK_REQUIRE(!in || (in->rows && L->ws),
+               "dwconv forward: an input transform needs its rows() and a plan with in_rows");
+    const int kk = c->k * c->k, ch = c->c, nb = L->nband;
+    /* w [C, 1, K, K] -> tap-major [K * K, C], the kernels' vector direction. */
+    for (int q = 0; q < ch; q++)
+        for (int t = 0; t < kk; t++)
+            L->wt[(size_t)t * ch + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
+    const lk_dw_row_fn rowk = lk_dw_row_pick(c->k, LK_DW_ROW_PLAIN);
+    int team = L->team;
+#ifdef _OPENMP
+    if (omp_get_max_threads() < team) team = omp_get_max_threads();
+#endif
+    const int64_t ntask = (int64_t)c->n * nb;
+#pragma omp parallel num_threads(team) if (team > 1 && ntask > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *ring = L->ws ? L->ws + (size_t)t * L->ring : NULL;
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntask; task++) {
+            const int n = (int)(task / nb), b = (int)(task % nb);
+            dwf_task(L, y, x, in, ring, rowk, n, (int)((int64_t)L->oh * b / nb),
+                     (int)((int64_t)L->oh * (b + 1) / nb));
+        }
+    }
+    return LK_OK;
+}
+
+void lk_dwconv_fwd_free(lk_dwconv_fwd *L) {
+    lk_free(L->ws);
+    lk_free(L->wt);
+    lk_free(L->zero);
+    memset(L, 0, sizeof *L);
+}
+
+/* ========================================================== weight gradient */
+
+enum {
+    DW_VB = 16,       /* channels per vector block: two AVX2 vectors, one cache line */
+    DW_GW = 64,       /* channels per work item */
+    DW_MAX_TAPS = 32, /* widest and tallest kernel of the row kernels (wider: dw_wide) */
+    DW_PAR_MIN = 1 << 15 /* below this many multiply-adds one thread is faster */
+};
+
+typedef struct dw_shape {
+    int n, c, ih, iw, oh, ow, kh, kw, sh, sw, pt, pl;
+    int lo, hi; /* output columns [lo, hi) see the whole kernel row inside the input */
+} dw_shape;
+
+static lk_dw_bwd_w_policy g_policy = LK_DW_BWD_W_AUTO;
+void lk_dwconv_set_policy(lk_dw_bwd_w_policy p) { g_policy = p; }
+lk_dw_bwd_w_policy lk_dwconv_get_policy(void) { return g_policy; }
+
+/* Row sum of `w` (<= DW_VB) channels, portable C. acc [KW][DW_GW] (tap stride
+ * DW_GW), xr [IW, C] and dyr [OW, C] already offset to the first channel. */
+static void dw_row_c(float *restrict acc, const float *restrict xr, const float *restrict dyr,
+                     const dw_shape *s, int w) {
+    float r[DW_MAX_TAPS * DW_VB]; /* [KW][DW_VB] */
+    const int C = s->c, kw = s->kw;
+    memset(r, 0, sizeof(float) * (size_t)kw * DW_VB);
+    for (int ox = 0; ox < s->ow; ox++) {
+        const float *d = dyr + (ptrdiff_t)ox * C;
+        for (int j = 0; j < kw; j++) {
+            int ix = ox * s->sw - s->pl + j;
+            if (ix < 0 || ix >= s->iw) continue;
+            const float *xp = xr + (ptrdiff_t)ix * C;
+            for (int k = 0; k < w; k++) r[j * DW_VB + k] += d[k] * xp[k];
+        }
+    }
+    for (int j = 0; j < kw; j++)
+        for (int k = 0; k < w; k++) acc[j * DW_GW + k] += r[j * DW_VB + k];
+}
+
+#ifdef LK_DW_X86
+/* Row sum of 8*NV channels with KW taps held in 2*KW <= 14 registers. Columns
+ * whose taps all lie inside the input skip the bounds test. */
+static LK_DW_TARGET LK_DW_INLINE void dw_row_avx2(float *restrict acc, const float *restrict xr,
+                                                   const float *restrict dyr, const dw_shape *s,
+                                                   const int KW, const int NV) {
+    const int C = s->c, sw = s->sw, pl = s->pl, iw = s->iw, ow = s->ow;
+    __m256 a[7][2], d[2];
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) a[j][v] = _mm256_setzero_ps();
+    int lo = s->lo < ow ? s->lo : ow, hi = s->hi < ow ? s->hi : ow, ox = 0;
+    if (hi < lo) hi = lo;
+#define DW_EDGE_STEP                                                                   \
+    do {                                                                               \
+        for (int v = 0; v < NV; v++) d[v] = _mm256_loadu_ps(dyr + (ptrdiff_t)ox * C + 8 * v); \
+        for (int j = 0; j < KW; j++) {                                                 \
+            int ix = ox * sw - pl + j;                                                 \
+            if (ix < 0 || ix >= iw) continue;                                          \
+            const float *xp = xr + (ptrdiff_t)ix * C;                                  \
+            for (int v = 0; v < NV; v++)                                               \
+                a[j][v] = _mm256_fmadd_ps(d[v], _mm256_loadu_ps(xp + 8 * v), a[j][v]); \
+        }                                                                              \
+    } while (0)
+    for (; ox < lo; ox++) DW_EDGE_STEP;
+    for (; ox < hi; ox++) {
+        const float *xp = xr + (ptrdiff_t)(ox * sw - pl) * C;
+        for (int v = 0; v < NV; v++) d[v] = _mm256_loadu_ps(dyr + (ptrdiff_t)ox * C + 8 * v);
+        for (int j = 0; j < KW; j++)
+            for (int v = 0; v < NV; v++)
+                a[j][v] = _mm256_fmadd_ps(d[v], _mm256_loadu_ps(xp + (ptrdiff_t)j * C + 8 * v),
+                                          a[j][v]);
+    }
+    for (; ox < ow; ox++) DW_EDGE_STEP;
+#undef DW_EDGE_STEP
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) {
+            float *p = acc + j * DW_GW + 8 * v;
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), a[j][v]));
+        }
+}
+
+#define DW_ROW(K, V)                                                                          \
+    static LK_DW_TARGET void dw_row_k##K##_v##V(float *restrict acc, const float *restrict xr, \
+                                                const float *restrict dyr, const dw_shape *s) { \
+        dw_row_avx2(acc, xr, dyr, s, K, V);                                                   \
+    }
+DW_ROW(3, 1)
+DW_ROW(3, 2)
+DW_ROW(5, 1)
+DW_ROW(5, 2)
+DW_ROW(7, 1)
+DW_ROW(7, 2)
+#undef DW_ROW
+
+/* The AVX2 row sum with 16 channels per register: 16*NV channels, KW*NV <= 14
+ * accumulators. */
+static LK_DW_TARGET512 LK_DW_INLINE void dw_row_avx512(float *restrict acc,
+                                                        const float *restrict xr,
+                                                        const float *restrict dyr,
+                                                        const dw_shape *s, const int KW,
+                                                        const int NV) {
+    const int C = s->c, sw = s->sw, pl = s->pl, iw = s->iw, ow = s->ow;
+    __m512 a[7][2], d[2];
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) a[j][v] = _mm512_setzero_ps();
+    int lo = s->lo < ow ? s->lo : ow, hi = s->hi < ow ? s->hi : ow, ox = 0;
+    if (hi < lo) hi = lo;
+#define DW_EDGE_STEP                                                                   \
+    do {                                                                               \
+        for (int v = 0; v < NV; v++) d[v] = _mm512_loadu_ps(dyr + (ptrdiff_t)ox * C + 16 * v); \
+        for (int j = 0; j < KW; j++) {                                                 \
+            int ix = ox * sw - pl + j;                                                 \
+            if (ix < 0 || ix >= iw) continue;                                          \
+            const float *xp = xr + (ptrdiff_t)ix * C;                                  \
+            for (int v = 0; v < NV; v++)                                               \
+                a[j][v] = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xp + 16 * v), a[j][v]); \
+        }                                                                              \
+    } while (0)
+    for (; ox < lo; ox++) DW_EDGE_STEP;
+    for (; ox < hi; ox++) {
+        const float *xp = xr + (ptrdiff_t)(ox * sw - pl) * C;
+        for (int v = 0; v < NV; v++) d[v] = _mm512_loadu_ps(dyr + (ptrdiff_t)ox * C + 16 * v);
+        for (int j = 0; j < KW; j++)
+            for (int v = 0; v < NV; v++)
+                a[j][v] = _mm512_fmadd_ps(d[v], _mm512_loadu_ps(xp + (ptrdiff_t)j * C + 16 * v),
+                                          a[j][v]);
+    }
+    for (; ox < ow; ox++) DW_EDGE_STEP;
+#undef DW_EDGE_STEP
+    for (int j = 0; j < KW; j++)
+        for (int v = 0; v < NV; v++) {
+            float *p = acc + j * DW_GW + 16 * v;
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), a[j][v]));
+        }
+}
+
+#define DW_ROW512(K, V)                                                                  \
+    static LK_DW_TARGET512 void dw_row512_k##K##_v##V(float *restrict acc,              \
+                                                       const float *restrict xr,        \
+                                                       const float *restrict dyr,       \
+                                                       const dw_shape *s) {             \
+        dw_row_avx512(acc, xr, dyr, s, K, V);                                            \
+    }
+DW_ROW512(3, 1)
+DW_ROW512(3, 2)
+DW_ROW512(5, 1)
+DW_ROW512(5, 2)
+DW_ROW512(7, 1)
+DW_ROW512(7, 2)
+#undef DW_ROW512
+#endif /* LK_DW_X86 */
+
+int lk_dwconv_bwd_weights_vectorised(int kw) {
+#ifdef LK_DW_X86
+    return lk_kernel_isa() >= LK_ISA_AVX2 && (kw == 3 || kw == 5 || kw == 7);
+#else
+    (void)kw;
+    return 0;
+#endif
+}
+
+typedef void (*dw_row_fn)(float *restrict, const float *restrict, const float *restrict,
+                          const dw_shape *);
+/* Row kernels for 32, 16 and 8 channels (NULL: not available). */
+typedef struct dw_rows {
+    dw_row_fn r32, r16, r8;
+} dw_rows;
+
+/* Row sums of one output row for channels [c0, c1) (c1 - c0 <= DW_GW) into the block's
+ * accumulator acc [KH][KW][DW_GW]: every kernel row i whose input row xrow[i] exists. */
+static void dw_block_row(float *restrict acc, const float *const *xrow,
+                         const float *restrict dyr, const dw_shape *s, const dw_rows *rows,
+                         int c0, int c1) {
+    const int kw = s->kw;
+    for (int i = 0; i < s->kh; i++) {
+        const float *xr = xrow[i]; /* [IW, C], NULL where the input row is padding */
+        if (!xr) continue;
+        float *ar = acc + (ptrdiff_t)i * kw * DW_GW;
+        for (int cc = c0; cc < c1;) {
+            int w = c1 - cc;
+            if (w >= 32 && rows->r32) {
+                rows->r32(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 32;
+            } else if (w >= 16 && rows->r16) {
+                rows->r16(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 16;
+            } else if (w >= 8 && rows->r8) {
+                rows->r8(ar + (cc - c0), xr + cc, dyr + cc, s);
+                w = 8;
+            } else {
+                if (w > DW_VB) w = DW_VB;
+                dw_row_c(ar + (cc - c0), xr + cc, dyr + cc, s, w);
+            }
+            cc += w;
+        }
+    }
+}
+
+/* One chunk: output rows [r0, r1) of the N*OH, every channel, into its partial
+ * part [nblk][KH][KW][DW_GW]. A chunk streams its slab of x and dy once, all
+ * channels of a pixel together; the kernel rows re-read x from cache. With `in`, the
+ * input rows are made from x into ring [KH][IW, C] as first needed: kernel row i of
+ * output row oy reads input row iy, kept in slot iy % KH (the KH rows one output row
+ * reads are consecutive, so never share a slot, and a row is made once per chunk). */
+static void dw_chunk(float *restrict part, float *restrict ring, const float *restrict x,
+                     const float *restrict dy, const dw_shape *s, const dw_rows *rows,
+                     const lk_dw_input *in, int64_t r0, int64_t r1) {
+    const int C = s->c, nblk = (C + DW_GW - 1) / DW_GW;
+    const size_t per_blk = (size_t)s->kh * s->kw * DW_GW, row = (size_t)s->iw * C;
+    int64_t tag[DW_MAX_TAPS]; /* the input row (b * IH + iy) held in each ring slot */
+    for (int i = 0; i < s->kh; i++) tag[i] = -1;
+    memset(part, 0, sizeof(float) * per_blk * (size_t)nblk);
+    for (int64_t r = r0; r < r1; r++) {
+        const int b = (int)(r / s->oh), oy = (int)(r % s->oh);
+        const float *dyr = dy + r * s->ow * C; /* [OW, C] */
+        const float *xrow[DW_MAX_TAPS] = {0};
+        for (int i = 0; i < s->kh; i++) {
+            const int iy = oy * s->sh - s->pt + i;
+            if (iy < 0 || iy >= s->ih) continue;
+            const int64_t g = (int64_t)b * s->ih + iy;
+            if (!in) {
+                xrow[i] = x + g * (int64_t)row;
+                continue;
+            }
+            float *slot = ring + (size_t)(iy % s->kh) * row;
+            if (tag[iy % s->kh] != g) {
+                in->rows(slot, x + g * (int64_t)row, s->iw, in->ctx);
+                tag[iy % s->kh] = g;
+            }
+            xrow[i] = slot;
+        }
+        for (int blk = 0; blk < nblk; blk++) {
+            const int c0 = blk * DW_GW, c1 = c0 + DW_GW < C ? c0 + DW_GW : C;
+            dw_block_row(part + per_blk * (size_t)blk, xrow, dyr, s, rows, c0, c1);
+        }
+    }
+}
+
+/* Kernels wider than DW_MAX_TAPS (never in EfficientNet): one tap at a time. */
+static void dw_wide(float *restrict dw, const float *restrict x, const float *restrict dy,
+                    const dw_shape *s) {
+    const int C = s->c;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < C; ch++)
+        for (int i = 0; i < s->kh; i++)
+            for (int j = 0; j < s->kw; j++) {
+                float sum = 0.0f;
+                for (int b = 0; b < s->n; b++)
+                    for (int oy = 0; oy < s->oh; oy++) {
+                        int iy = oy * s->sh - s->pt + i;
+                        if (iy < 0 || iy >= s->ih) continue;
+                        float r = 0.0f;
+                        for (int ox = 0; ox < s->ow; ox++) {
+                            int ix = ox * s->sw - s->pl + j;
+                            if (ix < 0 || ix >= s->iw) continue;
+                            r += dy[(((ptrdiff_t)b * s->oh + oy) * s->ow + ox) * C + ch] *
+                                 x[(((ptrdiff_t)b * s->ih + iy) * s->iw + ix) * C + ch];
+                        }
+                        sum += r;
+                    }
+                dw[((ptrdiff_t)ch * s->kh + i) * s->kw + j] = sum;
+            }
+}
+
+/* The N*OH output rows are cut into a number of chunks that depends on the shape
+ * only (at most DW_CHUNKS, at least DW_CHUNK_ROWS rows each unless there are fewer),
+ * so the result is the same for every thread count. Splitting by channel groups and
+ * kernel rows instead (the previous scheme) re-read x and dy from memory once per
+ * item: 2-3x the traffic of this memory-bound kernel. */
+enum { DW_CHUNKS = 16, DW_CHUNK_ROWS = 4 };
+
+static int64_t dw_nchunk(int n, int oh) {
+    const int64_t rows = (int64_t)n * oh;
+    int64_t k = rows / DW_CHUNK_ROWS;
+    if (k > DW_CHUNKS) k = DW_CHUNKS;
+    if (k < 2) k = rows < 2 ? rows : 2;
+    return k;
+}
+
+/* Per chunk: the partials [nblk][KH][KW][DW_GW], then (rows_iw > 0) the ring. */
+static size_t dw_chunk_floats(int c, int kh, int kw, int rows_iw) {
+    return (size_t)((c + DW_GW - 1) / DW_GW) * (size_t)kh * (size_t)kw * DW_GW +
+           (rows_iw > 0 ? (size_t)kh * (size_t)rows_iw * (size_t)c : 0);
+}
+
+size_t lk_dwconv_bwd_weights_ws(int n, int c, int oh, int kh, int kw, int rows_iw) {
+    if (n <= 0 || c <= 0 || oh <= 0 || kh <= 0 || kw <= 0 || kw > DW_MAX_TAPS ||
+        kh > DW_MAX_TAPS)
+        return 0;
+    return (size_t)dw_nchunk(n, oh) * dw_chunk_floats(c, kh, kw, rows_iw);
+}
+
+lk_status lk_dwconv_bwd_weights(float *dw, const float *x, const float *dy, int n, int c, int ih,
+                                int iw, int oh, int ow, int kh, int kw, int sh, int sw, int pt,
+                                int pl, float *ws, const lk_dw_input *in) {
+    LK_REQUIRE(dw && x && dy, "dwconv bwd_w: NULL argument");
+    LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0 && oh > 0 && ow > 0,
+               "dwconv bwd_w: sizes must be positive (n=%d c=%d ih=%d iw=%d oh=%d ow=%d)", n, c,
+               ih, iw, oh, ow);
+    LK_REQUIRE(kh > 0 && kw > 0 && sh > 0 && sw > 0 && pt >= 0 && pl >= 0,
+               "dwconv bwd_w: kernel %dx%d, stride %dx%d, padding %d,%d out of range", kh, kw,
+               sh, sw, pt, pl);
+    dw_shape s = {.n = n, .c = c, .ih = ih, .iw = iw, .oh = oh, .ow = ow, .kh = kh, .kw = kw,
+                  .sh = sh, .sw = sw, .pt = pt, .pl = pl};
+    s.lo = (pl + sw - 1) / sw;
+    s.hi = iw - kw + pl >= 0 ? (iw - kw + pl) / sw + 1 : 0;
+    LK_REQUIRE(!in || in->rows, "dwconv bwd_w: an input transform needs its rows()");
+    if (kw > DW_MAX_TAPS || kh > DW_MAX_TAPS) {
+        LK_REQUIRE(!in, "dwconv bwd_w: no input transform for kernels larger than %dx%d",
+                   DW_MAX_TAPS, DW_MAX_TAPS);
+        dw_wide(dw, x, dy, &s);
+        return LK_OK;
+    }
+
+    dw_rows rows = {0};
+#ifdef LK_DW_X86
+    if (lk_dwconv_bwd_weights_vectorised(kw) && lk_kernel_isa() == LK_ISA_AVX512) {
+        if (kw == 3) rows = (dw_rows){dw_row512_k3_v2, dw_row512_k3_v1, dw_row_k3_v1};
+        if (kw == 5) rows = (dw_rows){dw_row512_k5_v2, dw_row512_k5_v1, dw_row_k5_v1};
+        if (kw == 7) rows = (dw_rows){dw_row512_k7_v2, dw_row512_k7_v1, dw_row_k7_v1};
+    } else if (lk_dwconv_bwd_weights_vectorised(kw)) {
+        if (kw == 3) rows = (dw_rows){NULL, dw_row_k3_v2, dw_row_k3_v1};
+        if (kw == 5) rows = (dw_rows){NULL, dw_row_k5_v2, dw_row_k5_v1};
+        if (kw == 7) rows = (dw_rows){NULL, dw_row_k7_v2, dw_row_k7_v1};
+    }
+#endif
+    const size_t need = lk_dwconv_bwd_weights_ws(n, c, oh, kh, kw, in ? iw : 0);
+    float *own = NULL;
+    if (!ws) {
+        ws = own = malloc(need * sizeof(float));
+        if (!ws) return LK_FAIL(LK_ERR_NOMEM, "dwconv bwd_w: workspace of %zu floats", need);
+    }
+    const int64_t nrows = (int64_t)n * oh, nchunk = dw_nchunk(n, oh);
+    const int nblk = (c + DW_GW - 1) / DW_GW;
+    const size_t per_blk = (size_t)kh * kw * DW_GW, parts = per_blk * (size_t)nblk;
+    const size_t per_chunk = dw_chunk_floats(c, kh, kw, in ? iw : 0);
+    const double work = (double)n * oh * ow * c * kh * kw;
+#pragma omp parallel if (work >= DW_PAR_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nchunk; k++)
+            dw_chunk(ws + per_chunk * (size_t)k, ws + per_chunk * (size_t)k + parts, x, dy, &s,
+                     &rows, in, nrows * k / nchunk, nrows * (k + 1) / nchunk);
+        /* dw [C, KH, KW]: the chunks' partials added in chunk order. */
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < c; ch++) {
+            const size_t off = per_blk * (size_t)(ch / DW_GW) + (size_t)(ch % DW_GW);
+            for (int t = 0; t < kh * kw; t++) {
+                float sum = 0.0f;
+                for (int64_t k = 0; k < nchunk; k++)
+                    sum += ws[per_chunk * (size_t)k + off + (size_t)t * DW_GW];
+                dw[(ptrdiff_t)ch * kh * kw + t] = sum;
+            }
+        }
+    }
+    free(own);
+    return LK_OK;
+}
+
+/* db[c0 .. c0 + w) = sum over rows of dy [rows, OW, C] (w <= DW_GW). */
+LK_ALWAYS_INLINE void dw_bias_block_body(float *db, const float *dy, ptrdiff_t rows, int ow, int c,
+                                         int c0, int w) {
+    float acc[DW_GW] = {0}, r[DW_GW];
+    for (ptrdiff_t y = 0; y < rows; y++) {
+        const float *d = dy + y * ow * c + c0; /* [OW, C] */
+        memset(r, 0, sizeof r);
+        for (int ox = 0; ox < ow; ox++)
+            for (int k = 0; k < w; k++) r[k] += d[(ptrdiff_t)ox * c + k];
+        for (int k = 0; k < w; k++) acc[k] += r[k];
+    }
+    memcpy(db + c0, acc, sizeof(float) * (size_t)w);
+}
+LK_KERNEL_CLONES(dw_bias_block,
+                 (float *db, const float *dy, ptrdiff_t rows, int ow, int c, int c0, int w),
+                 (db, dy, rows, ow, c, c0, w))
+
+lk_status lk_dwconv_bwd_bias(float *db, const float *dy, int n, int c, int oh, int ow) {
+    LK_REQUIRE(db && dy, "dwconv bwd_b: NULL argument");
+    LK_REQUIRE(n > 0 && c > 0 && oh > 0 && ow > 0, "dwconv bwd_b: sizes must be positive");
+    const int nblk = (c + DW_GW - 1) / DW_GW;
+    const ptrdiff_t rows = (ptrdiff_t)n * oh;
+    void (*block)(float *, const float *, ptrdiff_t, int, int, int, int) =
+        LK_KERNEL_PICK(dw_bias_block);
+#pragma omp parallel for schedule(static) if ((double)rows * ow * c >= DW_PAR_MIN && nblk > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * DW_GW, w = c0 + DW_GW < c ? DW_GW : c - c0;
+        block(db, dy, rows, ow, c, c0, w);
+    }
+    return LK_OK;
+}
