@@ -496,32 +496,48 @@ LK_KERNEL_CLONES(bn_gate, (float *d, const float *dy, const float *gs, const flo
  * the float tile sums) in registers, one pass over whole rows instead of the tile
  * written by one kernel and read back by the next. The same operations in the same
  * order as the tile kernels (x - mean, * scale, + beta, each rounded; the exact SiLU of
- * activation.c), so the same bits. Channels past the last 8 go masked. */
-LK_AVX2 static inline __m256i bn_mask8(int rem) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+ * activation.c), so the same bits. Whole blocks of 8 channels load and store plainly,
+ * the last partial one masked (AVX2's masked moves are slow on AMD). */
+#define BN_LD(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), k))
+#define BN_ST(p, v) (FULL ? _mm256_storeu_ps((p), (v)) : _mm256_maskstore_ps((p), k, (v)))
+
+/* y [C] = silu((x - mean) * scale + beta) for channels j .. j + 7 (FULL) or the tail. */
+LK_AVX2 static inline __attribute__((always_inline)) void
+bn_silu_blk_avx2(float *yr, const float *xr, const float *m, const float *sc, const float *be,
+                 int j, __m256i k, const int FULL) {
+    const __m256 a = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(BN_LD(xr + j), BN_LD(m + j)),
+                                                 BN_LD(sc + j)),
+                                   BN_LD(be + j));
+    BN_ST(yr + j, _mm256_mul_ps(a, silu_sigmoid8(a)));
 }
 
 /* y [nr, C] = silu((x - mean) * scale + beta), nr whole rows. */
 LK_AVX2 static void bn_silu_rows_avx2(float *y, const float *x, const float *m, const float *sc,
                                       const float *be, int64_t nr, int ch) {
     const int full = ch / 8 * 8;
-    const __m256i tm = bn_mask8(ch - full);
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(ch - full),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int64_t r = 0; r < nr; r++) {
         const float *xr = x + r * ch;
         float *yr = y + r * ch;
-        for (int j = 0; j < ch; j += 8) {
-            const int whole = j < full;
-            const __m256i k = whole ? _mm256_set1_epi32(-1) : tm;
-            const __m256 v = whole ? _mm256_loadu_ps(xr + j) : _mm256_maskload_ps(xr + j, k);
-            const __m256 a = _mm256_add_ps(
-                _mm256_mul_ps(_mm256_sub_ps(v, _mm256_maskload_ps(m + j, k)),
-                              _mm256_maskload_ps(sc + j, k)),
-                _mm256_maskload_ps(be + j, k));
-            const __m256 o = _mm256_mul_ps(a, silu_sigmoid8(a));
-            if (whole) _mm256_storeu_ps(yr + j, o);
-            else _mm256_maskstore_ps(yr + j, k, o);
-        }
+        for (int j = 0; j < full; j += 8) bn_silu_blk_avx2(yr, xr, m, sc, be, j, k, 1);
+        if (full < ch) bn_silu_blk_avx2(yr, xr, m, sc, be, full, k, 0);
     }
+}
+
+/* The backward's first pass for channels j .. j + 7 (FULL) or the tail of one row. */
+LK_AVX2 static inline __attribute__((always_inline)) void
+bn_silu_bwd_blk_avx2(float *gr, float *f1, float *f0, const float *dyr, const float *gs,
+                     const float *ga, const float *xr, const float *m, const float *sc,
+                     const float *be, int j, __m256i k, const int FULL) {
+    const __m256 dm = _mm256_sub_ps(BN_LD(xr + j), BN_LD(m + j));
+    const __m256 a = _mm256_add_ps(_mm256_mul_ps(dm, BN_LD(sc + j)), BN_LD(be + j));
+    __m256 d = BN_LD(dyr + j);
+    if (gs) d = _mm256_add_ps(_mm256_mul_ps(d, BN_LD(gs + j)), BN_LD(ga + j));
+    const __m256 gv = silu_grad8(d, a);
+    if (gr) BN_ST(gr + j, gv);
+    BN_ST(f1 + j, _mm256_add_ps(BN_LD(f1 + j), _mm256_mul_ps(gv, dm)));
+    BN_ST(f0 + j, _mm256_add_ps(BN_LD(f0 + j), gv));
 }
 
 /* The backward's first pass over nr whole rows r0 .. (x, dy, g [nr, C]): g = d * silu'(a),
@@ -533,7 +549,8 @@ LK_AVX2 static void bn_silu_bwd_rows_avx2(float *g, double *sgd, double *sg, flo
                                           int64_t hw, const float *x, const float *m,
                                           const float *sc, const float *be, int nr, int ch) {
     const int full = ch / 8 * 8;
-    const __m256i tm = bn_mask8(ch - full);
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(ch - full),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     float *f1 = f, *f0 = f + ch;
     memset(f, 0, sizeof(float) * 2 * (size_t)ch);
     int64_t n = r0 / hw, next = (n + 1) * hw;
@@ -545,30 +562,17 @@ LK_AVX2 static void bn_silu_bwd_rows_avx2(float *g, double *sgd, double *sg, flo
         const float *xr = x + (int64_t)r * ch, *dyr = dy + (int64_t)r * ch;
         const float *gs = gate ? gate->scale + n * ch : NULL, *ga = gate ? gate->shift + n * ch : NULL;
         float *gr = g ? g + (int64_t)r * ch : NULL;
-        for (int j = 0; j < ch; j += 8) {
-            const int whole = j < full;
-            const __m256i k = whole ? _mm256_set1_epi32(-1) : tm;
-            const __m256 v = whole ? _mm256_loadu_ps(xr + j) : _mm256_maskload_ps(xr + j, k);
-            const __m256 dm = _mm256_sub_ps(v, _mm256_maskload_ps(m + j, k));
-            const __m256 a = _mm256_add_ps(_mm256_mul_ps(dm, _mm256_maskload_ps(sc + j, k)),
-                                           _mm256_maskload_ps(be + j, k));
-            __m256 d = whole ? _mm256_loadu_ps(dyr + j) : _mm256_maskload_ps(dyr + j, k);
-            if (gate)
-                d = _mm256_add_ps(_mm256_mul_ps(d, _mm256_maskload_ps(gs + j, k)),
-                                  _mm256_maskload_ps(ga + j, k));
-            const __m256 gv = silu_grad8(d, a);
-            if (gr && whole) _mm256_storeu_ps(gr + j, gv);
-            else if (gr) _mm256_maskstore_ps(gr + j, k, gv);
-            _mm256_maskstore_ps(f1 + j, k, _mm256_add_ps(_mm256_maskload_ps(f1 + j, k),
-                                                         _mm256_mul_ps(gv, dm)));
-            _mm256_maskstore_ps(f0 + j, k, _mm256_add_ps(_mm256_maskload_ps(f0 + j, k), gv));
-        }
+        for (int j = 0; j < full; j += 8)
+            bn_silu_bwd_blk_avx2(gr, f1, f0, dyr, gs, ga, xr, m, sc, be, j, k, 1);
+        if (full < ch) bn_silu_bwd_blk_avx2(gr, f1, f0, dyr, gs, ga, xr, m, sc, be, full, k, 0);
     }
     for (int j = 0; j < ch; j++) {
         sgd[j] += f1[j];
         sg[j] += f0[j];
     }
 }
+#undef BN_LD
+#undef BN_ST
 #endif
 
 /* scale [C] = gamma / sqrt(var + eps) in the layer's scratch (after mean and var), the
