@@ -305,27 +305,33 @@ lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act) {
 
 int lk_dwconv_fwd_vectorised(int k) { return lk_dw_row_pick(k, LK_DW_ROW_PLAIN) != NULL; }
 
+lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, int iw, int k,
+                         int stride, int team) {
+    LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0,
+               "%s: sizes must be positive (n=%d c=%d ih=%d iw=%d)", who, n, c, ih, iw);
+    LK_REQUIRE(k >= 1 && k <= 15 && k % 2 == 1 && (stride == 1 || stride == 2),
+               "%s: kernel must be odd and at most 15, stride 1 or 2 (k=%d s=%d)", who, k,
+               stride);
+    g->pad = (k - 1) / 2;
+    g->oh = (ih + 2 * g->pad - k) / stride + 1;
+    g->ow = (iw + 2 * g->pad - k) / stride + 1;
+    g->nband = 1;
+    if (n < team) {
+        int nb = (2 * team + n - 1) / n, most = g->oh / DWF_BAND_MIN_ROWS;
+        g->nband = nb < most ? nb : most < 1 ? 1 : most;
+    }
+    return LK_OK;
+}
+
 lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg) {
     memset(L, 0, sizeof *L);
     L->cfg = *cfg;
     const lk_dwconv_fwd_cfg *c = &L->cfg;
-    LK_REQUIRE(c->n > 0 && c->c > 0 && c->ih > 0 && c->iw > 0,
-               "dwconv forward: sizes must be positive (n=%d c=%d ih=%d iw=%d)", c->n, c->c,
-               c->ih, c->iw);
-    LK_REQUIRE(c->k >= 1 && c->k <= 15 && c->k % 2 == 1 && (c->stride == 1 || c->stride == 2),
-               "dwconv forward: kernel must be odd and at most 15, stride 1 or 2 (k=%d s=%d)",
-               c->k, c->stride);
-    L->pad = (c->k - 1) / 2;
-    L->oh = (c->ih + 2 * L->pad - c->k) / c->stride + 1;
-    L->ow = (c->iw + 2 * L->pad - c->k) / c->stride + 1;
     L->team = lk_get_num_threads();
-    /* Bands: whole images when every thread gets one, else about two per thread of at
-     * least DWF_BAND_MIN_ROWS rows (a band remakes its halo rows from an `in`). */
-    L->nband = 1;
-    if (c->n < L->team) {
-        int nb = (2 * L->team + c->n - 1) / c->n, most = L->oh / DWF_BAND_MIN_ROWS;
-        L->nband = nb < most ? nb : most < 1 ? 1 : most;
-    }
+    lk_dw_geom g;
+    LK_TRY(lk_dw_geometry(&g, "dwconv forward", c->n, c->c, c->ih, c->iw, c->k, c->stride,
+                          L->team));
+    L->pad = g.pad, L->oh = g.oh, L->ow = g.ow, L->nband = g.nband;
     const size_t row = (size_t)c->iw * c->c;
     L->ring = c->in_rows ? (size_t)c->k * row : 0;
     L->ws = L->ring ? lk_alloc(sizeof(float) * L->ring * (size_t)L->team) : NULL;

@@ -47,7 +47,6 @@
 #include "lk_threads.h"
 
 enum { EDW_MIN_M = 150,       /* fewest pixels per sgemm call (64 and 300 measured within 5 %) */
-       EDW_BAND_MIN_ROWS = 8, /* fewest output rows of a band (the halo is recomputed) */
        EDW_XR512 = 8,         /* rows of the AVX-512 expansion micro-tile (x 3 vectors) */
        EDW_XR256 = 4          /* rows of the AVX2 one (x 3 vectors: 12 of 16 registers) */ };
 
@@ -203,28 +202,17 @@ lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
     memset(L, 0, sizeof *L);
     L->cfg = *cfg;
     const lk_expdw_cfg *c = &L->cfg;
-    LK_REQUIRE(c->n > 0 && c->ic > 0 && c->ih > 0 && c->iw > 0 && c->ec > 0,
-               "expand+depthwise: sizes must be positive (n=%d ic=%d ih=%d iw=%d ec=%d)", c->n,
-               c->ic, c->ih, c->iw, c->ec);
-    LK_REQUIRE(c->k >= 1 && c->k <= 15 && c->k % 2 == 1 && (c->stride == 1 || c->stride == 2),
-               "expand+depthwise: kernel must be odd and at most 15, stride 1 or 2 (k=%d s=%d)",
-               c->k, c->stride);
-    L->pad = (c->k - 1) / 2;
-    L->oh = (c->ih + 2 * L->pad - c->k) / c->stride + 1;
-    L->ow = (c->iw + 2 * L->pad - c->k) / c->stride + 1;
+    LK_REQUIRE(c->ic > 0, "expand+depthwise: in_channels must be positive (ic=%d)", c->ic);
+    L->team = lk_get_num_threads();
+    lk_dw_geom geo; /* output size and row bands, as the depthwise forward's */
+    LK_TRY(lk_dw_geometry(&geo, "expand+depthwise", c->n, c->ec, c->ih, c->iw, c->k, c->stride,
+                          L->team));
+    L->pad = geo.pad, L->oh = geo.oh, L->ow = geo.ow, L->nband = geo.nband;
     /* Rows per sgemm: enough pixels for the call to pay; the ring holds every chunk an
      * output row can span (KH rows, chunk-aligned) plus the one being written. */
     L->g = c->iw >= EDW_MIN_M ? 1 : (EDW_MIN_M + c->iw - 1) / c->iw;
     if (L->g > c->ih) L->g = c->ih;
     L->nslot = (c->k - 1 + L->g - 1) / L->g + 2;
-    L->team = lk_get_num_threads();
-    /* Bands: whole images when every thread gets one, else bands of at least
-     * EDW_BAND_MIN_ROWS output rows, about two per thread. */
-    L->nband = 1;
-    if (c->n < L->team) {
-        int nb = (2 * L->team + c->n - 1) / c->n, most = L->oh / EDW_BAND_MIN_ROWS;
-        L->nband = nb < most ? nb : most < 1 ? 1 : most;
-    }
     /* Per thread: the ring, then the expansion kernels' tail rows [8, IC + EC]. */
     const size_t ring = (size_t)L->nslot * L->g * c->iw * c->ec;
     L->ws_floats = ring + (size_t)EDW_XR512 * (c->ic + c->ec);

@@ -41,6 +41,17 @@ lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act);
 void lk_dw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
                  int iw, int c, int k, int s, int p);
 
+/* The geometry both row-making depthwise paths share (lk_dwconv_fwd, the fused expansion
+ * + depthwise of expand_dw.c): odd K <= 15, stride 1 or 2 and positive sizes checked
+ * (messages start with `who`), padding (K - 1) / 2, the output size, and the row bands
+ * per image for `team` threads: 1 when every thread gets an image, else about two per
+ * thread of at least 8 output rows (a band remakes its halo rows). */
+typedef struct lk_dw_geom {
+    int pad, oh, ow, nband;
+} lk_dw_geom;
+lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, int iw, int k,
+                         int stride, int team);
+
 /* y [N, OH, OW, C] = the depthwise convolution of x [N, IH, IW, C] with w [C, 1, K, K]
  * (PyTorch's layout), odd K, stride 1 or 2, padding (K - 1) / 2 on every side, no bias:
  * the training forward, and at stride 1 with the kernel rotated by 180 degrees its
