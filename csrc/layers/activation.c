@@ -70,12 +70,6 @@ static void silu_bwd_c(float *dx, const float *dy, const float *x, int64_t n) {
 }
 
 #ifdef LK_SILU_X86
-/* Lanes [0, rem) of a tail, rem in 1..7. */
-LK_AVX2 static inline __m256i silu_tail_mask(int64_t rem) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 LK_AVX2 static void silu_fwd_avx2(float *y, const float *x, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -83,7 +77,7 @@ LK_AVX2 static void silu_fwd_avx2(float *y, const float *x, int64_t n) {
         _mm256_storeu_ps(y + i, _mm256_mul_ps(v, silu_sigmoid8(v)));
     }
     if (i < n) { /* masked, so every element takes the same arithmetic */
-        __m256i m = silu_tail_mask(n - i);
+        __m256i m = lk_lanes8(n - i);
         __m256 v = _mm256_maskload_ps(x + i, m);
         _mm256_maskstore_ps(y + i, m, _mm256_mul_ps(v, silu_sigmoid8(v)));
     }
@@ -94,7 +88,7 @@ LK_AVX2 static void silu_fwd_fast_avx2(float *y, const float *x, int64_t n) {
     int64_t i = 0;
     for (; i < n; i += 8) {
         const int full = i + 8 <= n;
-        const __m256i m = full ? _mm256_set1_epi32(-1) : silu_tail_mask(n - i);
+        const __m256i m = full ? _mm256_set1_epi32(-1) : lk_lanes8(n - i);
         __m256 o = silu_fast8(full ? _mm256_loadu_ps(x + i) : _mm256_maskload_ps(x + i, m));
         if (full) _mm256_storeu_ps(y + i, o);
         else _mm256_maskstore_ps(y + i, m, o);
@@ -106,7 +100,7 @@ LK_AVX2 static void silu_bwd_avx2(float *dx, const float *dy, const float *x, in
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dx + i, silu_grad8(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(x + i)));
     if (i < n) {
-        __m256i m = silu_tail_mask(n - i);
+        __m256i m = lk_lanes8(n - i);
         __m256 g = silu_grad8(_mm256_maskload_ps(dy + i, m), _mm256_maskload_ps(x + i, m));
         _mm256_maskstore_ps(dx + i, m, g);
     }

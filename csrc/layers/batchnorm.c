@@ -515,8 +515,7 @@ bn_silu_blk_avx2(float *yr, const float *xr, const float *m, const float *sc, co
 LK_AVX2 static void bn_silu_rows_avx2(float *y, const float *x, const float *m, const float *sc,
                                       const float *be, int64_t nr, int ch) {
     const int full = ch / 8 * 8;
-    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(ch - full),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i k = lk_lanes8(ch - full);
     for (int64_t r = 0; r < nr; r++) {
         const float *xr = x + r * ch;
         float *yr = y + r * ch;
@@ -549,8 +548,7 @@ LK_AVX2 static void bn_silu_bwd_rows_avx2(float *g, double *sgd, double *sg, flo
                                           int64_t hw, const float *x, const float *m,
                                           const float *sc, const float *be, int nr, int ch) {
     const int full = ch / 8 * 8;
-    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(ch - full),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i k = lk_lanes8(ch - full);
     float *f1 = f, *f0 = f + ch;
     memset(f, 0, sizeof(float) * 2 * (size_t)ch);
     int64_t n = r0 / hw, next = (n + 1) * hw;
@@ -589,14 +587,14 @@ static float *bn_silu_scale(lk_bn *L, const float *gamma, const float *var) {
 static void bn_silu_tiles(const lk_bn *L, float *y, const float *x, int64_t rows,
                           const float *mean, const float *scale, const float *beta) {
     const int ch = L->cfg.c;
-    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
-                   int) = LK_KERNEL_PICK(bn_affine);
 #ifdef LK_SILU_X86
     if (lk_kernel_isa() == LK_ISA_AVX2) {
         bn_silu_rows_avx2(y, x, mean, scale, beta, rows, ch);
         return;
     }
 #endif
+    void (*affine)(float *, const float *, const float *, const float *, const float *, int, int,
+                   int) = LK_KERNEL_PICK(bn_affine);
     const int64_t tr = ch >= BN_TILE ? 1 : BN_TILE / ch;
     for (int64_t r0 = 0; r0 < rows; r0 += tr) {
         const int64_t nr = rows - r0 < tr ? rows - r0 : tr;

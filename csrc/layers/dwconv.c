@@ -218,8 +218,7 @@ LK_DW_TARGET static inline __attribute__((always_inline)) void
 dwf_blk256(float *y, float *sum, const float *const *rows, const float *w, const float *b,
            int ow, int iw, int c, int s, int p, int xa, int xb, int c0, const int K,
            const int ACT, const int FULL) {
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(c - c0),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = lk_lanes8(c - c0);
     const float *rc[7];
     for (int i = 0; i < K; i++) rc[i] = rows[i] + c0;
     __m256 wv[49];

@@ -53,10 +53,6 @@ enum { EDW_MIN_M = 150,       /* fewest pixels per sgemm call (64 and 300 measur
 #ifdef LK_X86
 #include <immintrin.h>
 
-LK_TARGET_AVX2 static inline __m256i edw_mask8(int rem) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* The expansion e [m, EC] = silu(x [m, IC] w1t [IC, EC] + b1) into the ring, on x86:
  * register-blocked products (the AVX-512 micro-tile 8 rows x 3 vectors, AVX2 4 x 3),
  * then the bias and SiLU applied to the accumulators before the one store. sgemm
@@ -164,7 +160,7 @@ LK_TARGET_AVX512 static inline __mmask16 edw_mask16(int rem) {
         if (mf < m) memcpy(e + mf * ec, et, sizeof(float) * (size_t)(m - mf) * ec);          \
     }
 EDW_EXPAND(512, LK_TARGET_AVX512, 16, EDW_XR512, __mmask16, edw_mask16)
-EDW_EXPAND(256, LK_TARGET_AVX2, 8, EDW_XR256, __m256i, edw_mask8)
+EDW_EXPAND(256, LK_TARGET_AVX2, 8, EDW_XR256, __m256i, lk_lanes8)
 #endif
 
 typedef void (*edw_expand_fn)(float *, const float *, const float *, const float *, int64_t,

@@ -41,6 +41,13 @@
 #ifdef LK_SILU_X86
 #define LK_AVX2 __attribute__((target("avx2,fma")))
 
+/* Lanes [0, rem) set (all 8 for rem >= 8): the mask of a tail, for every AVX2 kernel
+ * that includes this header. */
+LK_AVX2 static inline __m256i lk_lanes8(int64_t rem) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(rem < 8 ? rem : 8)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* exp(t) for t in [SILU_TMIN, 0], 8 lanes. */
 LK_AVX2 static inline __m256 silu_exp8(__m256 t) {
     const __m256 one = _mm256_set1_ps(1.0f);
