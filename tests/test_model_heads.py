@@ -303,6 +303,98 @@ def test_depthwise_training_forward_on_our_kernel(arch):
         _core._dwfwd_policy("sometimes")
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
+def test_depthwise_inference_on_our_kernel(arch):
+    """Inference with every depthwise unit on our kernel (dwconv.c: the folded bias and
+    SiLU applied in registers, the SE's average pool summed as rows are written), the
+    fused expansion + depthwise off so that every MBConv takes it: against torch,
+    against oneDNN's primitive and pool (batch 3, and batch 1, cut into bands of rows),
+    after an optimizer step and a load, and in a last_block step's frozen prefix."""
+    from leukemia import _core
+    from leukemia.optim import AdamW
+
+    head, k = "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=6)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+
+    def run(model, policy, inp, train_step=False):
+        # The policies are read when a model plans, which its first call does.
+        before = (_core._dwfwd_policy(policy), _core._expdw_policy("never"))
+        try:
+            runs = _core.exec_counts()["primitives"]
+            y = model(inp, seed=11)  # the same dropout draws in both models
+            if train_step:
+                model.backward(_dlogits(y, np.arange(len(inp)) % k))
+            return y, _core.exec_counts()["primitives"] - runs
+        finally:
+            _core._dwfwd_policy(before[0])
+            _core._expdw_policy(before[1])
+
+    ours = _ours_from(ref, arch, head, k, "all").eval()
+    dnn = _ours_from(ref, arch, head, k, "all").eval()
+    before = (_core._dwfwd_policy("ours"), _core._expdw_policy("never"))
+    try:
+        _check_eval(ref, ours, x)
+    finally:
+        _core._dwfwd_policy(before[0])
+        _core._expdw_policy(before[1])
+    for inp in (x, x[1:2]):
+        (y_ours, runs_ours), (y_dnn, runs_dnn) = run(ours, "ours", inp), run(dnn, "onednn", inp)
+        # The depthwise primitives and the SE pools left oneDNN.
+        assert runs_ours < runs_dnn
+        # The SiLU's refined reciprocal and another order of the pool's sums only.
+        assert _rel(y_ours, y_dnn) < 1e-4
+    ours.train()
+    y = ours(x)
+    ours.backward(_dlogits(y, rng.integers(0, k, 3)))
+    AdamW(ours, lr=1e-2).step()
+    ours.eval()
+    dnn.load_state_dict(ours.state_dict())
+    assert _rel(run(ours, "ours", x)[0], run(dnn, "onednn", x)[0]) < 1e-4
+    ours.load_state_dict({n: t.detach().numpy() for n, t in ref.state_dict().items()})
+    dnn.load_state_dict(ours.state_dict())
+    assert _rel(run(ours, "ours", x)[0], run(dnn, "onednn", x)[0]) < 1e-4
+    # last_block: the frozen prefix runs as at inference, on our kernel too. Trained BN
+    # layers at batch 3 amplify any rounding difference below them (on this random
+    # network a 1e-7 change of the prefix moved the logits by O(1)), so this step runs on
+    # a reference calibrated as in the Keras-frozen test.
+    _shrink_residual_branches(ref)
+    _calibrate(ref, rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
+    ours = _ours_from(ref, arch, head, k, "last_block").train()
+    dnn = _ours_from(ref, arch, head, k, "last_block").train()
+    (y_ours, runs_ours), (y_dnn, runs_dnn) = (
+        run(ours, "ours", x, train_step=True),
+        run(dnn, "onednn", x, train_step=True),
+    )
+    assert runs_ours < runs_dnn
+    assert _rel(y_ours, y_dnn) < 1e-4
+    trainable = sorted({".".join(n.split(".")[:2]) for n, _ in ours.named_parameters(True)})
+    ref.train()
+    _freeze_like_keras(ref, trainable)
+    # As in the Keras-frozen test: the direct convolution (not Winograd) for V2-S's
+    # frozen FusedMBConv stages, and its noise factor for V2-S's cancelling head gradient.
+    before = (
+        _core._dwfwd_policy("ours"),
+        _core._expdw_policy("never"),
+        leukemia.set_conv_algorithm("direct"),
+    )
+    try:
+        m = _ours_from(ref, arch, head, k, "last_block").train()
+        _check_train_step(
+            ref,
+            m,
+            x,
+            np.arange(3) % k,
+            trainable_prefixes=trainable,
+            noise_factor=20.0 if arch == "efficientnet_v2_s" else 5.0,
+        )
+    finally:
+        _core._dwfwd_policy(before[0])
+        _core._expdw_policy(before[1])
+        leukemia.set_conv_algorithm(before[2])
+
+
 @pytest.mark.parametrize(
     "arch,fold",
     [("efficientnet_b3", "never"), ("efficientnet_b3", "always"), ("efficientnet_v2_s", "never")],

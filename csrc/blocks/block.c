@@ -225,6 +225,12 @@ void lk_block_share(lk_block *b, float *buf) {
     if (expansion_shared(b)) b->u[0].out = buf;
 }
 
+/* Whether the unit before the SE gives the SE's pool as it writes (both at inference). */
+static int pooled_by_unit(const lk_block *b) {
+    return b->se_after >= 0 && b->se.mode == LK_MODE_EVAL &&
+           lk_cba_forward_pools(&b->u[b->se_after]);
+}
+
 lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_versions *v) {
     const float *h = x;
     int i0 = b->first;
@@ -242,7 +248,11 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         const int done = b->fused_xdw && i == 1; /* u->out made by lk_expdw_forward */
         const float *res = u->res_in ? x : NULL; /* the residual, added as u writes */
         const int rows = expansion_rows_fwd(b) && i <= 1; /* u[0]'s output never written */
-        if (rows && i == 0)
+        /* The SE's pool taken as the depthwise unit writes (lk_cba_forward_pool). */
+        const int pooled = done || (i == b->se_after && pooled_by_unit(b));
+        if (pooled && !done)
+            LK_TRY(lk_cba_forward_pool(u, h, b->se.pooled, ver));
+        else if (rows && i == 0)
             LK_TRY(lk_cba_forward_stats(u, h));
         else if (rows)
             LK_TRY(lk_cba_forward_from(u, &b->u[0]));
@@ -255,7 +265,7 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
         h = u->out;
         if (i == b->se_after) {
             const uint64_t sv = lk_unit_version(v, b->se.trainable);
-            if (done)
+            if (pooled)
                 LK_TRY(lk_se_forward_pooled(&b->se, sv));
             else
                 LK_TRY(lk_se_forward(&b->se, h, sv));

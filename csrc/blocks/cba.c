@@ -171,6 +171,16 @@ lk_status lk_cba_forward(lk_cba *u, const float *x, uint64_t version) {
     return cba_forward(u, x, NULL, version);
 }
 
+int lk_cba_forward_pools(const lk_cba *u) {
+    return u->mode == LK_MODE_EVAL && u->has_act && lk_conv2d_forward_pools(&u->conv);
+}
+
+lk_status lk_cba_forward_pool(lk_cba *u, const float *x, float *pool, uint64_t version) {
+    LK_REQUIRE(lk_cba_forward_pools(u), "conv-BN unit: its forward gives no pool");
+    lk_cba_refold(u, version);
+    return lk_conv2d_forward_pool(&u->conv, u->out, pool, x, u->wf, u->bf);
+}
+
 lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version) {
     LK_REQUIRE(u->res_in && add, "conv-BN unit: not planned for a residual (res_in), or none given");
     return cba_forward(u, x, add, version);

@@ -130,6 +130,10 @@ lk_status lk_cba_forward_stats(lk_cba *u, const float *x);
  * (src ran lk_cba_forward_stats): the input is never written. */
 int lk_cba_forward_takes_rows(const lk_cba *u, const lk_cba *src);
 lk_status lk_cba_forward_from(lk_cba *u, lk_cba *src);
+/* Whether an EVAL unit's forward also gives the channel means of its output per image
+ * (a depthwise unit on our kernel, lk_conv2d_forward_pools): lk_cba_forward_pool. */
+int lk_cba_forward_pools(const lk_cba *u);
+lk_status lk_cba_forward_pool(lk_cba *u, const float *x, float *pool, uint64_t version);
 /* dx (NULL when need_dx == 0) from dy; TRAIN writes the parameter gradients. dy is
  * consumed: the activation and BN gradients overwrite it in place (no scratch). */
 lk_status lk_cba_backward(lk_cba *u, float *dx, float *dy, const float *x);

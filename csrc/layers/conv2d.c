@@ -103,18 +103,20 @@ void lk_conv2d_set_dwf_policy(lk_conv_dwf_policy p) { g_dwf_policy = p; }
 lk_conv_dwf_policy lk_conv2d_get_dwf_policy(void) { return g_dwf_policy; }
 
 static int conv_dwf(const lk_conv2d_cfg *c) {
-    const int fits = c->train && c->groups == c->ic && c->ic == c->oc && c->kh == c->kw &&
-                     c->kh % 2 == 1 && c->kh <= 15 && c->sh == c->sw &&
-                     (c->sh == 1 || c->sh == 2) && c->pt == c->kh / 2 && c->pb == c->kh / 2 &&
-                     c->pl == c->kw / 2 && c->pr == c->kw / 2 && !c->bias && !c->post_silu &&
-                     !c->post_add;
-    if (!fits) return 0;
+    const int dw = c->groups == c->ic && c->ic == c->oc && c->kh == c->kw && c->kh % 2 == 1 &&
+                   c->kh <= 15 && c->sh == c->sw && (c->sh == 1 || c->sh == 2) &&
+                   c->pt == c->kh / 2 && c->pb == c->kh / 2 && c->pl == c->kw / 2 &&
+                   c->pr == c->kw / 2 && !c->post_add;
+    const int train = c->train && !c->bias && !c->post_silu;
+    const int eval = !c->train && c->bias && c->post_silu;
+    if (!dw || !(train || eval)) return 0;
     switch (g_dwf_policy) {
     case LK_CONV_DWF_ONEDNN: return 0;
     case LK_CONV_DWF_OURS: return 1;
     default:
-        return lk_kernel_isa() == LK_ISA_AVX2 && lk_dwconv_fwd_vectorised(c->kh) &&
-               c->ic >= 64 && c->ih >= 38 && c->iw >= 38;
+        if (lk_kernel_isa() != LK_ISA_AVX2 || !lk_dwconv_fwd_vectorised(c->kh) || c->ic < 64)
+            return 0;
+        return train ? c->ih >= 38 && c->iw >= 38 : 1;
     }
 }
 
@@ -416,7 +418,8 @@ lk_status lk_conv2d_init(lk_conv2d *L, const lk_conv2d_cfg *cfg) {
 
     if (L->dwf) {
         const lk_dwconv_fwd_cfg fc = {.n = c->n, .c = c->ic, .ih = c->ih, .iw = c->iw,
-                                      .k = c->kh, .stride = c->sh, .in_rows = c->in_rows};
+                                      .k = c->kh, .stride = c->sh, .in_rows = c->in_rows,
+                                      .eval = !c->train};
         L->dwfwd = lk_alloc(sizeof *L->dwfwd);
         if (!L->dwfwd) { st = LK_FAIL(LK_ERR_NOMEM, "conv2d: depthwise forward"); goto done; }
         memset(L->dwfwd, 0, sizeof *L->dwfwd);
@@ -561,6 +564,7 @@ lk_status lk_conv2d_forward_add(lk_conv2d *L, float *y, const float *x, const fl
         }
         return lk_wino_forward(&L->wg, y, x, L->cfg.bias ? b : NULL, add);
     }
+    if (L->dwf && !L->cfg.train) return lk_dwconv_forward_eval(L->dwfwd, y, NULL, x, w, b);
     if (L->dwf) return lk_dwconv_forward(L->dwfwd, y, x, w, 0, NULL);
     int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
     if (!fresh || !L->need_w_fwd) {
@@ -719,6 +723,16 @@ lk_status lk_conv2d_forward_rows(lk_conv2d *L, float *y, const float *x, const f
                "conv2d forward: not planned for an input made on demand (in_rows, ours)");
     LK_REQUIRE(y && x && w && in, "conv2d forward (rows): NULL argument");
     return lk_dwconv_forward(L->dwfwd, y, x, w, 0, in);
+}
+
+int lk_conv2d_forward_pools(const lk_conv2d *L) { return L->dwf && !L->cfg.train; }
+
+lk_status lk_conv2d_forward_pool(lk_conv2d *L, float *y, float *pool, const float *x,
+                                 const float *w, const float *b) {
+    LK_REQUIRE(lk_conv2d_forward_pools(L),
+               "conv2d forward: no pool without our depthwise inference forward");
+    LK_REQUIRE(y && pool && x && w && b, "conv2d forward (pool): NULL argument");
+    return lk_dwconv_forward_eval(L->dwfwd, y, pool, x, w, b);
 }
 
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,

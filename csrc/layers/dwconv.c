@@ -7,11 +7,15 @@
  * there, 8 GB/s and 20 GFLOP/s. Here each task (an image, or a band of its rows when
  * there are fewer images than threads) makes one output row at a time from its K input
  * rows: per block of 8 (AVX2) or 16 (AVX-512) channels the KxK weights are loaded once,
- * and four output pixels run as four independent FMA chains. The input rows can come
- * from a transform instead of memory (lk_dw_input: the BatchNorm+SiLU of the expansion
- * before it, made into a ring of K rows that stays in cache), so that input is never
- * written at all. The same row kernels, with SiLU and the pool's sums, serve the fused
- * expansion + depthwise at inference (expand_dw.c).
+ * and four output pixels run as four independent FMA chains. The K input rows go
+ * through a per-thread ring with zero padding columns, so that no output pixel has
+ * clipped taps (those ran one FMA chain per pixel and took most of the time on maps of
+ * 19x19 and below); the rows are copied there, or made by a transform instead of read
+ * (lk_dw_input: the BatchNorm+SiLU of the expansion before it), so that input is never
+ * written at all. At inference (lk_dwconv_forward_eval) the folded bias and SiLU are
+ * applied in registers and each output row's channel sums are taken for the SE's pool,
+ * which then needs no pass of its own. The same row kernels serve the fused expansion +
+ * depthwise at inference (expand_dw.c).
  *
  * Weight gradient. oneDNN v3.2 runs depthwise 5x5 weight gradients through its generic
  * grouped JIT (jit_dw takes only 3-wide kernels on AVX2), the slowest primitive of a
@@ -42,6 +46,7 @@
 #include "lk_cpu.h"
 #include "lk_dnnl.h"
 #include "lk_dwconv.h"
+#include "lk_layers.h"
 #include "lk_silu_simd.h"
 #include "lk_threads.h"
 
@@ -56,7 +61,10 @@
 /* ================================================================== forward */
 
 enum { DWF_CB = 64,              /* channels per accumulator block of the portable row */
-       DWF_BAND_MIN_ROWS = 8 };  /* fewest output rows of a band (images < threads) */
+       DWF_BAND_MIN_ROWS = 8,    /* fewest output rows of a band (images < threads) where a
+                                    band's halo rows are made twice (a transform, an
+                                    expansion) */
+       DWF_BAND_MIN_ROWS_COPY = 2 }; /* the same where they are only copied (padded) */
 
 /* One output pixel's channels c0 .. c0 + cn - 1 on the portable path (the compiler
  * keeps the block's accumulators in registers). */
@@ -213,7 +221,42 @@ LK_DW_TARGET static inline __m256 dwf_px256(float *yo, const float *const *rows,
     return fuse ? a : _mm256_setzero_ps();
 }
 
-/* One block of 8 channels (c0) of a row; the callers pass constants for K, ACT, FULL. */
+/* Four output pixels ox .. ox + 3 of a channel block, all taps inside the rows: four
+ * independent FMA chains (one would wait on the FMA latency), each summing its taps in
+ * row-major order from the bias. ACT 1 applies SiLU and adds the four to *sv. */
+LK_DW_TARGET static inline __attribute__((always_inline)) void
+dwf_quad256(float *yo, __m256 *sv, const float *const *rc, const __m256 *wv, __m256 bv,
+            __m256i m, int64_t x0, int64_t c, int64_t sc, const int K, const int ACT,
+            const int FULL) {
+    __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < K; j++) {
+            const float *e = rc[i] + (x0 + j) * c;
+            const __m256 wt = wv[i * K + j];
+            a0 = _mm256_fmadd_ps(wt, DWF_LD(e), a0);
+            a1 = _mm256_fmadd_ps(wt, DWF_LD(e + sc), a1);
+            a2 = _mm256_fmadd_ps(wt, DWF_LD(e + 2 * sc), a2);
+            a3 = _mm256_fmadd_ps(wt, DWF_LD(e + 3 * sc), a3);
+        }
+    if (ACT == 1) { /* SiLU, and the sums in pixel order */
+        a0 = silu_fast8(a0);
+        a1 = silu_fast8(a1);
+        a2 = silu_fast8(a2);
+        a3 = silu_fast8(a3);
+        *sv = _mm256_add_ps(_mm256_add_ps(*sv, a0), a1);
+        *sv = _mm256_add_ps(_mm256_add_ps(*sv, a2), a3);
+    }
+    DWF_ST(yo, a0);
+    DWF_ST(yo + c, a1);
+    DWF_ST(yo + 2 * c, a2);
+    DWF_ST(yo + 3 * c, a3);
+}
+
+/* One block of 8 channels (c0) of a row; the callers pass constants for K, ACT, FULL.
+ * Interior pixels go four at a time; where fewer than four are left, the last four
+ * interior pixels are made again (the same values: no single-chain pixels, which cost
+ * 4-7x a quad's pixel and dominated small maps), except with ACT 1, whose sums would
+ * count them twice. */
 LK_DW_TARGET static inline __attribute__((always_inline)) void
 dwf_blk256(float *y, float *sum, const float *const *rows, const float *w, const float *b,
            int ow, int iw, int c, int s, int p, int xa, int xb, int c0, const int K,
@@ -230,31 +273,13 @@ dwf_blk256(float *y, float *sum, const float *const *rows, const float *w, const
     for (; ox < xa; ox++)
         sv = _mm256_add_ps(sv, dwf_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p,
                                          iw, c, K, ACT == 1, FULL));
-    for (; ox + 4 <= xb; ox += 4) {
-        __m256 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-        const int64_t x0 = (int64_t)ox * s - p;
-        for (int i = 0; i < K; i++)
-            for (int j = 0; j < K; j++) {
-                const float *e = rc[i] + (x0 + j) * c;
-                const __m256 wt = wv[i * K + j];
-                a0 = _mm256_fmadd_ps(wt, DWF_LD(e), a0);
-                a1 = _mm256_fmadd_ps(wt, DWF_LD(e + sc), a1);
-                a2 = _mm256_fmadd_ps(wt, DWF_LD(e + 2 * sc), a2);
-                a3 = _mm256_fmadd_ps(wt, DWF_LD(e + 3 * sc), a3);
-            }
-        float *yo = y + (int64_t)ox * c + c0;
-        if (ACT == 1) { /* SiLU, and the sums in pixel order */
-            a0 = silu_fast8(a0);
-            a1 = silu_fast8(a1);
-            a2 = silu_fast8(a2);
-            a3 = silu_fast8(a3);
-            sv = _mm256_add_ps(_mm256_add_ps(sv, a0), a1);
-            sv = _mm256_add_ps(_mm256_add_ps(sv, a2), a3);
-        }
-        DWF_ST(yo, a0);
-        DWF_ST(yo + c, a1);
-        DWF_ST(yo + 2 * c, a2);
-        DWF_ST(yo + 3 * c, a3);
+    for (; ox + 4 <= xb; ox += 4)
+        dwf_quad256(y + (int64_t)ox * c + c0, &sv, rc, wv, bv, m, (int64_t)ox * s - p, c, sc, K,
+                    ACT, FULL);
+    if (ACT != 1 && ox < xb && xb - xa >= 4) {
+        dwf_quad256(y + (int64_t)(xb - 4) * c + c0, &sv, rc, wv, bv, m,
+                    (int64_t)(xb - 4) * s - p, c, sc, K, ACT, FULL);
+        ox = xb;
     }
     for (; ox < ow; ox++)
         sv = _mm256_add_ps(sv, dwf_px256(y + (int64_t)ox * c + c0, rc, w + c0, bv, m, ox * s - p,
@@ -304,8 +329,40 @@ lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act) {
 
 int lk_dwconv_fwd_vectorised(int k) { return lk_dw_row_pick(k, LK_DW_ROW_PLAIN) != NULL; }
 
+/* sum [C] += y [m, C] over its rows, in row order (the portable path's pool sums). */
+LK_ALWAYS_INLINE void dwf_sum_body(float *sum, const float *y, int64_t m, int c) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *yr = y + r * c;
+        for (int q = 0; q < c; q++) sum[q] += yr[q];
+    }
+}
+LK_KERNEL_CLONES(dwf_sum, (float *sum, const float *y, int64_t m, int c), (sum, y, m, c))
+
+void lk_dw_row_run(lk_dw_row_fn rowk, float *y, float *sum, const float *const *rows,
+                   const float *w, const float *b, int ow, int iw, int c, int k, int s, int p,
+                   lk_dw_row_act act) {
+    if (rowk) { /* the activation and the sums applied in registers or from L1 */
+        rowk(y, sum, rows, w, b, ow, iw, c, s, p);
+        return;
+    }
+    lk_dw_row_c(y, rows, w, b, ow, iw, c, k, s, p);
+    if (act != LK_DW_ROW_SILU) return;
+    lk_silu_forward_fast_serial(y, y, (int64_t)ow * c);
+    if (sum) LK_KERNEL_PICK(dwf_sum)(sum, y, ow, c);
+}
+
+void lk_dw_pool_finish(float *pool, const float *part, int n, int nrow, int c, int64_t npix) {
+    const float inv = 1.0f / (float)npix;
+    for (int i = 0; i < n; i++)
+        for (int q = 0; q < c; q++) {
+            float s = 0.0f;
+            for (int r = 0; r < nrow; r++) s += part[((size_t)i * nrow + r) * c + q];
+            pool[(size_t)i * c + q] = s * inv;
+        }
+}
+
 lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, int iw, int k,
-                         int stride, int team) {
+                         int stride, int team, int cheap_halo) {
     LK_REQUIRE(n > 0 && c > 0 && ih > 0 && iw > 0,
                "%s: sizes must be positive (n=%d c=%d ih=%d iw=%d)", who, n, c, ih, iw);
     LK_REQUIRE(k >= 1 && k <= 15 && k % 2 == 1 && (stride == 1 || stride == 2),
@@ -316,7 +373,8 @@ lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, i
     g->ow = (iw + 2 * g->pad - k) / stride + 1;
     g->nband = 1;
     if (n < team) {
-        int nb = (2 * team + n - 1) / n, most = g->oh / DWF_BAND_MIN_ROWS;
+        int nb = (2 * team + n - 1) / n,
+            most = g->oh / (cheap_halo ? DWF_BAND_MIN_ROWS_COPY : DWF_BAND_MIN_ROWS);
         g->nband = nb < most ? nb : most < 1 ? 1 : most;
     }
     return LK_OK;
@@ -327,67 +385,73 @@ lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg) {
     L->cfg = *cfg;
     const lk_dwconv_fwd_cfg *c = &L->cfg;
     L->team = lk_get_num_threads();
+    /* A band's halo rows are made again by the transform, or else only copied. */
     lk_dw_geom g;
     LK_TRY(lk_dw_geometry(&g, "dwconv forward", c->n, c->c, c->ih, c->iw, c->k, c->stride,
-                          L->team));
+                          L->team, !c->in_rows));
     L->pad = g.pad, L->oh = g.oh, L->ow = g.ow, L->nband = g.nband;
-    const size_t row = (size_t)c->iw * c->c;
-    L->ring = c->in_rows ? (size_t)c->k * row : 0;
-    L->ws = L->ring ? lk_alloc(sizeof(float) * L->ring * (size_t)L->team) : NULL;
+    const size_t row = (size_t)(c->iw + 2 * L->pad) * c->c;
+    L->ring = (size_t)c->k * row;
+    L->ws = lk_alloc(sizeof(float) * L->ring * (size_t)L->team);
     L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * c->c);
     L->zero = lk_alloc(sizeof(float) * row);
-    if ((L->ring && !L->ws) || !L->wt || !L->zero) {
+    L->part = c->eval ? lk_alloc(sizeof(float) * (size_t)c->n * L->oh * c->c) : NULL;
+    if (!L->ws || !L->wt || !L->zero || (c->eval && !L->part)) {
         lk_dwconv_fwd_free(L);
         return LK_FAIL(LK_ERR_NOMEM, "dwconv forward: rings [%d, %zu] and weights", L->team,
                        L->ring);
     }
+    /* The padding columns of the ring are never written after this. */
+    memset(L->ws, 0, sizeof(float) * L->ring * (size_t)L->team);
     memset(L->zero, 0, sizeof(float) * row);
     return LK_OK;
 }
 
-/* Output rows oy0 .. oy1 - 1 of image n; `ring` [K, IW, C] takes the rows `in` makes
- * (input row r in slot r % K: an output row's K rows are consecutive). */
-static void dwf_task(const lk_dwconv_fwd *L, float *y, const float *x, const lk_dw_input *in,
-                     float *ring, lk_dw_row_fn rowk, int n, int oy0, int oy1) {
+/* Output rows oy0 .. oy1 - 1 of image n; `ring` [K, IW + 2p, C] takes the input rows,
+ * copied or made by `in` (row r in slot r % K: an output row's K rows are consecutive).
+ * With `act` (eval), b is the bias and `sum` [OH, C] receives each row's channel sums
+ * (per row, so that the pool does not depend on how rows fall into bands). */
+static void dwf_task(const lk_dwconv_fwd *L, float *y, float *sum, const float *x,
+                     const float *b, const lk_dw_input *in, float *ring, lk_dw_row_fn rowk,
+                     lk_dw_row_act act, int n, int oy0, int oy1) {
     const lk_dwconv_fwd_cfg *c = &L->cfg;
     const int k = c->k, s = c->stride, p = L->pad;
     const int64_t row = (int64_t)c->iw * c->c;
+    const int64_t slot = row + 2 * (int64_t)p * c->c, off = (int64_t)p * c->c;
     const float *xn = x + (int64_t)n * c->ih * row;
-    int next = oy0 * s - p > 0 ? oy0 * s - p : 0; /* the next row `in` makes */
+    int next = oy0 * s - p > 0 ? oy0 * s - p : 0; /* the next row to make in the ring */
     for (int oy = oy0; oy < oy1; oy++) {
-        const int lo = oy * s - p;
-        const float *rows[16];
-        if (in) {
-            const int hi = lo + k < c->ih ? lo + k : c->ih;
-            for (; next < hi; next++)
-                in->rows(ring + (next % k) * row, xn + next * row, c->iw, in->ctx);
+        const int lo = oy * s - p, hi = lo + k < c->ih ? lo + k : c->ih;
+        for (; next < hi; next++) {
+            float *dst = ring + (next % k) * slot + off;
+            if (in)
+                in->rows(dst, xn + next * row, c->iw, in->ctx);
+            else
+                memcpy(dst, xn + next * row, sizeof(float) * (size_t)row);
         }
+        const float *rows[16];
         for (int i = 0; i < k; i++) {
             const int r = lo + i;
-            rows[i] = r < 0 || r >= c->ih ? L->zero : in ? ring + (r % k) * row : xn + r * row;
+            rows[i] = r < 0 || r >= c->ih ? L->zero : ring + (r % k) * slot;
         }
         float *yr = y + ((int64_t)n * L->oh + oy) * L->ow * c->c;
-        if (rowk)
-            rowk(yr, NULL, rows, L->wt, L->zero, L->ow, c->iw, c->c, s, p);
-        else
-            lk_dw_row_c(yr, rows, L->wt, L->zero, L->ow, c->iw, c->c, k, s, p);
+        float *srow = sum ? sum + (int64_t)oy * c->c : NULL; /* this row's sums */
+        if (srow) memset(srow, 0, sizeof(float) * (size_t)c->c);
+        /* Every pixel inside the padded rows: no clipped taps. */
+        lk_dw_row_run(rowk, yr, srow, rows, L->wt, b, L->ow, c->iw + 2 * p, c->c, k, s, 0, act);
     }
 }
 
-lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
-                            const lk_dw_input *in) {
-    LK_REQUIRE(L->wt, "dwconv forward: layer not initialised");
-    LK_REQUIRE(y && x && w, "dwconv forward: NULL argument");
+/* w [C, 1, K, K] -> tap-major [K * K, C], the kernels' vector direction (turned by 180
+ * degrees when `rotate`); then every task on the team. */
+static void dwf_run(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
+                    const float *b, const lk_dw_input *in, lk_dw_row_act act) {
     const lk_dwconv_fwd_cfg *c = &L->cfg;
-    LK_REQUIRE(!rotate || c->stride == 1, "dwconv forward: a rotated kernel needs stride 1");
-    LK_REQUIRE(!in || (in->rows && L->ws),
-               "dwconv forward: an input transform needs its rows() and a plan with in_rows");
     const int kk = c->k * c->k, ch = c->c, nb = L->nband;
-    /* w [C, 1, K, K] -> tap-major [K * K, C], the kernels' vector direction. */
     for (int q = 0; q < ch; q++)
         for (int t = 0; t < kk; t++)
             L->wt[(size_t)t * ch + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
-    const lk_dw_row_fn rowk = lk_dw_row_pick(c->k, LK_DW_ROW_PLAIN);
+    const lk_dw_row_fn rowk = lk_dw_row_pick(c->k, act);
     int team = L->team;
 #ifdef _OPENMP
     if (omp_get_max_threads() < team) team = omp_get_max_threads();
@@ -399,19 +463,42 @@ lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const fl
 #ifdef _OPENMP
         t = omp_get_thread_num();
 #endif
-        float *ring = L->ws ? L->ws + (size_t)t * L->ring : NULL;
+        float *ring = L->ws + (size_t)t * L->ring;
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntask; task++) {
-            const int n = (int)(task / nb), b = (int)(task % nb);
-            dwf_task(L, y, x, in, ring, rowk, n, (int)((int64_t)L->oh * b / nb),
-                     (int)((int64_t)L->oh * (b + 1) / nb));
+            const int n = (int)(task / nb), band = (int)(task % nb);
+            float *sums = act ? L->part + (int64_t)n * L->oh * ch : NULL; /* [OH, C] */
+            dwf_task(L, y, sums, x, b, in, ring, rowk, act, n,
+                     (int)((int64_t)L->oh * band / nb), (int)((int64_t)L->oh * (band + 1) / nb));
         }
     }
+}
+
+lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
+                            const lk_dw_input *in) {
+    LK_REQUIRE(L->wt, "dwconv forward: layer not initialised");
+    LK_REQUIRE(y && x && w, "dwconv forward: NULL argument");
+    const lk_dwconv_fwd_cfg *c = &L->cfg;
+    LK_REQUIRE(!rotate || c->stride == 1, "dwconv forward: a rotated kernel needs stride 1");
+    LK_REQUIRE(!in || (in->rows && c->in_rows),
+               "dwconv forward: an input transform needs its rows() and a plan with in_rows");
+    dwf_run(L, y, x, w, rotate, L->zero, in, LK_DW_ROW_PLAIN);
+    return LK_OK;
+}
+
+lk_status lk_dwconv_forward_eval(lk_dwconv_fwd *L, float *y, float *pool, const float *x,
+                                 const float *w, const float *b) {
+    LK_REQUIRE(L->wt && L->part, "dwconv forward (eval): layer not planned with eval");
+    LK_REQUIRE(y && x && w && b, "dwconv forward (eval): NULL argument");
+    dwf_run(L, y, x, w, 0, b, NULL, LK_DW_ROW_SILU);
+    if (pool)
+        lk_dw_pool_finish(pool, L->part, L->cfg.n, L->oh, L->cfg.c, (int64_t)L->oh * L->ow);
     return LK_OK;
 }
 
 void lk_dwconv_fwd_free(lk_dwconv_fwd *L) {
     lk_free(L->ws);
+    lk_free(L->part);
     lk_free(L->wt);
     lk_free(L->zero);
     memset(L, 0, sizeof *L);

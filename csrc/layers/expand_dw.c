@@ -185,15 +185,6 @@ LK_ALWAYS_INLINE void edw_bias_body(float *e, const float *b, int64_t m, int c) 
 }
 LK_KERNEL_CLONES(edw_bias, (float *e, const float *b, int64_t m, int c), (e, b, m, c))
 
-/* sum [C] += y [m, C] over its rows (the pool's per-band partial, in row order). */
-LK_ALWAYS_INLINE void edw_sum_body(float *sum, const float *y, int64_t m, int c) {
-    for (int64_t r = 0; r < m; r++) {
-        const float *yr = y + r * c;
-        for (int q = 0; q < c; q++) sum[q] += yr[q];
-    }
-}
-LK_KERNEL_CLONES(edw_sum, (float *sum, const float *y, int64_t m, int c), (sum, y, m, c))
-
 lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
     memset(L, 0, sizeof *L);
     L->cfg = *cfg;
@@ -202,7 +193,7 @@ lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
     L->team = lk_get_num_threads();
     lk_dw_geom geo; /* output size and row bands, as the depthwise forward's */
     LK_TRY(lk_dw_geometry(&geo, "expand+depthwise", c->n, c->ec, c->ih, c->iw, c->k, c->stride,
-                          L->team));
+                          L->team, 0));
     L->pad = geo.pad, L->oh = geo.oh, L->ow = geo.ow, L->nband = geo.nband;
     /* Rows per sgemm: enough pixels for the call to pay; the ring holds every chunk an
      * output row can span (KH rows, chunk-aligned) plus the one being written. */
@@ -215,7 +206,7 @@ lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg) {
     L->ws = lk_alloc(sizeof(float) * L->ws_floats * (size_t)L->team);
     L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * c->ec);
     L->w1t = lk_alloc(sizeof(float) * (size_t)c->ic * c->ec);
-    L->part = lk_alloc(sizeof(float) * (size_t)c->n * L->nband * c->ec);
+    L->part = lk_alloc(sizeof(float) * (size_t)c->n * L->oh * c->ec);
     L->zrow = lk_alloc(sizeof(float) * (size_t)c->iw * c->ec);
     if (!L->ws || !L->wt || !L->w1t || !L->part || !L->zrow) {
         lk_expdw_free(L);
@@ -232,7 +223,7 @@ static float *edw_ring_row(const lk_expdw *L, float *ring, int r, int r0) {
     return ring + row * L->cfg.iw * L->cfg.ec;
 }
 
-/* Output rows oy0 .. oy1-1 of image n; `sum` [C] receives their channel sums. */
+/* Output rows oy0 .. oy1-1 of image n; `sum` [OH, EC] receives each row's channel sums. */
 static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const float *x,
                               const float *w1, const float *b1, const float *bd, float *ring,
                               int n, int oy0, int oy1) {
@@ -241,11 +232,9 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
     const edw_expand_fn expand = edw_expand_pick();
     float *tmp = ring + (size_t)L->nslot * L->g * c->iw * c->ec; /* [8, IC + EC] */
     void (*biasf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_bias);
-    void (*sumf)(float *, const float *, int64_t, int) = LK_KERNEL_PICK(edw_sum);
     const int k = c->k, s = c->stride, p = L->pad;
     const int r0 = oy0 * s - p > 0 ? oy0 * s - p : 0;
     int next = r0; /* the next expanded row to make */
-    if (sum) memset(sum, 0, sizeof(float) * (size_t)c->ec);
     for (int oy = oy0; oy < oy1; oy++) {
         const int lo = oy * s - p, hi = lo + k < c->ih ? lo + k : c->ih;
         while (next < hi) {
@@ -270,13 +259,10 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
             rows[i] = r < 0 || r >= c->ih ? L->zrow : edw_ring_row(L, ring, r, r0);
         }
         float *yr = y + (((int64_t)n * L->oh + oy) * L->ow) * c->ec;
-        if (rowk) { /* SiLU and the channel sums applied in registers */
-            rowk(yr, sum, rows, L->wt, bd, L->ow, c->iw, c->ec, s, p);
-            continue;
-        }
-        lk_dw_row_c(yr, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p);
-        lk_silu_forward_fast_serial(yr, yr, (int64_t)L->ow * c->ec);
-        if (sum) sumf(sum, yr, L->ow, c->ec);
+        float *srow = sum ? sum + (int64_t)oy * c->ec : NULL; /* this row's sums */
+        if (srow) memset(srow, 0, sizeof(float) * (size_t)c->ec);
+        lk_dw_row_run(rowk, yr, srow, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p,
+                      LK_DW_ROW_SILU);
     }
     return dnnl_success;
 }
@@ -311,8 +297,8 @@ lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, c
             const int n = (int)(task / nb), b = (int)(task % nb);
             const int oy0 = (int)((int64_t)L->oh * b / nb);
             const int oy1 = (int)((int64_t)L->oh * (b + 1) / nb);
-            dnnl_status_t st = edw_task(L, y, pool ? L->part + task * ec : NULL, x, w1, b1, bd,
-                                        ring, n, oy0, oy1);
+            float *sums = pool ? L->part + (int64_t)n * L->oh * ec : NULL; /* [OH, EC] */
+            dnnl_status_t st = edw_task(L, y, sums, x, w1, b1, bd, ring, n, oy0, oy1);
             if (st != dnnl_success) {
 #pragma omp critical(lk_expdw_status)
                 bad = st;
@@ -320,16 +306,7 @@ lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, c
         }
     }
     LK_DNNL_NAMED(bad, "dnnl_sgemm (expand+depthwise)");
-    if (pool) {
-        /* pool [N, EC] = the bands' sums, added in band order, over OH * OW. */
-        const float inv = 1.0f / (float)((int64_t)L->oh * L->ow);
-        for (int n = 0; n < c->n; n++)
-            for (int ch = 0; ch < ec; ch++) {
-                float s = 0.0f;
-                for (int b = 0; b < nb; b++) s += L->part[((size_t)n * nb + b) * ec + ch];
-                pool[(size_t)n * ec + ch] = s * inv;
-            }
-    }
+    if (pool) lk_dw_pool_finish(pool, L->part, c->n, L->oh, ec, (int64_t)L->oh * L->ow);
     return LK_OK;
 }
 

@@ -40,17 +40,25 @@ typedef enum lk_dw_row_act { LK_DW_ROW_PLAIN = 0, LK_DW_ROW_SILU } lk_dw_row_act
 lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act);
 void lk_dw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
                  int iw, int c, int k, int s, int p);
+/* One output row by `rowk` (from lk_dw_row_pick(k, act)) or, where it is NULL, by
+ * lk_dw_row_c followed by the SiLU and the sums as passes (act LK_DW_ROW_SILU). */
+void lk_dw_row_run(lk_dw_row_fn rowk, float *y, float *sum, const float *const *rows,
+                   const float *w, const float *b, int ow, int iw, int c, int k, int s, int p,
+                   lk_dw_row_act act);
+/* pool [N, C] = the sum over output rows (in order) of part [N, nrow, C], over npix. */
+void lk_dw_pool_finish(float *pool, const float *part, int n, int nrow, int c, int64_t npix);
 
 /* The geometry both row-making depthwise paths share (lk_dwconv_fwd, the fused expansion
  * + depthwise of expand_dw.c): odd K <= 15, stride 1 or 2 and positive sizes checked
  * (messages start with `who`), padding (K - 1) / 2, the output size, and the row bands
  * per image for `team` threads: 1 when every thread gets an image, else about two per
- * thread of at least 8 output rows (a band remakes its halo rows). */
+ * thread of at least 8 output rows (a band remakes its halo rows), or 2 rows where
+ * `cheap_halo` (the halo rows are only copied). */
 typedef struct lk_dw_geom {
     int pad, oh, ow, nband;
 } lk_dw_geom;
 lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, int iw, int k,
-                         int stride, int team);
+                         int stride, int team, int cheap_halo);
 
 /* y [N, OH, OW, C] = the depthwise convolution of x [N, IH, IW, C] with w [C, 1, K, K]
  * (PyTorch's layout), odd K, stride 1 or 2, padding (K - 1) / 2 on every side, no bias:
@@ -60,6 +68,7 @@ lk_status lk_dw_geometry(lk_dw_geom *g, const char *who, int n, int c, int ih, i
 typedef struct lk_dwconv_fwd_cfg {
     int n, c, ih, iw, k, stride;
     int in_rows; /* plan a ring of input rows for an `in` transform */
+    int eval;    /* plan lk_dwconv_forward_eval (bias, SiLU, the pool's sums) */
 } lk_dwconv_fwd_cfg;
 
 typedef struct lk_dwconv_fwd {
@@ -67,10 +76,14 @@ typedef struct lk_dwconv_fwd {
     int oh, ow, pad;
     int team;         /* threads the rings were made for */
     int nband;        /* row bands per image (images < threads) */
-    size_t ring;      /* floats of one thread's ring: K rows [IW, C] (in_rows), else 0 */
-    float *ws;        /* [team, ring] */
+    size_t ring;      /* floats of one thread's ring: K rows [IW + 2 pad, C] */
+    float *ws;        /* [team, ring]: the input rows (copied, or made by `in`) with zero
+                         padding columns, so that every output pixel takes all K x K taps
+                         (clipped taps ran one FMA chain per pixel, 4-7x a pixel of the
+                         four-chain interior, and dominated small maps) */
     float *wt;        /* [K * K, C] the weights tap-major, made per call */
-    float *zero;      /* [IW * C] zeros: the padding rows and the (absent) bias */
+    float *zero;      /* [(IW + 2 pad) * C] zeros: the padding rows and the (absent) bias */
+    float *part;      /* eval: [N, OH, C] each output row's channel sums */
 } lk_dwconv_fwd;
 
 lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg);
@@ -82,6 +95,13 @@ int lk_dwconv_fwd_vectorised(int k);
  * cache, so the input itself never reaches memory; NULL: x is the input. */
 lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
                             const lk_dw_input *in);
+/* The inference form (planned with eval): y = silu(depthwise(x, w) + b), b [C] the folded
+ * BatchNorm's shift, the SiLU with the refined reciprocal (lk_silu_simd.h), applied in
+ * registers as each row is made; pool [N, C] (may be NULL) = the mean of y over each
+ * image's pixels, the squeeze-and-excitation's average pool, summed while y's rows are
+ * in cache (each row in pixel order, then the rows in order: thread-count independent). */
+lk_status lk_dwconv_forward_eval(lk_dwconv_fwd *L, float *y, float *pool, const float *x,
+                                 const float *w, const float *b);
 void lk_dwconv_fwd_free(lk_dwconv_fwd *L);
 
 /* ---------------------------------------------------------- weight gradient */

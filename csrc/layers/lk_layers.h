@@ -104,7 +104,8 @@ typedef struct lk_conv2d {
     float *gemm_ws;         /* [gemm_threads, gemm_rows * KK + OC * KK], KK = KH*KW*IC:
                                each thread's im2col chunk, then its partial dW [OC, KH, KW, IC] */
     int dx_flipped;         /* depthwise stride 1: dx by the forward (no bwd_d) */
-    int dwf;                /* depthwise (train): the forward, and a flipped dx, by dwfwd */
+    int dwf;                /* depthwise: the forward (train: and a flipped dx; eval: with
+                               the bias and SiLU) by dwfwd */
     struct lk_dwconv_fwd *dwfwd; /* our depthwise forward (lk_dwconv.h), when dwf */
     float *w_flip;          /* [OC, 1, KH, KW] the kernel rotated by 180 degrees */
     float *w_flip_fwd;      /* w_flip in the forward's layout (when it differs) */
@@ -139,11 +140,12 @@ typedef enum lk_conv_dx_policy { LK_CONV_DX_AUTO = 0, LK_CONV_DX_ONEDNN } lk_con
 void lk_conv2d_set_dx_policy(lk_conv_dx_policy p);
 lk_conv_dx_policy lk_conv2d_get_dx_policy(void);
 
-/* Which forward conv2d plans for training depthwise layers (and for their stride-1
- * input gradient, a forward with the kernel rotated): AUTO picks per shape and kernel
- * path (conv2d.c says where ours was measured faster), ONEDNN keeps the primitive, OURS
- * takes lk_dwconv_fwd wherever it applies (odd K, stride 1 or 2, centred padding, no
- * bias). For tests and benchmarks; read by lk_conv2d_init. */
+/* Which forward conv2d plans for depthwise layers: in training (and for their stride-1
+ * input gradient, a forward with the kernel rotated; no bias, no post-op) and at
+ * inference (bias and SiLU post-op). AUTO picks per shape and kernel path (conv2d.c
+ * says where ours was measured faster), ONEDNN keeps the primitive, OURS takes
+ * lk_dwconv_fwd wherever it applies (odd K, stride 1 or 2, centred padding). For tests
+ * and benchmarks; read by lk_conv2d_init. */
 typedef enum lk_conv_dwf_policy {
     LK_CONV_DWF_AUTO = 0,
     LK_CONV_DWF_ONEDNN,
@@ -207,6 +209,14 @@ lk_status lk_conv2d_forward_rows(lk_conv2d *L, float *y, const float *x, const f
                                  const struct lk_dw_input *in);
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,
                                     const float *x, const struct lk_dw_input *in);
+/* Whether the inference forward also gives each image's channel means of its output (a
+ * depthwise layer with bias and SiLU on our kernel): lk_conv2d_forward_pool. */
+int lk_conv2d_forward_pools(const lk_conv2d *L);
+/* The forward, and pool [N, OC] = the mean of y over each image's pixels, summed while
+ * y's rows are in cache (the pool a squeeze-and-excitation after it wants). Requires
+ * lk_conv2d_forward_pools. */
+lk_status lk_conv2d_forward_pool(lk_conv2d *L, float *y, float *pool, const float *x,
+                                 const float *w, const float *b);
 void lk_conv2d_free(lk_conv2d *L);
 
 /* ------------------------------------------------------------- expand_dw.c */
@@ -230,7 +240,7 @@ typedef struct lk_expdw {
     float *ws;        /* [team] rings */
     float *wt;        /* [K * K, EC] depthwise weights, tap-major */
     float *w1t;       /* [IC, EC] expansion weights, transposed (the x86 kernels) */
-    float *part;      /* [N, nband, EC] per-band channel sums of the output */
+    float *part;      /* [N, OH, EC] per-row channel sums of the output */
     float *zrow;      /* [IW, EC] zeros: the rows of the padding */
 } lk_expdw;
 

@@ -498,6 +498,76 @@ static void bench_dwfwd(const char *op, int c, int hw, int k, int s) {
     lk_free(mean), lk_free(var);
 }
 
+/* A depthwise unit at inference (BN folded: bias, SiLU) with the SE's average pool after
+ * it: oneDNN's primitive (bias, SiLU post-op) and the pool against lk_dwconv_forward_eval
+ * (RESULT <op> plan onednn ours), then the same behind the block's 1x1 expansion
+ * (oneDNN, bias and SiLU post-op) that writes its input (RESULT <op>_blk), the caches as
+ * a block leaves them. */
+static void bench_dwinf(const char *op, int ic, int hw, int c, int k, int s) {
+    if (!wanted(op)) return;
+    const int pad = (k - 1) / 2;
+    lk_conv2d E, D;
+    lk_gpool P;
+    lk_dwconv_fwd F;
+    lk_conv2d_cfg ce = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .oc = c, .kh = 1, .kw = 1,
+                        .sh = 1, .sw = 1, .groups = 1, .bias = 1, .post_silu = 1};
+    lk_conv2d_cfg cd = {.n = g_batch, .ic = c, .ih = hw, .iw = hw, .oc = c, .kh = k, .kw = k,
+                        .sh = s, .sw = s, .pt = pad, .pl = pad, .pb = pad, .pr = pad,
+                        .groups = c, .bias = 1, .post_silu = 1};
+    lk_dwconv_fwd_cfg cf = {.n = g_batch, .c = c, .ih = hw, .iw = hw, .k = k, .stride = s,
+                            .eval = 1};
+    double t0 = now_ms();
+    CK(lk_conv2d_init(&D, &cd));
+    double plan = now_ms() - t0;
+    CK(lk_conv2d_init(&E, &ce));
+    CK(lk_gpool_init(&P, LK_POOL_AVG, g_batch, c, D.oh, D.ow, 0));
+    CK(lk_dwconv_fwd_init(&F, &cf));
+    size_t nx = (size_t)g_batch * hw * hw * ic, ne = (size_t)g_batch * hw * hw * c;
+    size_t ny = (size_t)g_batch * D.oh * D.ow * c;
+    float *x = rnd(nx, -1, 1), *e = rnd(ne, -1, 1), *y = rnd(ny, 0, 0), *y2 = rnd(ny, 0, 0);
+    float *w1 = rnd((size_t)c * ic, -0.2f, 0.2f), *b1 = rnd((size_t)c, -0.1f, 0.1f);
+    float *wd = rnd((size_t)c * k * k, -0.2f, 0.2f), *bd = rnd((size_t)c, -0.1f, 0.1f);
+    float *pool = rnd((size_t)g_batch * c, 0, 0), *pool2 = rnd((size_t)g_batch * c, 0, 0);
+    double dn, ours, dnb, oursb;
+    TIME_REPS(dn, {
+        CK(lk_conv2d_forward(&D, y, e, wd, bd, 1));
+        CK(lk_gpool_forward(&P, pool, y));
+    });
+    TIME_REPS(ours, CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd)));
+    double err = 0, ref = 0, perr = 0, pref = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = fabs((double)y[i] - y2[i]);
+        if (d > err) err = d;
+        if (fabs(y[i]) > ref) ref = fabs(y[i]);
+    }
+    for (size_t i = 0; i < (size_t)g_batch * c; i++) {
+        double d = fabs((double)pool[i] - pool2[i]);
+        if (d > perr) perr = d;
+        if (fabs(pool[i]) > pref) pref = fabs(pool[i]);
+    }
+    report(op, plan, dn, ours);
+    printf("CHECK %s max |ours - onednn| / max |onednn|: output %.2e pool %.2e\n", op,
+           err / ref, perr / pref);
+    TIME_REPS(dnb, {
+        CK(lk_conv2d_forward(&E, e, x, w1, b1, 1));
+        CK(lk_conv2d_forward(&D, y, e, wd, bd, 1));
+        CK(lk_gpool_forward(&P, pool, y));
+    });
+    TIME_REPS(oursb, {
+        CK(lk_conv2d_forward(&E, e, x, w1, b1, 1));
+        CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd));
+    });
+    char name[128];
+    snprintf(name, sizeof name, "%s_blk", op);
+    report(name, 0, dnb, oursb);
+    lk_conv2d_free(&E);
+    lk_conv2d_free(&D);
+    lk_gpool_free(&P);
+    lk_dwconv_fwd_free(&F);
+    lk_free(x), lk_free(e), lk_free(y), lk_free(y2), lk_free(w1), lk_free(b1), lk_free(wd);
+    lk_free(bd), lk_free(pool), lk_free(pool2);
+}
+
 /* A dense 3x3 stride-1 convolution by oneDNN's direct kernel against Winograd
  * (conv2d_winograd.c): the inference forward (bias, SiLU post-op) as RESULT <op> plan
  * direct winograd, a training plan's input gradient as RESULT <op>_dx and its weight
@@ -691,6 +761,17 @@ int main(int argc, char **argv) {
     bench_dwfwd("dwfwd_k3_s1_24_192", 24, 192, 3, 1);
     bench_dwfwd("dwfwd_k3_s1_960_24", 960, 24, 3, 1);
     bench_dwfwd("dwfwd_k3_s1_1536_12", 1536, 12, 3, 1);
+    bench_dwinf("dwinf_96_19_576_k3s1", 96, 19, 576, 3, 1);
+    bench_dwinf("dwinf_136_19_816_k5s1", 136, 19, 816, 5, 1);
+    bench_dwinf("dwinf_136_19_816_k5s2", 136, 19, 816, 5, 2);
+    bench_dwinf("dwinf_96_19_576_k5s1", 96, 19, 576, 5, 1);
+    bench_dwinf("dwinf_232_10_1392_k5s1", 232, 10, 1392, 5, 1);
+    bench_dwinf("dwinf_384_10_2304_k3s1", 384, 10, 2304, 3, 1);
+    bench_dwinf("dwinf_48_38_288_k5s1", 48, 38, 288, 5, 1);
+    bench_dwinf("dwinf_128_24_768_k3s1", 128, 24, 768, 3, 1);
+    bench_dwinf("dwinf_160_24_960_k3s1", 160, 24, 960, 3, 1);
+    bench_dwinf("dwinf_160_24_960_k3s2", 160, 24, 960, 3, 2);
+    bench_dwinf("dwinf_256_12_1536_k3s1", 256, 12, 1536, 3, 1);
     bench_expdw("expdw_24_150_144_k3s2", 24, 150, 144, 3, 2);
     bench_expdw("expdw_32_75_192_k3s1", 32, 75, 192, 3, 1);
     bench_expdw("expdw_32_75_192_k5s2", 32, 75, 192, 5, 2);

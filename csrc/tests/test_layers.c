@@ -82,6 +82,7 @@
 #pragma weak lk_dwconv_fwd_init
 #pragma weak lk_dwconv_forward
 #pragma weak lk_dwconv_fwd_free
+#pragma weak lk_dwconv_forward_eval
 #pragma weak lk_expdw_init
 #pragma weak lk_expdw_forward
 #pragma weak lk_expdw_free
@@ -539,6 +540,52 @@ static int test_dwconv(void) {
     return 1;
 }
 
+static double silu_d(double v);
+/* The inference form of case t (lk_dwconv_forward_eval, on the kernel path in force):
+ * y = silu(depthwise + b) and the per-image means of y, against the double reference
+ * `ref` (the convolution without bias) plus b; the same bits for 1 and 3 threads. */
+static int dwconv_eval_case(size_t t, const char *isa, int n, int c, int ih, int iw, int k,
+                            int st, const float *x, const float *w, const double *ref) {
+    const int p = (k - 1) / 2, oh = (ih + 2 * p - k) / st + 1, ow = (iw + 2 * p - k) / st + 1;
+    const size_t ny = (size_t)n * oh * ow * c, np = (size_t)n * c;
+    float *b = frand((size_t)c, -0.5, 0.5), *y = fbuf(ny), *y1 = fbuf(ny);
+    float *pool = fbuf(np), *pool1 = fbuf(np);
+    double *refy = dbuf(ny), *refp = dbuf(np);
+    for (size_t i = 0; i < ny; i++) {
+        const int ch = (int)(i % (size_t)c);
+        refy[i] = silu_d(ref[i] + b[ch]);
+        refp[i / ((size_t)oh * ow * c) * c + ch] += refy[i] / ((double)oh * ow);
+    }
+    const int threads0 = lk_get_num_threads();
+    lk_status s1 = LK_OK;
+    for (int nt = 1; nt <= 3 && s1 == LK_OK; nt += 2) {
+        lk_set_num_threads(nt);
+        lk_dwconv_fwd L;
+        const lk_dwconv_fwd_cfg cfg = {.n = n, .c = c, .ih = ih, .iw = iw, .k = k, .stride = st,
+                                       .eval = 1};
+        s1 = lk_dwconv_fwd_init(&L, &cfg);
+        if (s1 == LK_OK) {
+            memset(y, 0xff, ny * sizeof(float)); /* NaN: must be overwritten */
+            memset(pool, 0xff, np * sizeof(float));
+            s1 = lk_dwconv_forward_eval(&L, y, pool, x, w, b);
+        }
+        lk_dwconv_fwd_free(&L);
+        if (nt == 1) {
+            memcpy(y1, y, ny * sizeof(float));
+            memcpy(pool1, pool, np * sizeof(float));
+        }
+        EXPECT(s1 != LK_OK || (memcmp(y, y1, ny * sizeof(float)) == 0 &&
+                               memcmp(pool, pool1, np * sizeof(float)) == 0),
+               "dwconv eval case %zu (%s): 1 and %d threads differ", t, isa, nt);
+    }
+    lk_set_num_threads(threads0);
+    OK(s1);
+    if (!close_to(isa, y, refy, ny, RTOL, __LINE__) ||
+        !close_to(isa, pool, refp, np, RTOL, __LINE__))
+        return failf(__LINE__, "dwconv eval case %zu on the %s path", t, isa);
+    return 1;
+}
+
 /* The depthwise forward (dwconv.c) against a double reference on every kernel path:
  * kernels 1, 3, 5 and 7 (3 and 5 have vector kernels), both strides, the kernel rotated
  * (stride 1: the input gradient), maps narrower than the kernel, channels off the 8 and
@@ -610,11 +657,17 @@ static int test_dwconv_fwd(void) {
                            "differ from the input given whole", t, isas[q], nt);
                 }
                 lk_set_num_threads(threads0);
-                lk_kernel_isa_set("auto");
                 OK(s1);
-                if (!close_to(isas[q], y, ref, ny, RTOL, __LINE__))
+                if (!close_to(isas[q], y, ref, ny, RTOL, __LINE__)) {
+                    lk_kernel_isa_set("auto");
                     return failf(__LINE__, "dwconv forward case %zu (rotated %d) on the %s path",
                                  t, rot, isas[q]);
+                }
+                if (!rot && !dwconv_eval_case(t, isas[q], n, c, ih, iw, k, st, xt, w, ref)) {
+                    lk_kernel_isa_set("auto");
+                    return 0;
+                }
+                lk_kernel_isa_set("auto");
             }
         }
     }
@@ -629,8 +682,9 @@ static int test_dwconv_fwd(void) {
     float v[64 * 4] = {0};
     BAD(lk_dwconv_forward(&bad, v, v, v, 1, NULL), LK_ERR_ARG);  /* rotated at stride 2 */
     const lk_dw_input in = {dw_test_rows, &c0.c};
-    BAD(lk_dwconv_forward(&bad, v, v, v, 0, &in), LK_ERR_ARG); /* no ring: not in_rows */
+    BAD(lk_dwconv_forward(&bad, v, v, v, 0, &in), LK_ERR_ARG); /* not planned with in_rows */
     BAD(lk_dwconv_forward(&bad, NULL, v, v, 0, NULL), LK_ERR_ARG);
+    BAD(lk_dwconv_forward_eval(&bad, v, v, v, v, v), LK_ERR_ARG); /* not planned with eval */
     lk_dwconv_fwd_free(&bad);
     return 1;
 }
