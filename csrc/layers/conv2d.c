@@ -89,15 +89,23 @@ static int conv_dx_flipped(const lk_conv2d_cfg *c) {
            c->pr == c->kw / 2 && !c->post_silu;
 }
 
-/* Depthwise training forward on our kernel (lk_dwconv_fwd) or oneDNN's primitive
- * (brdgmm_dw)? bench_layers dwfwd_*, batch 16, 2 threads, AVX2 (Zen 3), minimum of 7:
- * ours won on the maps of 38x38 and more (B3 192 channels 3x3 at 75x75 12.9-17.0 ->
- * 8.9-11.6 ms, 5x5 stride 2 8.4-11.4 -> 4.9-6.8, 144 channels stride 2 at 150x150
- * 17.4-21.3 -> 16.6-17.5) and lost below (576 channels at 19x19 1.7-1.8 -> 2.2-2.4 ms,
- * 1392 at 10x10 2.2-3.4 -> 4.6) and at 40 channels (150x150: 5.1-8.3 -> 10.9-11.4); with
- * its input made by the BatchNorm+SiLU before it (lk_conv2d_forward_rows) it also saves
- * that pass's write and read. The stride-1 input gradient is the same forward. AVX-512
- * was not measured against oneDNN's brdgmm_dw there, so AUTO keeps the primitive on it. */
+/* Depthwise forward on our kernel (lk_dwconv_fwd) or oneDNN's primitive (brdgmm_dw)?
+ * bench_layers dwfwd_* and dwinf_*, batch 16, 2 threads, AVX2 (Zen 3), minimum of 7-9
+ * runs, two runs each:
+ *  - training, input from memory: ours won on the maps of 38x38 and more (B3 192
+ *    channels 3x3 at 75x75 12.9-17.0 -> 8.9-11.6 ms, 5x5 stride 2 8.4-11.4 -> 4.9-6.8,
+ *    144 channels stride 2 at 150x150 17.4-21.3 -> 16.6-17.5) and tied or lost below
+ *    (1392 channels 5x5 at 10x10 2.1-2.8 -> 3.3-3.9 ms, 2304 at 10x10 1.9-2.0 -> 2.2-2.3);
+ *  - training, input made by the BatchNorm+SiLU before it (lk_conv2d_forward_rows), which
+ *    then is never written, against that pass plus the primitive: ours won or tied at
+ *    every B3 and V2-S size (576 channels at 19x19 2.9 -> 2.5 ms, 1536 at 12x12 3.5-3.6
+ *    -> 2.8-3.5, 2304 at 10x10 3.3 -> 3.2);
+ *  - inference (bias and SiLU post-op, then the SE's pool, which ours sums as it writes):
+ *    576 channels at 19x19 3.5-4.5 -> 2.4-3.5 ms, 960 at 24x24 11.8-12.4 -> 8.4-8.6,
+ *    2304 at 10x10 4.7-4.9 -> 4.0-4.1, 816 5x5 stride 2 at 19x19 6.0 -> 2.9; B3's whole
+ *    forward at batch 16 went 838-857 -> 794-823 ms (three alternations).
+ * The stride-1 input gradient is the same forward, from memory. AVX-512 was not measured
+ * against brdgmm_dw, so AUTO keeps the primitive on it. */
 static lk_conv_dwf_policy g_dwf_policy = LK_CONV_DWF_AUTO;
 void lk_conv2d_set_dwf_policy(lk_conv_dwf_policy p) { g_dwf_policy = p; }
 lk_conv_dwf_policy lk_conv2d_get_dwf_policy(void) { return g_dwf_policy; }
@@ -116,7 +124,7 @@ static int conv_dwf(const lk_conv2d_cfg *c) {
     default:
         if (lk_kernel_isa() != LK_ISA_AVX2 || !lk_dwconv_fwd_vectorised(c->kh) || c->ic < 64)
             return 0;
-        return train ? c->ih >= 38 && c->iw >= 38 : 1;
+        return eval || c->in_rows || (c->ih >= 38 && c->iw >= 38);
     }
 }
 

@@ -14,8 +14,8 @@
  * squeeze-and-excitation's average pool wants, are taken while the row is in cache.
  * On x86 the expansion is a register-blocked kernel with the bias and SiLU applied
  * before its one store (edw_expand*), and the depthwise rows (dwconv.c's row kernels,
- * lk_dw_row_pick) apply their SiLU and channel sums in registers (3x3 on AVX-512) or
- * from L1 right after each channel block; the portable path runs dnnl_sgemm and
+ * lk_dw_row_pick) apply their SiLU and channel sums in registers (AVX2, and 3x3 on
+ * AVX-512) or from L1 right after each channel block; the portable path runs dnnl_sgemm and
  * separate bias, SiLU and sum passes.
  *
  * Numerics: the same sums as the unfused path in another order (the expansion's

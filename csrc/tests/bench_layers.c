@@ -384,7 +384,8 @@ static void bench_se_fold(const char *op, int ic, int hw, int oc) {
 
 /* Inference of an MBConv's expansion and depthwise units with the SE's average pool:
  * the 1x1 convolution (bias, SiLU post-op) writing the expanded tensor, the depthwise
- * one reading it, and the pool, against the fused expand+depthwise (lk_expdw). */
+ * one reading it (as conv2d plans it; LK_EXPDW_AGAINST_ONEDNN=1: oneDNN's primitive),
+ * and the pool, against the fused expand+depthwise (lk_expdw). */
 static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
     if (!wanted(op)) return;
     lk_conv2d E, D;
@@ -396,9 +397,13 @@ static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
     lk_conv2d_cfg cd = {.n = g_batch, .ic = ec, .ih = hw, .iw = hw, .oc = ec, .kh = k, .kw = k,
                         .sh = s, .sw = s, .pt = pad, .pl = pad, .pb = pad, .pr = pad,
                         .groups = ec, .bias = 1, .post_silu = 1};
+    const lk_conv_dwf_policy before = lk_conv2d_get_dwf_policy();
+    if (getenv("LK_EXPDW_AGAINST_ONEDNN")) /* else D as the model plans it */
+        lk_conv2d_set_dwf_policy(LK_CONV_DWF_ONEDNN);
     double t0 = now_ms();
     CK(lk_conv2d_init(&E, &ce));
     CK(lk_conv2d_init(&D, &cd));
+    lk_conv2d_set_dwf_policy(before);
     CK(lk_gpool_init(&P, LK_POOL_AVG, g_batch, ec, D.oh, D.ow, 0));
     lk_expdw_cfg cf = {.n = g_batch, .ic = ic, .ih = hw, .iw = hw, .ec = ec, .k = k, .stride = s};
     CK(lk_expdw_init(&F, &cf));
@@ -516,9 +521,12 @@ static void bench_dwinf(const char *op, int ic, int hw, int c, int k, int s) {
                         .groups = c, .bias = 1, .post_silu = 1};
     lk_dwconv_fwd_cfg cf = {.n = g_batch, .c = c, .ih = hw, .iw = hw, .k = k, .stride = s,
                             .eval = 1};
+    const lk_conv_dwf_policy before = lk_conv2d_get_dwf_policy();
+    lk_conv2d_set_dwf_policy(LK_CONV_DWF_ONEDNN); /* D: oneDNN's primitive */
     double t0 = now_ms();
     CK(lk_conv2d_init(&D, &cd));
     double plan = now_ms() - t0;
+    lk_conv2d_set_dwf_policy(before);
     CK(lk_conv2d_init(&E, &ce));
     CK(lk_gpool_init(&P, LK_POOL_AVG, g_batch, c, D.oh, D.ow, 0));
     CK(lk_dwconv_fwd_init(&F, &cf));
