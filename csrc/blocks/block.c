@@ -236,10 +236,13 @@ lk_status lk_block_forward(lk_block *b, const float *x, uint64_t seed, const lk_
     int i0 = b->first;
     if (b->fused_xdw) { /* expansion and depthwise as one; the SE's pool comes with it */
         lk_cba *e = &b->u[0], *d = &b->u[1];
-        lk_cba_refold(e, lk_unit_version(v, e->trainable));
-        lk_cba_refold(d, lk_unit_version(v, d->trainable));
+        const uint64_t ev = lk_unit_version(v, e->trainable), dv = lk_unit_version(v, d->trainable);
+        lk_cba_refold(e, ev);
+        lk_cba_refold(d, dv);
+        /* Both layouts at one version: `all` moves with every change, `frozen` too. */
+        const uint64_t both = lk_unit_version(v, e->trainable || d->trainable);
         LK_TRY(lk_expdw_forward(&b->xdw, d->out, b->se_after == 1 ? b->se.pooled : NULL, x,
-                                e->wf, e->bf, d->wf, d->bf));
+                                e->wf, e->bf, d->wf, d->bf, both));
         i0 = 1;
     }
     for (int i = i0; i < b->nu; i++) {

@@ -178,7 +178,7 @@ int lk_cba_forward_pools(const lk_cba *u) {
 lk_status lk_cba_forward_pool(lk_cba *u, const float *x, float *pool, uint64_t version) {
     LK_REQUIRE(lk_cba_forward_pools(u), "conv-BN unit: its forward gives no pool");
     lk_cba_refold(u, version);
-    return lk_conv2d_forward_pool(&u->conv, u->out, pool, x, u->wf, u->bf);
+    return lk_conv2d_forward_pool(&u->conv, u->out, pool, x, u->wf, u->bf, version);
 }
 
 lk_status lk_cba_forward_add(lk_cba *u, const float *x, const float *add, uint64_t version) {

@@ -102,7 +102,9 @@ static int conv_dx_flipped(const lk_conv2d_cfg *c) {
  *    -> 2.8-3.5, 2304 at 10x10 3.3 -> 3.2);
  *  - inference (bias and SiLU post-op, then the SE's pool, which ours sums as it writes):
  *    576 channels at 19x19 3.5-4.5 -> 2.4-3.5 ms, 960 at 24x24 11.8-12.4 -> 8.4-8.6,
- *    2304 at 10x10 4.7-4.9 -> 4.0-4.1, 816 5x5 stride 2 at 19x19 6.0 -> 2.9; B3's whole
+ *    2304 at 10x10 4.7-4.9 -> 4.0-4.1, 816 5x5 stride 2 at 19x19 6.0 -> 2.9, and on B3's
+ *    first stage 40 channels at 150x150 11.4-15.2 -> 10.1-12.5, 24 8.3-8.8 -> 5.7-7.2
+ *    (in training at 40 channels ours lost: 5.1-8.3 -> 10.9-11.4); B3's whole
  *    forward at batch 16 went 838-857 -> 794-823 ms (three alternations).
  * The stride-1 input gradient is the same forward, from memory. AVX-512 was not measured
  * against brdgmm_dw, so AUTO keeps the primitive on it. */
@@ -122,9 +124,8 @@ static int conv_dwf(const lk_conv2d_cfg *c) {
     case LK_CONV_DWF_ONEDNN: return 0;
     case LK_CONV_DWF_OURS: return 1;
     default:
-        if (lk_kernel_isa() != LK_ISA_AVX2 || !lk_dwconv_fwd_vectorised(c->kh) || c->ic < 64)
-            return 0;
-        return eval || c->in_rows || (c->ih >= 38 && c->iw >= 38);
+        if (lk_kernel_isa() != LK_ISA_AVX2 || !lk_dwconv_fwd_vectorised(c->kh)) return 0;
+        return eval || (c->ic >= 64 && (c->in_rows || (c->ih >= 38 && c->iw >= 38)));
     }
 }
 
@@ -572,7 +573,8 @@ lk_status lk_conv2d_forward_add(lk_conv2d *L, float *y, const float *x, const fl
         }
         return lk_wino_forward(&L->wg, y, x, L->cfg.bias ? b : NULL, add);
     }
-    if (L->dwf && !L->cfg.train) return lk_dwconv_forward_eval(L->dwfwd, y, NULL, x, w, b);
+    if (L->dwf && !L->cfg.train)
+        return lk_dwconv_forward_eval(L->dwfwd, y, NULL, x, w, b, w_version);
     if (L->dwf) return lk_dwconv_forward(L->dwfwd, y, x, w, 0, NULL);
     int fresh = w_version != 0 && L->w_cached == w && L->w_cached_version == w_version;
     if (!fresh || !L->need_w_fwd) {
@@ -736,11 +738,11 @@ lk_status lk_conv2d_forward_rows(lk_conv2d *L, float *y, const float *x, const f
 int lk_conv2d_forward_pools(const lk_conv2d *L) { return L->dwf && !L->cfg.train; }
 
 lk_status lk_conv2d_forward_pool(lk_conv2d *L, float *y, float *pool, const float *x,
-                                 const float *w, const float *b) {
+                                 const float *w, const float *b, uint64_t w_version) {
     LK_REQUIRE(lk_conv2d_forward_pools(L),
                "conv2d forward: no pool without our depthwise inference forward");
     LK_REQUIRE(y && pool && x && w && b, "conv2d forward (pool): NULL argument");
-    return lk_dwconv_forward_eval(L->dwfwd, y, pool, x, w, b);
+    return lk_dwconv_forward_eval(L->dwfwd, y, pool, x, w, b, w_version);
 }
 
 lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const float *dy,

@@ -456,12 +456,18 @@ static void dwf_task(const lk_dwconv_fwd *L, float *y, float *sum, const float *
 /* w [C, 1, K, K] -> tap-major [K * K, C], the kernels' vector direction (turned by 180
  * degrees when `rotate`); then every task on the team. */
 static void dwf_run(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
-                    const float *b, const lk_dw_input *in, lk_dw_row_act act) {
+                    const float *b, const lk_dw_input *in, lk_dw_row_act act, uint64_t version) {
     const lk_dwconv_fwd_cfg *c = &L->cfg;
     const int kk = c->k * c->k, ch = c->c, nb = L->nband;
-    for (int q = 0; q < ch; q++)
-        for (int t = 0; t < kk; t++)
-            L->wt[(size_t)t * ch + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
+    /* Laid out again unless these are the weights of the last call at the same version
+     * (0: unknown, always). */
+    if (version == 0 || version != L->wt_version || w != L->wt_src || rotate) {
+        for (int q = 0; q < ch; q++)
+            for (int t = 0; t < kk; t++)
+                L->wt[(size_t)t * ch + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
+        L->wt_version = rotate ? 0 : version;
+        L->wt_src = w;
+    }
     const lk_dw_row_fn rowk = lk_dw_row_pick(c->k, act);
     int team = L->team;
 #ifdef _OPENMP
@@ -493,15 +499,15 @@ lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const fl
     LK_REQUIRE(!rotate || c->stride == 1, "dwconv forward: a rotated kernel needs stride 1");
     LK_REQUIRE(!in || (in->rows && c->in_rows),
                "dwconv forward: an input transform needs its rows() and a plan with in_rows");
-    dwf_run(L, y, x, w, rotate, L->zero, in, LK_DW_ROW_PLAIN);
+    dwf_run(L, y, x, w, rotate, L->zero, in, LK_DW_ROW_PLAIN, 0);
     return LK_OK;
 }
 
 lk_status lk_dwconv_forward_eval(lk_dwconv_fwd *L, float *y, float *pool, const float *x,
-                                 const float *w, const float *b) {
+                                 const float *w, const float *b, uint64_t version) {
     LK_REQUIRE(L->wt && L->part, "dwconv forward (eval): layer not planned with eval");
     LK_REQUIRE(y && x && w && b, "dwconv forward (eval): NULL argument");
-    dwf_run(L, y, x, w, 0, b, NULL, LK_DW_ROW_SILU);
+    dwf_run(L, y, x, w, 0, b, NULL, LK_DW_ROW_SILU, version);
     if (pool)
         lk_dw_pool_finish(pool, L->part, L->cfg.n, L->oh, L->cfg.c, (int64_t)L->oh * L->ow);
     return LK_OK;

@@ -268,17 +268,23 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
 }
 
 lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, const float *w1,
-                           const float *b1, const float *wd, const float *bd) {
+                           const float *b1, const float *wd, const float *bd, uint64_t version) {
     LK_REQUIRE(L->ws, "expand+depthwise: layer not initialised");
     LK_REQUIRE(y && x && w1 && b1 && wd && bd, "expand+depthwise forward: NULL argument");
     const lk_expdw_cfg *c = &L->cfg;
     const int kk = c->k * c->k, ec = c->ec, nb = L->nband;
-    /* wd [EC, 1, KH, KW] -> tap-major [KH * KW, EC], the kernel's vector direction. */
-    for (int ch = 0; ch < ec; ch++)
-        for (int t = 0; t < kk; t++) L->wt[(size_t)t * ec + ch] = wd[(size_t)ch * kk + t];
-    /* w1 [EC, IC] -> w1t [IC, EC], the x86 expansion kernels' vector direction. */
-    for (int ch = 0; ch < ec; ch++)
-        for (int i = 0; i < c->ic; i++) L->w1t[(size_t)i * ec + ch] = w1[(size_t)ch * c->ic + i];
+    if (version == 0 || version != L->w_version || w1 != L->w1_src || wd != L->wd_src) {
+        /* wd [EC, 1, KH, KW] -> tap-major [KH * KW, EC], the kernel's vector direction. */
+        for (int ch = 0; ch < ec; ch++)
+            for (int t = 0; t < kk; t++) L->wt[(size_t)t * ec + ch] = wd[(size_t)ch * kk + t];
+        /* w1 [EC, IC] -> w1t [IC, EC], the x86 expansion kernels' vector direction. */
+        for (int ch = 0; ch < ec; ch++)
+            for (int i = 0; i < c->ic; i++)
+                L->w1t[(size_t)i * ec + ch] = w1[(size_t)ch * c->ic + i];
+        L->w_version = version;
+        L->w1_src = w1;
+        L->wd_src = wd;
+    }
     int team = L->team;
 #ifdef _OPENMP
     if (omp_get_max_threads() < team) team = omp_get_max_threads();

@@ -81,7 +81,9 @@ typedef struct lk_dwconv_fwd {
                          padding columns, so that every output pixel takes all K x K taps
                          (clipped taps ran one FMA chain per pixel, 4-7x a pixel of the
                          four-chain interior, and dominated small maps) */
-    float *wt;        /* [K * K, C] the weights tap-major, made per call */
+    float *wt;        /* [K * K, C] the weights tap-major: per call, or (eval) per version */
+    uint64_t wt_version; /* eval: the version wt was made at (0: none) */
+    const float *wt_src; /* and from which array */
     float *zero;      /* [(IW + 2 pad) * C] zeros: the padding rows and the (absent) bias */
     float *part;      /* eval: [N, OH, C] each output row's channel sums */
 } lk_dwconv_fwd;
@@ -99,9 +101,10 @@ lk_status lk_dwconv_forward(lk_dwconv_fwd *L, float *y, const float *x, const fl
  * BatchNorm's shift, the SiLU with the refined reciprocal (lk_silu_simd.h), applied in
  * registers as each row is made; pool [N, C] (may be NULL) = the mean of y over each
  * image's pixels, the squeeze-and-excitation's average pool, summed while y's rows are
- * in cache (each row in pixel order, then the rows in order: thread-count independent). */
+ * in cache (each row in pixel order, then the rows in order: thread-count independent).
+ * The weights' tap-major copy is kept while `version` (0: unknown) and w stay the same. */
 lk_status lk_dwconv_forward_eval(lk_dwconv_fwd *L, float *y, float *pool, const float *x,
-                                 const float *w, const float *b);
+                                 const float *w, const float *b, uint64_t version);
 void lk_dwconv_fwd_free(lk_dwconv_fwd *L);
 
 /* ---------------------------------------------------------- weight gradient */

@@ -214,9 +214,9 @@ lk_status lk_conv2d_backward_w_rows(lk_conv2d *L, float *dw, float *db, const fl
 int lk_conv2d_forward_pools(const lk_conv2d *L);
 /* The forward, and pool [N, OC] = the mean of y over each image's pixels, summed while
  * y's rows are in cache (the pool a squeeze-and-excitation after it wants). Requires
- * lk_conv2d_forward_pools. */
+ * lk_conv2d_forward_pools. w_version as for lk_conv2d_forward. */
 lk_status lk_conv2d_forward_pool(lk_conv2d *L, float *y, float *pool, const float *x,
-                                 const float *w, const float *b);
+                                 const float *w, const float *b, uint64_t w_version);
 void lk_conv2d_free(lk_conv2d *L);
 
 /* ------------------------------------------------------------- expand_dw.c */
@@ -240,6 +240,8 @@ typedef struct lk_expdw {
     float *ws;        /* [team] rings */
     float *wt;        /* [K * K, EC] depthwise weights, tap-major */
     float *w1t;       /* [IC, EC] expansion weights, transposed (the x86 kernels) */
+    uint64_t w_version; /* the version wt and w1t were made at (0: none) */
+    const float *w1_src, *wd_src; /* and from which arrays */
     float *part;      /* [N, OH, EC] per-row channel sums of the output */
     float *zrow;      /* [IW, EC] zeros: the rows of the padding */
 } lk_expdw;
@@ -247,9 +249,10 @@ typedef struct lk_expdw {
 lk_status lk_expdw_init(lk_expdw *L, const lk_expdw_cfg *cfg);
 /* y [N, OH, OW, EC] = silu(dw(silu(x w1^T + b1), wd) + bd) with w1 [EC, IC] (a 1x1
  * weight), b1 [EC], wd [EC, 1, K, K], bd [EC]; pool [N, EC] (or NULL) receives the mean
- * of y over its positions. */
+ * of y over its positions. The weights' layouts are kept while `version` (0: unknown,
+ * always made again) and the arrays stay the same. */
 lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, const float *w1,
-                           const float *b1, const float *wd, const float *bd);
+                           const float *b1, const float *wd, const float *bd, uint64_t version);
 void lk_expdw_free(lk_expdw *L);
 
 /* ------------------------------------------------------------- batchnorm.c */

@@ -422,7 +422,7 @@ static void bench_expdw(const char *op, int ic, int hw, int ec, int k, int s) {
             CK(lk_gpool_forward(&P, pool, y));
         });
     }
-    TIME_REPS(fused, CK(lk_expdw_forward(&F, y2, pool2, x, w1, b1, wd, bd)));
+    TIME_REPS(fused, CK(lk_expdw_forward(&F, y2, pool2, x, w1, b1, wd, bd, 1)));
     double err = 0, ref = 0;
     for (size_t i = 0; i < ny; i++) {
         double d = fabs((double)y[i] - y2[i]);
@@ -541,7 +541,7 @@ static void bench_dwinf(const char *op, int ic, int hw, int c, int k, int s) {
         CK(lk_conv2d_forward(&D, y, e, wd, bd, 1));
         CK(lk_gpool_forward(&P, pool, y));
     });
-    TIME_REPS(ours, CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd)));
+    TIME_REPS(ours, CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd, 1)));
     double err = 0, ref = 0, perr = 0, pref = 0;
     for (size_t i = 0; i < ny; i++) {
         double d = fabs((double)y[i] - y2[i]);
@@ -563,7 +563,7 @@ static void bench_dwinf(const char *op, int ic, int hw, int c, int k, int s) {
     });
     TIME_REPS(oursb, {
         CK(lk_conv2d_forward(&E, e, x, w1, b1, 1));
-        CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd));
+        CK(lk_dwconv_forward_eval(&F, y2, pool2, e, wd, bd, 1));
     });
     char name[128];
     snprintf(name, sizeof name, "%s_blk", op);
@@ -769,6 +769,8 @@ int main(int argc, char **argv) {
     bench_dwfwd("dwfwd_k3_s1_24_192", 24, 192, 3, 1);
     bench_dwfwd("dwfwd_k3_s1_960_24", 960, 24, 3, 1);
     bench_dwfwd("dwfwd_k3_s1_1536_12", 1536, 12, 3, 1);
+    bench_dwinf("dwinf_40_150_40_k3s1", 40, 150, 40, 3, 1);
+    bench_dwinf("dwinf_24_150_24_k3s1", 24, 150, 24, 3, 1);
     bench_dwinf("dwinf_96_19_576_k3s1", 96, 19, 576, 3, 1);
     bench_dwinf("dwinf_136_19_816_k5s1", 136, 19, 816, 5, 1);
     bench_dwinf("dwinf_136_19_816_k5s2", 136, 19, 816, 5, 2);

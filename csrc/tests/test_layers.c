@@ -567,7 +567,7 @@ static int dwconv_eval_case(size_t t, const char *isa, int n, int c, int ih, int
         if (s1 == LK_OK) {
             memset(y, 0xff, ny * sizeof(float)); /* NaN: must be overwritten */
             memset(pool, 0xff, np * sizeof(float));
-            s1 = lk_dwconv_forward_eval(&L, y, pool, x, w, b);
+            s1 = lk_dwconv_forward_eval(&L, y, pool, x, w, b, 0);
         }
         lk_dwconv_fwd_free(&L);
         if (nt == 1) {
@@ -684,7 +684,7 @@ static int test_dwconv_fwd(void) {
     const lk_dw_input in = {dw_test_rows, &c0.c};
     BAD(lk_dwconv_forward(&bad, v, v, v, 0, &in), LK_ERR_ARG); /* not planned with in_rows */
     BAD(lk_dwconv_forward(&bad, NULL, v, v, 0, NULL), LK_ERR_ARG);
-    BAD(lk_dwconv_forward_eval(&bad, v, v, v, v, v), LK_ERR_ARG); /* not planned with eval */
+    BAD(lk_dwconv_forward_eval(&bad, v, v, v, v, v, 0), LK_ERR_ARG); /* not planned with eval */
     lk_dwconv_fwd_free(&bad);
     return 1;
 }
@@ -754,7 +754,7 @@ static int test_expdw(void) {
                 EXPECT(L.oh == oh && L.ow == ow, "case %zu: output %dx%d, expected %dx%d", t,
                        L.oh, L.ow, oh, ow);
                 memset(y, 0, sizeof(float) * (size_t)n * oh * ow * ec);
-                s1 = lk_expdw_forward(&L, y, pool, x, w1, b1, wd, bd);
+                s1 = lk_expdw_forward(&L, y, pool, x, w1, b1, wd, bd, 0);
                 lk_expdw_free(&L);
             }
             lk_kernel_isa_set("auto");
