@@ -352,6 +352,7 @@ LK_KERNEL_CLONES(dwf_sum, (float *sum, const float *y, int64_t m, int c), (sum, 
 void lk_dw_row_run(lk_dw_row_fn rowk, float *y, float *sum, const float *const *rows,
                    const float *w, const float *b, int ow, int iw, int c, int k, int s, int p,
                    lk_dw_row_act act) {
+    if (sum && act == LK_DW_ROW_SILU) memset(sum, 0, sizeof(float) * (size_t)c);
     if (rowk) { /* the activation and the sums applied in registers or from L1 */
         rowk(y, sum, rows, w, b, ow, iw, c, s, p);
         return;
@@ -360,6 +361,13 @@ void lk_dw_row_run(lk_dw_row_fn rowk, float *y, float *sum, const float *const *
     if (act != LK_DW_ROW_SILU) return;
     lk_silu_forward_fast_serial(y, y, (int64_t)ow * c);
     if (sum) LK_KERNEL_PICK(dwf_sum)(sum, y, ow, c);
+}
+
+void lk_dw_taps(float *wt, const float *w, int c, int k, int rotate) {
+    const int kk = k * k;
+    for (int q = 0; q < c; q++)
+        for (int t = 0; t < kk; t++)
+            wt[(size_t)t * c + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
 }
 
 void lk_dw_pool_finish(float *pool, const float *part, int n, int nrow, int c, int64_t npix) {
@@ -447,24 +455,20 @@ static void dwf_task(const lk_dwconv_fwd *L, float *y, float *sum, const float *
         }
         float *yr = y + ((int64_t)n * L->oh + oy) * L->ow * c->c;
         float *srow = sum ? sum + (int64_t)oy * c->c : NULL; /* this row's sums */
-        if (srow) memset(srow, 0, sizeof(float) * (size_t)c->c);
         /* Every pixel inside the padded rows: no clipped taps. */
         lk_dw_row_run(rowk, yr, srow, rows, L->wt, b, L->ow, c->iw + 2 * p, c->c, k, s, 0, act);
     }
 }
 
-/* w [C, 1, K, K] -> tap-major [K * K, C], the kernels' vector direction (turned by 180
- * degrees when `rotate`); then every task on the team. */
+/* The weights tap-major (lk_dw_taps), then every task on the team. */
 static void dwf_run(lk_dwconv_fwd *L, float *y, const float *x, const float *w, int rotate,
                     const float *b, const lk_dw_input *in, lk_dw_row_act act, uint64_t version) {
     const lk_dwconv_fwd_cfg *c = &L->cfg;
-    const int kk = c->k * c->k, ch = c->c, nb = L->nband;
+    const int ch = c->c, nb = L->nband;
     /* Laid out again unless these are the weights of the last call at the same version
      * (0: unknown, always). */
     if (version == 0 || version != L->wt_version || w != L->wt_src || rotate) {
-        for (int q = 0; q < ch; q++)
-            for (int t = 0; t < kk; t++)
-                L->wt[(size_t)t * ch + q] = w[(size_t)q * kk + (rotate ? kk - 1 - t : t)];
+        lk_dw_taps(L->wt, w, ch, c->k, rotate);
         L->wt_version = rotate ? 0 : version;
         L->wt_src = w;
     }

@@ -260,7 +260,6 @@ static dnnl_status_t edw_task(const lk_expdw *L, float *y, float *sum, const flo
         }
         float *yr = y + (((int64_t)n * L->oh + oy) * L->ow) * c->ec;
         float *srow = sum ? sum + (int64_t)oy * c->ec : NULL; /* this row's sums */
-        if (srow) memset(srow, 0, sizeof(float) * (size_t)c->ec);
         lk_dw_row_run(rowk, yr, srow, rows, L->wt, bd, L->ow, c->iw, c->ec, k, s, p,
                       LK_DW_ROW_SILU);
     }
@@ -272,11 +271,9 @@ lk_status lk_expdw_forward(lk_expdw *L, float *y, float *pool, const float *x, c
     LK_REQUIRE(L->ws, "expand+depthwise: layer not initialised");
     LK_REQUIRE(y && x && w1 && b1 && wd && bd, "expand+depthwise forward: NULL argument");
     const lk_expdw_cfg *c = &L->cfg;
-    const int kk = c->k * c->k, ec = c->ec, nb = L->nband;
+    const int ec = c->ec, nb = L->nband;
     if (version == 0 || version != L->w_version || w1 != L->w1_src || wd != L->wd_src) {
-        /* wd [EC, 1, KH, KW] -> tap-major [KH * KW, EC], the kernel's vector direction. */
-        for (int ch = 0; ch < ec; ch++)
-            for (int t = 0; t < kk; t++) L->wt[(size_t)t * ec + ch] = wd[(size_t)ch * kk + t];
+        lk_dw_taps(L->wt, wd, ec, c->k, 0);
         /* w1 [EC, IC] -> w1t [IC, EC], the x86 expansion kernels' vector direction. */
         for (int ch = 0; ch < ec; ch++)
             for (int i = 0; i < c->ic; i++)

@@ -41,10 +41,14 @@ lk_dw_row_fn lk_dw_row_pick(int k, lk_dw_row_act act);
 void lk_dw_row_c(float *y, const float *const *rows, const float *w, const float *b, int ow,
                  int iw, int c, int k, int s, int p);
 /* One output row by `rowk` (from lk_dw_row_pick(k, act)) or, where it is NULL, by
- * lk_dw_row_c followed by the SiLU and the sums as passes (act LK_DW_ROW_SILU). */
+ * lk_dw_row_c followed by the SiLU and the sums as passes (act LK_DW_ROW_SILU). With
+ * LK_DW_ROW_SILU, sum [C] (may be NULL) is overwritten with this row's channel sums. */
 void lk_dw_row_run(lk_dw_row_fn rowk, float *y, float *sum, const float *const *rows,
                    const float *w, const float *b, int ow, int iw, int c, int k, int s, int p,
                    lk_dw_row_act act);
+/* wt [K * K, C] = w [C, 1, K, K] tap-major, the row kernels' vector direction (the
+ * kernel turned by 180 degrees when `rotate`). */
+void lk_dw_taps(float *wt, const float *w, int c, int k, int rotate);
 /* pool [N, C] = the sum over output rows (in order) of part [N, nrow, C], over npix. */
 void lk_dw_pool_finish(float *pool, const float *part, int n, int nrow, int c, int64_t npix);
 
