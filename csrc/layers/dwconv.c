@@ -200,13 +200,15 @@ DWF_ROW512(dwf_row512_k5, 5, 0)
 DWF_ROW512(dwf_row512_k3_silu, 3, 1)
 DWF_ROW512(dwf_row512_k5_silu, 5, 2)
 
-/* AVX2: 8 lanes, and pixel-major: four output pixels at a time across every channel
- * block. (Channel-major, each block of 8 across the whole row, read the cache lines that
+/* AVX2: 8 lanes, and pixel-major: a group of four or eight output pixels at a time
+ * across every channel block. (Channel-major, each block of 8 across the whole row, read the cache lines that
  * blocks c0 and c0 + 8 share twice from L2 once K input rows outgrew L1, from about 200
  * channels: 576 channels 3x3 at 19x19 took 2.3 ms against 1.6 ms pixel-major, and the
- * inference form 3.9 against 2.4-3.0, batch 16, 2 threads.) The weights are reloaded per
- * quad from L1, the SiLU is applied in registers, and the sums are kept in memory in
- * pixel order. Whole blocks of 8 load and store plainly, the last partial one masked:
+ * inference form 3.9 against 2.4-3.0, batch 16, 2 threads.) A kernel row's weights are
+ * loaded per group from L1 and each input vector once per group (measured against a load
+ * per tap and quads only, interleaved in one process, batch 16, 2 threads: 5x5 at 19x19
+ * and 10x10 0.86-0.94x the time, 5x5 at batch 1 0.81-0.86x, 3x3 0.95-1.04x), the SiLU
+ * is applied in registers, and the sums are kept in memory in pixel order. Whole blocks of 8 load and store plainly, the last partial one masked:
  * AVX2's masked moves are slow on AMD (with them on every block the kernel ran 2x
  * slower; the masked store alone cost more than the block's FMAs). */
 #define DWF_LD(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), m))
@@ -227,47 +229,55 @@ LK_DW_TARGET static inline __m256 dwf_px256(float *yo, const float *const *rows,
     return fuse ? a : _mm256_setzero_ps();
 }
 
-/* Four interior output pixels (x0: the first one's leftmost input column) of the block
- * at c0: four independent FMA chains, each its taps in row-major order from the bias.
- * With ACT, SiLU, and the pixels from `skip` on added to sum (the others were made
- * before: the row's last quad overlaps the one before it). */
+/* P interior output pixels (x0: the first one's leftmost input column) of the block at
+ * c0, stride S: P independent FMA chains, each its taps in row-major order from the
+ * bias. Each input vector of a kernel row is loaded once and feeds every pixel whose
+ * window holds it (the row's K weights stay in registers), so a row of taps costs
+ * (P - 1) S + K input loads instead of P K. With ACT, SiLU, and the pixels from `skip` on
+ * added to sum in pixel order (the others were made before: a row's last group
+ * overlaps the one before it). */
 LK_DW_TARGET static inline __attribute__((always_inline)) void
-dwf_quad256(float *yo, float *sum, const float *const *rows, const float *w, const float *b,
-            int64_t x0, int64_t c, int64_t sc, int c0, int skip, const int K, const int ACT,
-            const int FULL) {
+dwf_group256(float *yo, float *sum, const float *const *rows, const float *w, const float *b,
+             int64_t x0, int64_t c, int c0, int skip, const int K, const int S, const int P,
+             const int ACT, const int FULL) {
     const __m256i m = lk_lanes8(c - c0);
-    __m256 a0 = DWF_LD(b + c0), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a[8];
+    a[0] = DWF_LD(b + c0);
+    _Pragma("GCC unroll 8") for (int q = 1; q < P; q++) a[q] = a[0];
     for (int i = 0; i < K; i++) {
         const float *r = rows[i] + x0 * c + c0;
-        for (int j = 0; j < K; j++) {
-            const __m256 wt = DWF_LD(w + (int64_t)(i * K + j) * c + c0);
-            const float *e = r + j * c;
-            a0 = _mm256_fmadd_ps(wt, DWF_LD(e), a0);
-            a1 = _mm256_fmadd_ps(wt, DWF_LD(e + sc), a1);
-            a2 = _mm256_fmadd_ps(wt, DWF_LD(e + 2 * sc), a2);
-            a3 = _mm256_fmadd_ps(wt, DWF_LD(e + 3 * sc), a3);
+        __m256 wt[5];
+        _Pragma("GCC unroll 5") for (int j = 0; j < K; j++)
+            wt[j] = DWF_LD(w + (int64_t)(i * K + j) * c + c0);
+        /* Input column e feeds pixel q through tap e - q S. */
+        _Pragma("GCC unroll 24") for (int e = 0; e < (P - 1) * S + K; e++) {
+            const __m256 v = DWF_LD(r + (int64_t)e * c);
+            _Pragma("GCC unroll 8") for (int q = 0; q < P; q++) {
+                const int j = e - q * S;
+                if (j >= 0 && j < K) a[q] = _mm256_fmadd_ps(wt[j], v, a[q]);
+            }
         }
     }
     float *o = yo + c0;
     if (ACT) {
-        a0 = silu_fast8(a0);
-        a1 = silu_fast8(a1);
-        a2 = silu_fast8(a2);
-        a3 = silu_fast8(a3);
+        _Pragma("GCC unroll 8") for (int q = 0; q < P; q++) a[q] = silu_fast8(a[q]);
         if (sum) { /* the pixels not counted before (skip: made again), in order */
             __m256 sv = DWF_LD(sum + c0);
-            if (skip < 1) sv = _mm256_add_ps(sv, a0);
-            if (skip < 2) sv = _mm256_add_ps(sv, a1);
-            if (skip < 3) sv = _mm256_add_ps(sv, a2);
-            sv = _mm256_add_ps(sv, a3);
+            _Pragma("GCC unroll 8") for (int q = 0; q < P; q++) if (q >= skip) sv =
+                _mm256_add_ps(sv, a[q]);
             DWF_ST(sum + c0, sv);
         }
     }
-    DWF_ST(o, a0);
-    DWF_ST(o + c, a1);
-    DWF_ST(o + 2 * c, a2);
-    DWF_ST(o + 3 * c, a3);
+    _Pragma("GCC unroll 8") for (int q = 0; q < P; q++) DWF_ST(o + q * c, a[q]);
 }
+
+/* Groups of P pixels starting at output column `at` across every channel block. */
+#define DWF_GROUP_ALL(K, S, P, ACT)                                                            \
+    do {                                                                                       \
+        for (int c0 = 0; c0 < cf; c0 += 8)                                                     \
+            dwf_group256(yo, sum, rows, w, b, x0, c, c0, skip, K, S, P, ACT, 1);               \
+        if (cf < c) dwf_group256(yo, sum, rows, w, b, x0, c, cf, skip, K, S, P, ACT, 0);       \
+    } while (0)
 
 /* One output pixel with clipped taps across every channel block. */
 LK_DW_TARGET static inline __attribute__((always_inline)) void
@@ -302,18 +312,28 @@ dwf_px_all256(float *y, float *sum, const float *const *rows, const float *w, co
         if ((ACT) == 0) sum = NULL;                                                            \
         const int cf = c & ~7;                                                                 \
         if (xb - xa < 4) xa = xb = ow; /* too short for a quad: every pixel clipped */         \
-        const int64_t sc = (int64_t)s * c;                                                     \
         for (int ox = 0; ox < xa; ox++)                                                        \
             dwf_px_all256(y, sum, rows, w, b, ox, iw, c, s, p, K, ACT);                        \
-        for (int ox = xa; ox < xb; ox += 4) {                                                  \
+        int ox = xa;                                                                           \
+        /* 5x5: eight pixels while they last (eight chains cover the FMA latency, and each     \
+         * input vector feeds up to five of them), then fours, the last overlapping the one    \
+         * before. 3x3 with SiLU ran 2-13 % slower in eights (the eight SiLUs spill), in fours \
+         * level with the per-tap loads, so 3x3 stays in fours. */                             \
+        for (; (K) > 3 && xb - ox >= 8; ox += 8) {                                             \
+            const int skip = 0, at = ox;                                                       \
+            float *yo = y + (int64_t)at * c;                                                   \
+            const int64_t x0 = (int64_t)at * s - p;                                            \
+            if (s == 1) DWF_GROUP_ALL(K, 1, 8, ACT);                                           \
+            else DWF_GROUP_ALL(K, 2, 8, ACT);                                                  \
+        }                                                                                      \
+        for (; ox < xb; ox += 4) {                                                             \
             const int at = ox + 4 <= xb ? ox : xb - 4, skip = ox - at;                         \
             float *yo = y + (int64_t)at * c;                                                   \
             const int64_t x0 = (int64_t)at * s - p;                                            \
-            for (int c0 = 0; c0 < cf; c0 += 8)                                                 \
-                dwf_quad256(yo, sum, rows, w, b, x0, c, sc, c0, skip, K, ACT, 1);              \
-            if (cf < c) dwf_quad256(yo, sum, rows, w, b, x0, c, sc, cf, skip, K, ACT, 0);      \
+            if (s == 1) DWF_GROUP_ALL(K, 1, 4, ACT);                                           \
+            else DWF_GROUP_ALL(K, 2, 4, ACT);                                                  \
         }                                                                                      \
-        for (int ox = xb; ox < ow; ox++)                                                       \
+        for (ox = xb; ox < ow; ox++)                                                           \
             dwf_px_all256(y, sum, rows, w, b, ox, iw, c, s, p, K, ACT);                        \
     }
 DWF_ROW256(dwf_row256_k3, 3, 0)
