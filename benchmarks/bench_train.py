@@ -25,7 +25,7 @@ FMA units x lanes x 2). `--measure-peak` also times a 2048^3 matrix product on o
 running at the higher of the two peaks while PyTorch stays where it is: peak / PyTorch's
 GFLOP/s. A ratio target above the ceiling cannot be met by speed alone on that machine.
 
-    python benchmarks/bench_train.py [--model b3|v2s] [--batch 16] [--size 300]
+    python benchmarks/bench_train.py [--model b3|v2s] [--batch 16 (B3), 8 (V2-S)] [--size 300]
         [--policies all,last_block,head] [--reps 3] [--warmup 1] [--threads N]
         [--measure-peak]
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_train.py   # the AVX2 figure
@@ -58,6 +58,9 @@ from bench_model import (
     rss_kib,
     time_steps,
 )
+
+# The training batches: B3@300 at 16, V2-S@384 at 8.
+DEFAULT_TRAIN_BATCH = {"b3": 16, "v2s": 8}
 
 MARK = "##BENCH_TRAIN_JSON "
 # The prefixes each policy trains, for the PyTorch side (ours takes the policy name).
@@ -218,7 +221,7 @@ def _run(cmd_args: list[str], threads: int) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="b3", choices=sorted(ARCH))
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=0, help="0: the issue's batch (B3 16, V2-S 8)")
     ap.add_argument("--size", type=int, default=0, help="0: the model's default (300 / 384)")
     ap.add_argument("--policies", default="all,last_block,head")
     ap.add_argument("--reps", type=int, default=3)
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     arch = ARCH[a.model]
     size = a.size or DEFAULT_SIZE[a.model]
+    a.batch = a.batch or DEFAULT_TRAIN_BATCH[a.model]
     policies = [p for p in a.policies.split(",") if p]
     for p in policies:
         if p not in TRAINS[arch]:

@@ -122,15 +122,37 @@ LK_AVX512 static inline void silu_parts16(__m512 x, __m512 *num, __m512 *den) {
     *den = _mm512_add_ps(one, e);
 }
 
-/* Inference: x * sigmoid(x) with 1 / (1 + e) from the reciprocal estimate (12 bits)
- * and one Newton step, about 2^-22 relative, instead of the divider (the slowest step
- * of the exact form). */
+/* Inference: x * sigmoid(x) as x / (1 + exp(-x)), the reciprocal from the estimate (12
+ * bits) and one Newton step instead of the divider, about 2^-22 relative. Without the
+ * training form's sign split: x is clamped to [-88.3, 88.3], so that exp(-x) stays
+ * finite and its 2^k normal (k <= 127, the bias folded into SILU_SHIFT_FAST, no 2^-64
+ * detour); the same polynomial, in -r. Below -87.3 the reciprocal underflows to 0 and
+ * the result is -0, as torch's float32 (-inf gives NaN, inf and NaN pass through).
+ * Four operations fewer than the split form: 0.73-0.82x its time in a loop over L1,
+ * at most 2.3e-7 relative against double over [-110, 110] (the split form 2.9e-7). */
+#define SILU_SHIFT_FAST 12583039.0f /* 1.5 * 2^23 + 127: the low bits hold k + 127 */
+#define SILU_CLAMP_FAST 88.3f
 LK_AVX2 static inline __m256 silu_fast8(__m256 v) {
-    __m256 num, d;
-    silu_parts8(v, &num, &d);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-SILU_CLAMP_FAST)),
+                                    _mm256_set1_ps(SILU_CLAMP_FAST));
+    /* exp(-xc) = 2^k e^r: j = -xc log2(e) + shift, rn = xc + k ln2 = -r */
+    const __m256 j = _mm256_fnmadd_ps(xc, _mm256_set1_ps(SILU_LOG2E),
+                                      _mm256_set1_ps(SILU_SHIFT_FAST));
+    const __m256 k = _mm256_sub_ps(j, _mm256_set1_ps(SILU_SHIFT_FAST));
+    __m256 rn = _mm256_fmadd_ps(k, _mm256_set1_ps(SILU_LN2_HI), xc);
+    rn = _mm256_fmadd_ps(k, _mm256_set1_ps(SILU_LN2_LO), rn);
+    /* e^r = 1 + r (1 + r q(r)): the odd coefficients change sign in rn */
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(SILU_Q4), rn, _mm256_set1_ps(-SILU_Q3));
+    q = _mm256_fmadd_ps(q, rn, _mm256_set1_ps(SILU_Q2));
+    q = _mm256_fmadd_ps(q, rn, _mm256_set1_ps(-SILU_Q1));
+    q = _mm256_fmadd_ps(q, rn, _mm256_set1_ps(SILU_Q0));
+    const __m256 p = _mm256_fnmadd_ps(_mm256_fnmadd_ps(q, rn, one), rn, one);
+    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(j), 23));
+    const __m256 d = _mm256_fmadd_ps(p, scale, one); /* 1 + exp(-xc) */
     __m256 r = _mm256_rcp_ps(d);
     r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
-    return _mm256_mul_ps(v, _mm256_mul_ps(num, r));
+    return _mm256_mul_ps(v, r);
 }
 
 /* silu_fast8 in 16 lanes: rcp14 and one Newton step (about 2^-27 relative). */

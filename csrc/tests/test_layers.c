@@ -32,6 +32,7 @@
 #include "lk_optim.h"
 
 /* Weak references: a missing layer file leaves these NULL instead of breaking the link. */
+#pragma weak lk_silu_forward_fast_serial
 #pragma weak lk_conv2d_init
 #pragma weak lk_conv2d_forward
 #pragma weak lk_conv2d_backward
@@ -1496,6 +1497,48 @@ static int test_activation(void) {
     return 1;
 }
 
+/* The inference SiLU (lk_silu_forward_fast_serial: the register kernels' silu_fast8 and
+ * silu_fast16, or the exact portable one) on every kernel path this CPU has: within
+ * 5e-7 relative of double over [-110, 110] wherever the result exceeds 1e-30, and
+ * torch's special values: silu(nan) = nan, silu(inf) = inf, silu(-inf) = nan, large
+ * negative inputs give -0, +-0 keep their sign (large positive ones x to 2^-22, not
+ * exactly: the reciprocal estimate). */
+static int test_silu_fast(void) {
+    NEED(lk_silu_forward_fast_serial, "activation.c");
+    enum { N = 200003 };
+    float *x = fbuf(N + 8), *y = fbuf(N + 8);
+    for (int i = 0; i < N; i++) x[i] = -110.0f + 220.0f * (float)i / (float)(N - 1);
+    const float sp[8] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, -1000.0f, 200.0f, -200.0f};
+    static const char *isas[] = {"c", "avx2", "avx512"};
+    for (int q = 0; q < 3; q++) {
+        if (lk_kernel_isa_set(isas[q]) != LK_OK) { /* not on this CPU */
+            lk_clear_error();
+            continue;
+        }
+        lk_silu_forward_fast_serial(y, x, N);
+        double worst = 0;
+        float at = 0;
+        for (int i = 0; i < N; i++) {
+            const double r = (double)x[i] / (1.0 + exp(-(double)x[i]));
+            if (fabs(r) < 1e-30) continue; /* exp(-x) leaves the normal range near here */
+            const double e = fabs(y[i] - r) / fabs(r);
+            if (!(e <= worst)) worst = e, at = x[i];
+        }
+        float o[8];
+        lk_silu_forward_fast_serial(o, sp, 8);
+        lk_kernel_isa_set("auto");
+        EXPECT(worst < 5e-7, "%s: relative error %.3g at x = %g", isas[q], worst, at);
+        EXPECT(isnan(o[0]) && o[1] == INFINITY && isnan(o[2]), "%s: silu(nan, inf, -inf) = %g %g %g",
+               isas[q], o[0], o[1], o[2]);
+        EXPECT(o[3] == 0 && !signbit(o[3]) && o[4] == 0 && signbit(o[4]),
+               "%s: silu(+-0) = %g %g", isas[q], o[3], o[4]);
+        EXPECT(o[5] == 0 && signbit(o[5]) && o[7] == 0 && signbit(o[7]) &&
+                   fabsf(o[6] - 200.0f) <= 200.0f * 5e-7f,
+               "%s: silu(-1000, 200, -200) = %g %g %g", isas[q], o[5], o[6], o[7]);
+    }
+    return 1;
+}
+
 static int act_bad_body(lk_act *L) {
     BAD(lk_act_init(L, LK_ACT_SILU, -5, 1), LK_ERR_ARG);
     lk_act_free(L);
@@ -2855,6 +2898,7 @@ static const test_case tests[] = {
     {"batchnorm", test_batchnorm},
     {"batchnorm_team", test_batchnorm_team},
     {"activation", test_activation},
+    {"silu_fast", test_silu_fast},
     {"pooling", test_pooling},
     {"linear", test_linear},
     {"chmul", test_chmul},
