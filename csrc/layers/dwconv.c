@@ -201,14 +201,15 @@ DWF_ROW512(dwf_row512_k3_silu, 3, 1)
 DWF_ROW512(dwf_row512_k5_silu, 5, 2)
 
 /* AVX2: 8 lanes, and pixel-major: a group of four or eight output pixels at a time
- * across every channel block. (Channel-major, each block of 8 across the whole row, read the cache lines that
- * blocks c0 and c0 + 8 share twice from L2 once K input rows outgrew L1, from about 200
- * channels: 576 channels 3x3 at 19x19 took 2.3 ms against 1.6 ms pixel-major, and the
- * inference form 3.9 against 2.4-3.0, batch 16, 2 threads.) A kernel row's weights are
- * loaded per group from L1 and each input vector once per group (measured against a load
- * per tap and quads only, interleaved in one process, batch 16, 2 threads: 5x5 at 19x19
- * and 10x10 0.86-0.94x the time, 5x5 at batch 1 0.81-0.86x, 3x3 0.95-1.04x), the SiLU
- * is applied in registers, and the sums are kept in memory in pixel order. Whole blocks of 8 load and store plainly, the last partial one masked:
+ * across every channel block. (Channel-major, each block of 8 across the whole row, read
+ * the cache lines that blocks c0 and c0 + 8 share twice from L2 once K input rows outgrew
+ * L1, from about 200 channels: 576 channels 3x3 at 19x19 took 2.3 ms against 1.6 ms
+ * pixel-major, and the inference form 3.9 against 2.4-3.0, batch 16, 2 threads.) A kernel
+ * row's weights are loaded per group from L1 and each input vector once per group
+ * (against a load per tap and quads only, interleaved in one process, batch 16, 2
+ * threads: 5x5 at 19x19 and 10x10 0.86-0.94x the time, 5x5 at batch 1 0.81-0.86x, 3x3
+ * 0.95-1.04x), the SiLU is applied in registers, and the sums are kept in memory in
+ * pixel order. Whole blocks of 8 load and store plainly, the last partial one masked:
  * AVX2's masked moves are slow on AMD (with them on every block the kernel ran 2x
  * slower; the masked store alone cost more than the block's FMAs). */
 #define DWF_LD(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), m))

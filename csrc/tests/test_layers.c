@@ -1528,8 +1528,8 @@ static int test_silu_fast(void) {
         lk_silu_forward_fast_serial(o, sp, 8);
         lk_kernel_isa_set("auto");
         EXPECT(worst < 5e-7, "%s: relative error %.3g at x = %g", isas[q], worst, at);
-        EXPECT(isnan(o[0]) && o[1] == INFINITY && isnan(o[2]), "%s: silu(nan, inf, -inf) = %g %g %g",
-               isas[q], o[0], o[1], o[2]);
+        EXPECT(isnan(o[0]) && o[1] == INFINITY && isnan(o[2]),
+               "%s: silu(nan, inf, -inf) = %g %g %g", isas[q], o[0], o[1], o[2]);
         EXPECT(o[3] == 0 && !signbit(o[3]) && o[4] == 0 && signbit(o[4]),
                "%s: silu(+-0) = %g %g", isas[q], o[3], o[4]);
         EXPECT(o[5] == 0 && signbit(o[5]) && o[7] == 0 && signbit(o[7]) &&
