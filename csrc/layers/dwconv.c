@@ -7,7 +7,8 @@
  * there, 8 GB/s and 20 GFLOP/s. Here each task (an image, or a band of its rows when
  * there are fewer images than threads) makes one output row at a time from its K input
  * rows: per block of 8 (AVX2) or 16 (AVX-512) channels the KxK weights are loaded once,
- * and four output pixels run as four independent FMA chains. The K input rows go
+ * and a group of output pixels runs as independent FMA chains (four; eight for AVX2's
+ * 5x5, whose input vectors each feed several pixels of the group). The K input rows go
  * through a per-thread ring with zero padding columns, so that no output pixel has
  * clipped taps (those ran one FMA chain per pixel and took most of the time on maps of
  * 19x19 and below); the rows are copied there, or made by a transform instead of read
