@@ -80,7 +80,8 @@ typedef struct lk_dwconv_fwd {
     int oh, ow, pad;
     int team;         /* threads the rings were made for */
     int nband;        /* row bands per image (images < threads) */
-    size_t ring;      /* floats of one thread's ring: K rows [IW + 2 pad, C] */
+    size_t ring;      /* floats of one thread's ring: K rows [IW + 2 pad, C], or blocked
+                         [NB, IW + 2 pad, 8] */
     float *ws;        /* [team, ring]: the input rows (copied, or made by `in`) with zero
                          padding columns, so that every output pixel takes all K x K taps
                          (clipped taps ran one FMA chain per pixel, 4-7x a pixel of the
@@ -90,7 +91,18 @@ typedef struct lk_dwconv_fwd {
     const float *wt_src; /* and from which array */
     float *zero;      /* [(IW + 2 pad) * C] zeros: the padding rows and the (absent) bias */
     float *part;      /* eval: [N, OH, C] each output row's channel sums */
+    int blocked;      /* the ring blocked by 8 channels (lk_dwf_layout, dwconv.c) */
+    int64_t bs;       /* blocked: floats of one channel block of a ring row, (IW + 2 pad) 8 */
+    float *wb;        /* blocked: [NB, K * K, 8] the weights, NB = C / 8 rounded up */
+    float *rowtmp;    /* blocked with in_rows: [team, IW * C] a row made by `in` */
 } lk_dwconv_fwd;
+
+/* The ring's layout that lk_dwconv_fwd_init plans: AUTO blocks it by 8 channels where
+ * that is faster (AVX2, 5x5: dwconv.c), NHWC keeps [IW + 2 pad, C] rows everywhere (for
+ * tests and benchmarks). Read at planning only (not thread-safe). */
+typedef enum lk_dwf_layout { LK_DWF_LAYOUT_AUTO = 0, LK_DWF_LAYOUT_NHWC } lk_dwf_layout;
+void lk_dwconv_set_fwd_layout(lk_dwf_layout l);
+lk_dwf_layout lk_dwconv_get_fwd_layout(void);
 
 lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg);
 /* Whether lk_dwconv_fwd has a vector kernel for K on the path in force (otherwise it

@@ -99,6 +99,16 @@ static PyObject *py_dwfwd_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 3, dwf_get, dwf_set, "depthwise forward");
 }
 
+static int dwl_get(void) { return (int)lk_dwconv_get_fwd_layout(); }
+static void dwl_set(int i) { lk_dwconv_set_fwd_layout((lk_dwf_layout)i); }
+
+/* Tests: the ring layout of our depthwise forward ("auto": blocked where faster,
+ * "nhwc"; read when a layer is planned); returns the previous one. */
+static PyObject *py_dwlayout_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "nhwc"};
+    return policy_switch(arg, names, 2, dwl_get, dwl_set, "depthwise ring layout");
+}
+
 static int fold_get(void) { return (int)lk_block_get_se_fold_policy(); }
 static void fold_set(int i) { lk_block_set_se_fold_policy((lk_se_fold_policy)i); }
 
@@ -196,6 +206,9 @@ PyMethodDef lk_py_core_methods[] = {
     {"_dwfwd_policy", py_dwfwd_policy, METH_O,
      "Tests: which forward training depthwise layers run (also their stride-1 input "
      "gradient); returns the previous policy."},
+    {"_dwlayout_policy", py_dwlayout_policy, METH_O,
+     "Tests: the ring layout of our depthwise forward (blocked where faster, or NHWC); "
+     "returns the previous policy."},
     {"_se_fold_policy", py_se_fold_policy, METH_O,
      "Tests: whether MBConv blocks fold the SE gate into their projection; returns the "
      "previous policy."},

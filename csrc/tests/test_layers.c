@@ -84,6 +84,7 @@
 #pragma weak lk_dwconv_forward
 #pragma weak lk_dwconv_fwd_free
 #pragma weak lk_dwconv_forward_eval
+#pragma weak lk_dwconv_set_fwd_layout
 #pragma weak lk_expdw_init
 #pragma weak lk_expdw_forward
 #pragma weak lk_expdw_free
@@ -581,6 +582,18 @@ static int dwconv_eval_case(size_t t, const char *isa, int n, int c, int ih, int
     }
     lk_set_num_threads(threads0);
     OK(s1);
+    /* The NHWC ring where AUTO blocks it (dwconv.c): the same bits. */
+    lk_dwconv_set_fwd_layout(LK_DWF_LAYOUT_NHWC);
+    lk_dwconv_fwd L;
+    const lk_dwconv_fwd_cfg cfg = {.n = n, .c = c, .ih = ih, .iw = iw, .k = k, .stride = st,
+                                   .eval = 1};
+    s1 = lk_dwconv_fwd_init(&L, &cfg);
+    if (s1 == LK_OK) s1 = lk_dwconv_forward_eval(&L, y, pool, x, w, b, 0);
+    lk_dwconv_fwd_free(&L);
+    lk_dwconv_set_fwd_layout(LK_DWF_LAYOUT_AUTO);
+    OK(s1);
+    EXPECT(memcmp(y, y1, ny * sizeof(float)) == 0 && memcmp(pool, pool1, np * sizeof(float)) == 0,
+           "dwconv eval case %zu (%s): the NHWC and the blocked ring differ", t, isa);
     if (!close_to(isa, y, refy, ny, RTOL, __LINE__) ||
         !close_to(isa, pool, refp, np, RTOL, __LINE__))
         return failf(__LINE__, "dwconv eval case %zu on the %s path", t, isa);
@@ -659,6 +672,16 @@ static int test_dwconv_fwd(void) {
                 }
                 lk_set_num_threads(threads0);
                 OK(s1);
+                /* The NHWC ring where AUTO blocks it (dwconv.c): the same bits. */
+                lk_dwconv_set_fwd_layout(LK_DWF_LAYOUT_NHWC);
+                s1 = lk_dwconv_fwd_init(&L, &cfg);
+                if (s1 == LK_OK) s1 = lk_dwconv_forward(&L, yr, x, w, rot, &in);
+                lk_dwconv_fwd_free(&L);
+                lk_dwconv_set_fwd_layout(LK_DWF_LAYOUT_AUTO);
+                OK(s1);
+                EXPECT(memcmp(y, yr, ny * sizeof(float)) == 0,
+                       "dwconv forward case %zu (%s): the NHWC and the blocked ring differ", t,
+                       isas[q]);
                 if (!close_to(isas[q], y, ref, ny, RTOL, __LINE__)) {
                     lk_kernel_isa_set("auto");
                     return failf(__LINE__, "dwconv forward case %zu (rotated %d) on the %s path",
