@@ -1383,8 +1383,10 @@ static int test_bn_silu(void) {
         {.n = 4, .c = 24, .h = 23, .w = 25, .eps = 1e-3f, .momentum = 0.1f},  /* 8 chunks */
         {.n = 2, .c = 130, .h = 15, .w = 12, .eps = 1e-5f, .momentum = 0.01f}, /* 3 blocks */
         {.n = 2, .c = 2100, .h = 3, .w = 3, .eps = 1e-3f, .momentum = 0.1f}, /* > 1 tile */
+        /* statistics by whole rows (>= 4 chunks), channels off the vector width */
+        {.n = 3, .c = 77, .h = 19, .w = 19, .eps = 1e-5f, .momentum = 0.1f},
     };
-    const double offsets[] = {0.0, 0.0, 30.0, 0.0};
+    const double offsets[] = {0.0, 0.0, 30.0, 0.0, 30.0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         lk_bn L[2];
         memset(L, 0, sizeof L);
