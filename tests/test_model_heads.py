@@ -258,6 +258,72 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
 
 
 @pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
+def test_stem_kernel_at_inference(arch):
+    """Inference with the stem on our kernel (conv2d_stem.c, where this CPU has it: the
+    folded bias and SiLU in registers): against torch, against the primitive (batch 3,
+    and batch 1), and after an optimizer step and a load, which must reach the kernel's
+    copy of the folded weights. Without the kernel both models run the primitive."""
+    from leukemia import _core
+    from leukemia.optim import AdamW
+
+    head, k = "multi_attention", 2
+    ref = _randomised_reference(arch, head, k, seed=8)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+
+    def run(model, policy, inp):
+        # The policy is read when the model plans, which its first call in a mode does.
+        before = _core._stem_policy(policy)
+        try:
+            runs = _core.exec_counts()["primitives"]
+            y = model(inp)
+            return y, _core.exec_counts()["primitives"] - runs
+        finally:
+            _core._stem_policy(before)
+
+    ours = _ours_from(ref, arch, head, k, "all").eval()
+    prim = _ours_from(ref, arch, head, k, "all").eval()
+    before = _core._stem_policy("auto")
+    try:
+        _check_eval(ref, ours, x)
+    finally:
+        _core._stem_policy(before)
+    for inp in (x, x[1:2]):
+        (y_ours, runs_ours), (y_prim, runs_prim) = run(ours, "auto", inp), run(prim, "never", inp)
+        # The stem's primitive left oneDNN where the kernel exists (AVX2).
+        assert runs_ours <= runs_prim
+        # The SiLU's refined reciprocal only.
+        assert _rel(y_ours, y_prim) < 1e-4
+    ours.train()
+    y = ours(x)
+    ours.backward(_dlogits(y, rng.integers(0, k, 3)))
+    AdamW(ours, lr=1e-2).step()
+    ours.eval()
+    prim.load_state_dict(ours.state_dict())
+    assert _rel(run(ours, "auto", x)[0], run(prim, "never", x)[0]) < 1e-4
+    # A load into the planned model must reach the kernel's copy of the weights. This
+    # random network barely feels its stem (a 1.5x stem moved the logits by 2e-7), so
+    # the load runs on a calibrated one, which feels it strongly (a 1.1x stem: 9-43x the
+    # logits) and amplifies the SiLU's rounding (V2-S: 0.019 of the logits): a stale copy
+    # was off by 0.98-1.0. (The C test checks the versioned copy exactly.)
+    _shrink_residual_branches(ref)
+    _calibrate(ref, rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
+    sd = {n: t.detach().numpy().copy() for n, t in ref.state_dict().items()}
+    ours.load_state_dict(sd)
+    prim.load_state_dict(sd)
+    y_before = run(ours, "auto", x)[0]
+    assert _rel(y_before, run(prim, "never", x)[0]) < 0.1
+    sd["features.0.0.weight"] = sd["features.0.0.weight"] * 1.1
+    ours.load_state_dict(sd)
+    prim.load_state_dict(sd)
+    y_after = run(ours, "auto", x)[0]
+    assert _rel(y_after, y_before) > 1.0  # the load changed the logits
+    assert _rel(y_after, run(prim, "never", x)[0]) < 0.1
+    with pytest.raises(ValueError, match="stem"):
+        _core._stem_policy("sometimes")
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_b3", "efficientnet_v2_s"])
 def test_depthwise_training_forward_on_our_kernel(arch):
     """Training with every depthwise layer's forward, and its stride-1 input gradient, on
     our kernel (dwconv.c), the expansion's BN+SiLU output made row by row inside it and
@@ -373,11 +439,16 @@ def test_depthwise_inference_on_our_kernel(arch):
     ref.train()
     _freeze_like_keras(ref, trainable)
     # As in the Keras-frozen test: the direct convolution (not Winograd) for V2-S's
-    # frozen FusedMBConv stages, and its noise factor for V2-S's cancelling head gradient.
+    # frozen FusedMBConv stages, and its noise factor for V2-S's cancelling head gradient;
+    # the stem on the primitive (our stem kernel's SiLU differs from the primitive's by
+    # 2e-7 of the output, which this network amplified to 1.3x the noise bound on V2-S;
+    # the kernel is checked against a float64 reference in the C tests and against
+    # torch in the model parity tests).
     before = (
         _core._dwfwd_policy("ours"),
         _core._expdw_policy("never"),
         leukemia.set_conv_algorithm("direct"),
+        _core._stem_policy("never"),
     )
     try:
         m = _ours_from(ref, arch, head, k, "last_block").train()
@@ -393,6 +464,7 @@ def test_depthwise_inference_on_our_kernel(arch):
         _core._dwfwd_policy(before[0])
         _core._expdw_policy(before[1])
         leukemia.set_conv_algorithm(before[2])
+        _core._stem_policy(before[3])
 
 
 @pytest.mark.parametrize(
@@ -620,13 +692,15 @@ def test_last_block_gradients_match_a_keras_frozen_reference(arch, trainable, no
     # are fit to the primitives' rounding. V2-S's frozen FusedMBConv stages would
     # otherwise run by Winograd, whose rounding (5e-6 of a layer's output) the head's
     # cancelling gradient amplifies past them (1.4e-3); B3's frozen 32x32 MBConv blocks
-    # by the fused kernels (fast SiLU, another summation order: 1.03e-3). Both have their
-    # own parity tests (test_winograd_forward_in_eval_and_train,
-    # test_expansion_and_depthwise_fused_at_inference).
+    # by the fused kernels (fast SiLU, another summation order: 1.03e-3), and the frozen
+    # stem by our stem kernel (fast SiLU: 1.3e-3). They have their own parity tests
+    # (test_winograd_forward_in_eval_and_train,
+    # test_expansion_and_depthwise_fused_at_inference, test_stem_kernel_at_inference).
     from leukemia import _core
 
     before = leukemia.set_conv_algorithm("direct")
     before_xdw = _core._expdw_policy("never")
+    before_stem = _core._stem_policy("never")
     try:
         _check_train_step(
             ref,
@@ -639,6 +713,7 @@ def test_last_block_gradients_match_a_keras_frozen_reference(arch, trainable, no
     finally:
         leukemia.set_conv_algorithm(before)
         _core._expdw_policy(before_xdw)
+        _core._stem_policy(before_stem)
 
 
 def test_imagenet_weights_into_an_attention_model(tmp_path):

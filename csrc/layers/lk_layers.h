@@ -25,6 +25,37 @@
 extern "C" {
 #endif
 
+/* ------------------------------------------------------------ conv2d_stem.c */
+/* A dense KxK convolution with few input channels (the stem), forward only, NHWC:
+ * y [N, OH, OW, OC] = conv(x [N, IH, IW, IC], w [OC, IC, K, K]) + b, SiLU when `silu`. */
+typedef struct lk_stem_cfg {
+    int n, ic, ih, iw, oc, k, s; /* square kernel and stride */
+    int pt, pl, pb, pr;          /* padding */
+    int silu;                    /* apply SiLU (inference form) to the output */
+} lk_stem_cfg;
+
+typedef struct lk_stem {
+    lk_stem_cfg cfg;
+    int oh, ow;
+    int iwp;            /* columns of a padded input row: (OW - 1) S + K */
+    int team;           /* threads the row buffers were made for */
+    float *rows;        /* [team, K, IWP, IC] the input rows with zero padding columns */
+    float *zero;        /* [IWP, IC] zeros: the padding rows */
+    float *wp;          /* [K, K, IC, OC] the weights, each tap's output channels together */
+    uint64_t w_version; /* the version wp was laid out at (0: none) */
+    const float *w_src; /* and from which array */
+} lk_stem;
+
+/* Whether lk_stem has a kernel for this convolution on the path in force (AVX2; IC <= 4,
+ * OC a multiple of 8 from 16 to 48, K <= 7, stride 1 or 2, no groups). */
+int lk_stem_supported(int ic, int oc, int kh, int kw, int sh, int sw, int groups);
+lk_status lk_stem_init(lk_stem *L, const lk_stem_cfg *cfg);
+/* b [OC] may be NULL; w is laid out again unless `version` (0: unknown) and w are those
+ * of the last call. */
+lk_status lk_stem_forward(lk_stem *L, float *y, const float *x, const float *w, const float *b,
+                          uint64_t version);
+void lk_stem_free(lk_stem *L);
+
 /* ------------------------------------------------------- conv2d_winograd.c */
 /* The forward of a dense 3x3 convolution, stride 1, padding 1, NHWC, by Winograd's
  * F(4x4, 3x3) (conv2d_winograd.c): a quarter of the direct sum's multiplications. */
@@ -115,6 +146,9 @@ typedef struct lk_conv2d {
                                the backward's hint and for lk_conv2d_forward_laid; w_fwd
                                is not allocated) */
     lk_wino wg;
+    int stem;               /* the forward runs through lk_stem (the primitive stays for
+                               the backward and as the plan's reference) */
+    lk_stem st;
     const float *wg_w;      /* weights wg holds transformed, at version wg_version */
     uint64_t wg_version;
     int wino_dx;            /* (train) the input gradient by lk_wino too (no bwd_d) */
@@ -163,6 +197,10 @@ typedef enum lk_conv_wino_policy {
     LK_CONV_WINO_NEVER,
     LK_CONV_WINO_ALWAYS
 } lk_conv_wino_policy;
+/* Whether conv2d plans our stem kernel (lk_stem) where it has one (1, the default) or
+ * never (0). Read by lk_conv2d_init only (not thread-safe). */
+void lk_conv2d_set_stem_policy(int on);
+int lk_conv2d_get_stem_policy(void);
 void lk_conv2d_set_wino_policy(lk_conv_wino_policy p);
 lk_conv_wino_policy lk_conv2d_get_wino_policy(void);
 

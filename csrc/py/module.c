@@ -109,6 +109,16 @@ static PyObject *py_dwlayout_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 2, dwl_get, dwl_set, "depthwise ring layout");
 }
 
+static int stem_get(void) { return lk_conv2d_get_stem_policy() ? 0 : 1; }
+static void stem_set(int i) { lk_conv2d_set_stem_policy(i == 0); }
+
+/* Tests: whether dense convolutions with few input channels run our stem kernel
+ * ("auto", "never"; read when a layer is planned); returns the previous one. */
+static PyObject *py_stem_policy(PyObject *self, PyObject *arg) {
+    static const char *const names[] = {"auto", "never"};
+    return policy_switch(arg, names, 2, stem_get, stem_set, "stem");
+}
+
 static int fold_get(void) { return (int)lk_block_get_se_fold_policy(); }
 static void fold_set(int i) { lk_block_set_se_fold_policy((lk_se_fold_policy)i); }
 
@@ -208,6 +218,9 @@ PyMethodDef lk_py_core_methods[] = {
      "gradient); returns the previous policy."},
     {"_dwlayout_policy", py_dwlayout_policy, METH_O,
      "Tests: the ring layout of our depthwise forward (blocked where faster, or NHWC); "
+     "returns the previous policy."},
+    {"_stem_policy", py_stem_policy, METH_O,
+     "Tests: whether dense convolutions with few input channels run our stem kernel; "
      "returns the previous policy."},
     {"_se_fold_policy", py_se_fold_policy, METH_O,
      "Tests: whether MBConv blocks fold the SE gate into their projection; returns the "

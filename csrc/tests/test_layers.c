@@ -85,6 +85,11 @@
 #pragma weak lk_dwconv_fwd_free
 #pragma weak lk_dwconv_forward_eval
 #pragma weak lk_dwconv_set_fwd_layout
+#pragma weak lk_stem_init
+#pragma weak lk_stem_forward
+#pragma weak lk_stem_free
+#pragma weak lk_stem_supported
+#pragma weak lk_conv2d_set_stem_policy
 #pragma weak lk_expdw_init
 #pragma weak lk_expdw_forward
 #pragma weak lk_expdw_free
@@ -710,6 +715,119 @@ static int test_dwconv_fwd(void) {
     BAD(lk_dwconv_forward(&bad, NULL, v, v, 0, NULL), LK_ERR_ARG);
     BAD(lk_dwconv_forward_eval(&bad, v, v, v, v, v, 0), LK_ERR_ARG); /* not planned with eval */
     lk_dwconv_fwd_free(&bad);
+    return 1;
+}
+
+/* The stem kernel (conv2d_stem.c) against a double reference, where this CPU has it
+ * (AVX2): output channels in 2-6 vectors (groups of 4, 3 and 2 pixels), 1-4 input
+ * channels, kernels 3 and 5, strides 1 and 2, symmetric and TF-style asymmetric
+ * padding, rows narrower than a pixel group, with and without bias and SiLU; the same
+ * bits for 1 and 3 threads; and conv2d plans it for an inference layer and not when
+ * the policy says never (then the primitive's result agrees to float rounding). */
+static int test_stem(void) {
+    NEED(lk_stem_init, "conv2d_stem.c");
+    /* n, ic, ih, iw, oc, k, s, pt, pl, pb, pr, bias, silu */
+    static const int cases[][13] = {
+        {2, 3, 17, 13, 40, 3, 2, 1, 1, 1, 1, 1, 1}, {1, 3, 9, 7, 24, 3, 2, 0, 0, 1, 1, 0, 0},
+        {3, 1, 6, 5, 16, 3, 1, 1, 1, 1, 1, 1, 1},   {1, 4, 4, 3, 32, 5, 1, 2, 2, 2, 2, 0, 1},
+        {2, 2, 11, 10, 48, 3, 2, 1, 1, 1, 1, 1, 0}, {1, 3, 3, 3, 40, 3, 2, 1, 1, 1, 1, 1, 1},
+    };
+    if (!lk_stem_supported(3, 40, 3, 3, 2, 2, 1)) return 1; /* no kernel on this CPU */
+    const int threads0 = lk_get_num_threads();
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *a = cases[t];
+        const int n = a[0], ic = a[1], ih = a[2], iw = a[3], oc = a[4], k = a[5], st = a[6];
+        const int pt = a[7], pl = a[8], pb = a[9], pr = a[10], hb = a[11], silu = a[12];
+        const int oh = (ih + pt + pb - k) / st + 1, ow = (iw + pl + pr - k) / st + 1;
+        const size_t nx = (size_t)n * ih * iw * ic, ny = (size_t)n * oh * ow * oc;
+        float *x = frand(nx, -1, 1), *w = frand((size_t)oc * ic * k * k, -0.5, 0.5);
+        float *b = hb ? frand((size_t)oc, -0.5, 0.5) : NULL, *y = fbuf(ny), *y1 = fbuf(ny);
+        double *ref = dbuf(ny);
+        for (int q = 0; q < n; q++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int o = 0; o < oc; o++) {
+                        double v = b ? b[o] : 0.0;
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                const int yy = oy * st - pt + i, xx = ox * st - pl + j;
+                                if (yy < 0 || yy >= ih || xx < 0 || xx >= iw) continue;
+                                for (int c = 0; c < ic; c++)
+                                    v += (double)x[(((size_t)q * ih + yy) * iw + xx) * ic + c] *
+                                         w[(((size_t)o * ic + c) * k + i) * k + j];
+                            }
+                        ref[(((size_t)q * oh + oy) * ow + ox) * oc + o] = silu ? silu_d(v) : v;
+                    }
+        lk_status s1 = LK_OK;
+        for (int nt = 1; nt <= 3 && s1 == LK_OK; nt += 2) {
+            lk_set_num_threads(nt);
+            lk_stem L;
+            const lk_stem_cfg cfg = {.n = n, .ic = ic, .ih = ih, .iw = iw, .oc = oc, .k = k,
+                                     .s = st, .pt = pt, .pl = pl, .pb = pb, .pr = pr,
+                                     .silu = silu};
+            s1 = lk_stem_init(&L, &cfg);
+            if (s1 == LK_OK) {
+                EXPECT(L.oh == oh && L.ow == ow, "stem case %zu: output %dx%d, expected %dx%d",
+                       t, L.oh, L.ow, oh, ow);
+                memset(y, 0xff, ny * sizeof(float)); /* NaN: must be overwritten */
+                s1 = lk_stem_forward(&L, y, x, w, b, 0);
+            }
+            lk_stem_free(&L);
+            if (nt == 1) memcpy(y1, y, ny * sizeof(float));
+            EXPECT(s1 != LK_OK || memcmp(y, y1, ny * sizeof(float)) == 0,
+                   "stem case %zu: 1 and %d threads differ", t, nt);
+        }
+        lk_set_num_threads(threads0);
+        OK(s1);
+        if (!close_to("stem", y, ref, ny, RTOL, __LINE__))
+            return failf(__LINE__, "stem case %zu", t);
+        /* The laid-out weights: kept at the same version, made again at a new one. */
+        {
+            lk_stem L;
+            const lk_stem_cfg cfg = {.n = n, .ic = ic, .ih = ih, .iw = iw, .oc = oc, .k = k,
+                                     .s = st, .pt = pt, .pl = pl, .pb = pb, .pr = pr,
+                                     .silu = silu};
+            float *w2 = fbuf((size_t)oc * ic * k * k), *y2 = fbuf(ny);
+            memcpy(w2, w, (size_t)oc * ic * k * k * sizeof(float));
+            s1 = lk_stem_init(&L, &cfg);
+            if (s1 == LK_OK) s1 = lk_stem_forward(&L, y2, x, w2, b, 7);
+            for (size_t i = 0; i < (size_t)oc * ic * k * k; i++) w2[i] = -w2[i];
+            int kept = 0, made = 0;
+            if (s1 == LK_OK) s1 = lk_stem_forward(&L, y2, x, w2, b, 7); /* same version */
+            if (s1 == LK_OK) kept = memcmp(y2, y1, ny * sizeof(float)) == 0;
+            if (s1 == LK_OK) s1 = lk_stem_forward(&L, y2, x, w2, b, 8); /* new version */
+            if (s1 == LK_OK) made = memcmp(y2, y1, ny * sizeof(float)) != 0;
+            lk_stem_free(&L);
+            OK(s1);
+            EXPECT(kept && made, "stem case %zu: weights kept at one version %d, made again "
+                   "at the next %d", t, kept, made);
+        }
+        /* Through conv2d: an inference layer plans it; with the policy off, the primitive. */
+        for (int on = 1; on >= 0; on--) {
+            lk_conv2d_set_stem_policy(on);
+            lk_conv2d L;
+            const lk_conv2d_cfg cc = {.n = n, .ic = ic, .ih = ih, .iw = iw, .oc = oc, .kh = k,
+                                      .kw = k, .sh = st, .sw = st, .pt = pt, .pl = pl, .pb = pb,
+                                      .pr = pr, .groups = 1, .bias = hb, .post_silu = silu};
+            s1 = lk_conv2d_init(&L, &cc);
+            const int planned = s1 == LK_OK ? L.stem : -1;
+            if (s1 == LK_OK) s1 = lk_conv2d_forward(&L, y, x, w, b, 0);
+            lk_conv2d_free(&L);
+            lk_conv2d_set_stem_policy(1);
+            OK(s1);
+            EXPECT(planned == on, "stem case %zu: conv2d planned the stem kernel %d, policy %d",
+                   t, planned, on);
+            if (on) EXPECT(memcmp(y, y1, ny * sizeof(float)) == 0,
+                           "stem case %zu: conv2d's forward differs from lk_stem's", t);
+            if (!close_to(on ? "conv2d stem" : "conv2d primitive", y, ref, ny, RTOL, __LINE__))
+                return failf(__LINE__, "stem case %zu through conv2d (policy %d)", t, on);
+        }
+    }
+    lk_stem bad;
+    const lk_stem_cfg c0 = {.n = 1, .ic = 5, .ih = 8, .iw = 8, .oc = 40, .k = 3, .s = 2};
+    BAD(lk_stem_init(&bad, &c0), LK_ERR_ARG); /* 5 input channels: no kernel */
+    const lk_stem_cfg c1 = {.n = 1, .ic = 3, .ih = 2, .iw = 2, .oc = 40, .k = 5, .s = 1};
+    BAD(lk_stem_init(&bad, &c1), LK_ERR_ARG); /* empty output */
     return 1;
 }
 
@@ -2915,6 +3033,7 @@ static const test_case tests[] = {
     {"conv2d", test_conv2d},
     {"dwconv", test_dwconv},
     {"dwconv_fwd", test_dwconv_fwd},
+    {"stem", test_stem},
     {"expdw", test_expdw},
     {"wino", test_wino},
     {"conv2d_dw_paths", test_conv2d_dw_paths},
