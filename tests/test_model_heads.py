@@ -10,6 +10,7 @@ tensor's own max |grad| (block projection-BN biases, whose true gradient is ~0, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -21,6 +22,18 @@ from test_model_parity import _project_bn_biases, _rel
 import leukemia
 import leukemia.models as M
 from leukemia.io import StateDictError
+
+
+@contextlib.contextmanager
+def _policy(switch, name):
+    """Run the body under one of the core's planning policies (`switch` is one of
+    `_core._*_policy`), restoring the previous one after."""
+    before = switch(name)
+    try:
+        yield
+    finally:
+        switch(before)
+
 
 LOGIT_RTOL = 1e-4
 GRAD_RTOL = 1e-3
@@ -224,19 +237,13 @@ def test_expansion_and_depthwise_fused_at_inference(arch):
     x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
 
     def run(model, policy, inp):
-        before = _core._expdw_policy(policy)
-        try:
+        with _policy(_core._expdw_policy, policy):
             return model(inp)
-        finally:
-            _core._expdw_policy(before)
 
     fused = _ours_from(ref, arch, head, k, "all").eval()
     plain = _ours_from(ref, arch, head, k, "all").eval()
-    before = _core._expdw_policy("always")
-    try:
+    with _policy(_core._expdw_policy, "always"):
         _check_eval(ref, fused, x)
-    finally:
-        _core._expdw_policy(before)
     for inp in (x, x[1:2]):
         # A different summation order only: far below the parity tolerance.
         assert _rel(run(fused, "always", inp), run(plain, "never", inp)) < 1e-4
@@ -273,21 +280,15 @@ def test_stem_kernel_at_inference(arch):
 
     def run(model, policy, inp):
         # The policy is read when the model plans, which its first call in a mode does.
-        before = _core._stem_policy(policy)
-        try:
+        with _policy(_core._stem_policy, policy):
             runs = _core.exec_counts()["primitives"]
             y = model(inp)
             return y, _core.exec_counts()["primitives"] - runs
-        finally:
-            _core._stem_policy(before)
 
     ours = _ours_from(ref, arch, head, k, "all").eval()
     prim = _ours_from(ref, arch, head, k, "all").eval()
-    before = _core._stem_policy("auto")
-    try:
+    with _policy(_core._stem_policy, "auto"):
         _check_eval(ref, ours, x)
-    finally:
-        _core._stem_policy(before)
     for inp in (x, x[1:2]):
         (y_ours, runs_ours), (y_prim, runs_prim) = run(ours, "auto", inp), run(prim, "never", inp)
         # The stem's primitive left oneDNN where the kernel exists (AVX2).

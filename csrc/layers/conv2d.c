@@ -7,7 +7,11 @@
  * tensor is reordered only once.
  *
  * Dense weight gradients mostly run on oneDNN's sgemm straight from the NHWC
- * tensors instead of the backward-weights primitive (see conv_dw_gemm).
+ * tensors instead of the backward-weights primitive (see conv_dw_gemm). Some
+ * forwards leave the primitive for our kernels: dense 3x3 stride 1 by Winograd
+ * (conv2d_winograd.c), depthwise (dwconv.c), and at inference the stem's few
+ * input channels (conv2d_stem.c); the primitive is still planned for the
+ * backward's hint.
  */
 #include <string.h>
 
