@@ -198,12 +198,12 @@ static int conv_wino(const lk_conv2d_cfg *c, int oh, int ow) {
 /* Our stem kernel (conv2d_stem.c) for the inference forward of dense convolutions with
  * few input channels, where it has one. Training keeps the primitive: without the SiLU
  * post-op the two ran level (B3's stem at batch 16: 9.3-10.0 against 9.8 ms). */
-static int g_stem_policy = 1;
-void lk_conv2d_set_stem_policy(int on) { g_stem_policy = on != 0; }
-int lk_conv2d_get_stem_policy(void) { return g_stem_policy; }
+static lk_conv_stem_policy g_stem_policy = LK_CONV_STEM_AUTO;
+void lk_conv2d_set_stem_policy(lk_conv_stem_policy p) { g_stem_policy = p; }
+lk_conv_stem_policy lk_conv2d_get_stem_policy(void) { return g_stem_policy; }
 
 static int conv_stem(const lk_conv2d_cfg *c) {
-    return g_stem_policy && !c->train && !c->post_add &&
+    return g_stem_policy == LK_CONV_STEM_AUTO && !c->train && !c->post_add &&
            lk_stem_supported(c->ic, c->oc, c->kh, c->kw, c->sh, c->sw, c->groups);
 }
 

@@ -597,7 +597,6 @@ lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg) {
     L->wt = lk_alloc(sizeof(float) * (size_t)c->k * c->k * wch);
     L->zero = lk_alloc(sizeof(float) * row);
     L->part = c->eval ? lk_alloc(sizeof(float) * (size_t)c->n * L->oh * c->c) : NULL;
-    L->wb = L->blocked ? L->wt : NULL;
     L->rowtmp = L->blocked && c->in_rows
                     ? lk_alloc(sizeof(float) * (size_t)c->iw * c->c * (size_t)L->team)
                     : NULL;
@@ -613,27 +612,41 @@ lk_status lk_dwconv_fwd_init(lk_dwconv_fwd *L, const lk_dwconv_fwd_cfg *cfg) {
     return LK_OK;
 }
 
-/* Output rows oy0 .. oy1 - 1 of image n; `ring` [K, IW + 2p, C] takes the input rows,
- * copied or made by `in` (row r in slot r % K: an output row's K rows are consecutive).
- * With `act` (eval), b is the bias and `sum` [OH, C] receives each row's channel sums
- * (per row, so that the pool does not depend on how rows fall into bands). */
+/* Output rows oy0 .. oy1 - 1 of image n; `ring` takes the input rows, copied or made by
+ * `in` (row r in slot r % K: an output row's K rows are consecutive): [K, IW + 2p, C] for
+ * `rowk`, or with `rowb` blocked [K][NB, IW + 2p, 8], a row made by `in` going through
+ * tmp [IW, C] first. With `act` (eval), b is the bias and `sum` [OH, C] receives each
+ * row's channel sums (per row, so that the pool does not depend on how rows fall into
+ * bands). */
 static void dwf_task(const lk_dwconv_fwd *L, float *y, float *sum, const float *x,
-                     const float *b, const lk_dw_input *in, float *ring, lk_dw_row_fn rowk,
-                     lk_dw_row_act act, int n, int oy0, int oy1) {
+                     const float *b, const lk_dw_input *in, float *ring, float *tmp,
+                     lk_dw_row_fn rowk, dwb_row_fn rowb, lk_dw_row_act act, int n, int oy0,
+                     int oy1) {
     const lk_dwconv_fwd_cfg *c = &L->cfg;
     const int k = c->k, s = c->stride, p = L->pad;
     const int64_t row = (int64_t)c->iw * c->c;
-    const int64_t slot = row + 2 * (int64_t)p * c->c, off = (int64_t)p * c->c;
+    const int64_t slot = rowb ? (int64_t)((c->c + 7) / 8) * L->bs : row + 2 * (int64_t)p * c->c;
     const float *xn = x + (int64_t)n * c->ih * row;
     int next = oy0 * s - p > 0 ? oy0 * s - p : 0; /* the next row to make in the ring */
     for (int oy = oy0; oy < oy1; oy++) {
         const int lo = oy * s - p, hi = lo + k < c->ih ? lo + k : c->ih;
         for (; next < hi; next++) {
-            float *dst = ring + (next % k) * slot + off;
-            if (in)
-                in->rows(dst, xn + next * row, c->iw, in->ctx);
-            else
-                memcpy(dst, xn + next * row, sizeof(float) * (size_t)row);
+            float *dst = ring + (next % k) * slot;
+            const float *src = xn + next * row;
+            if (!rowb) { /* straight into the slot, after its left padding */
+                if (in)
+                    in->rows(dst + (int64_t)p * c->c, src, c->iw, in->ctx);
+                else
+                    memcpy(dst + (int64_t)p * c->c, src, sizeof(float) * (size_t)row);
+                continue;
+            }
+            if (in) {
+                in->rows(tmp, src, c->iw, in->ctx);
+                src = tmp;
+            }
+#ifdef LK_DW_X86
+            dwb_fill256(dst, src, c->iw, c->c, p, L->bs);
+#endif
         }
         const float *rows[16];
         for (int i = 0; i < k; i++) {
@@ -643,38 +656,11 @@ static void dwf_task(const lk_dwconv_fwd *L, float *y, float *sum, const float *
         float *yr = y + ((int64_t)n * L->oh + oy) * L->ow * c->c;
         float *srow = sum ? sum + (int64_t)oy * c->c : NULL; /* this row's sums */
         /* Every pixel inside the padded rows: no clipped taps. */
-        lk_dw_row_run(rowk, yr, srow, rows, L->wt, b, L->ow, c->iw + 2 * p, c->c, k, s, 0, act);
-    }
-}
-
-/* dwf_task on the blocked ring: ring [K][NB, IW + 2p, 8], tmp [IW, C] for `in`. */
-static void dwf_task_blocked(const lk_dwconv_fwd *L, float *y, float *sum, const float *x,
-                             const float *b, const lk_dw_input *in, float *ring, float *tmp,
-                             dwb_row_fn rowk, int n, int oy0, int oy1) {
-    const lk_dwconv_fwd_cfg *c = &L->cfg;
-    const int k = c->k, s = c->stride, p = L->pad;
-    const int64_t row = (int64_t)c->iw * c->c, slot = (int64_t)((c->c + 7) / 8) * L->bs;
-    const float *xn = x + (int64_t)n * c->ih * row;
-    int next = oy0 * s - p > 0 ? oy0 * s - p : 0; /* the next row to make in the ring */
-    for (int oy = oy0; oy < oy1; oy++) {
-        const int lo = oy * s - p, hi = lo + k < c->ih ? lo + k : c->ih;
-        for (; next < hi; next++) {
-            const float *src = xn + next * row;
-            if (in) {
-                in->rows(tmp, src, c->iw, in->ctx);
-                src = tmp;
-            }
-#ifdef LK_DW_X86
-            dwb_fill256(ring + (next % k) * slot, src, c->iw, c->c, p, L->bs);
-#endif
-        }
-        const float *rows[16];
-        for (int i = 0; i < k; i++) {
-            const int r = lo + i;
-            rows[i] = r < 0 || r >= c->ih ? L->zero : ring + (r % k) * slot;
-        }
-        float *yr = y + ((int64_t)n * L->oh + oy) * L->ow * c->c;
-        rowk(yr, sum ? sum + (int64_t)oy * c->c : NULL, rows, L->wb, b, L->ow, c->c, s, L->bs);
+        if (rowb)
+            rowb(yr, srow, rows, L->wt, b, L->ow, c->c, s, L->bs);
+        else
+            lk_dw_row_run(rowk, yr, srow, rows, L->wt, b, L->ow, c->iw + 2 * p, c->c, k, s, 0,
+                          act);
     }
 }
 
@@ -698,7 +684,7 @@ static void dwf_run(lk_dwconv_fwd *L, float *y, const float *x, const float *w, 
      * (0: unknown, always). */
     if (version == 0 || version != L->wt_version || w != L->wt_src || rotate) {
         if (L->blocked)
-            dwb_taps(L->wb, w, ch, c->k, rotate);
+            dwb_taps(L->wt, w, ch, c->k, rotate);
         else
             lk_dw_taps(L->wt, w, ch, c->k, rotate);
         L->wt_version = rotate ? 0 : version;
@@ -725,10 +711,7 @@ static void dwf_run(lk_dwconv_fwd *L, float *y, const float *x, const float *w, 
             float *sums = act ? L->part + (int64_t)n * L->oh * ch : NULL; /* [OH, C] */
             const int oy0 = (int)((int64_t)L->oh * band / nb);
             const int oy1 = (int)((int64_t)L->oh * (band + 1) / nb);
-            if (rowb)
-                dwf_task_blocked(L, y, sums, x, b, in, ring, tmp, rowb, n, oy0, oy1);
-            else
-                dwf_task(L, y, sums, x, b, in, ring, rowk, act, n, oy0, oy1);
+            dwf_task(L, y, sums, x, b, in, ring, tmp, rowk, rowb, act, n, oy0, oy1);
         }
     }
 }

@@ -86,14 +86,14 @@ typedef struct lk_dwconv_fwd {
                          padding columns, so that every output pixel takes all K x K taps
                          (clipped taps ran one FMA chain per pixel, 4-7x a pixel of the
                          four-chain interior, and dominated small maps) */
-    float *wt;        /* [K * K, C] the weights tap-major: per call, or (eval) per version */
+    float *wt;        /* [K * K, C] the weights tap-major, or (blocked) [NB, K * K, 8] with
+                         NB = C / 8 rounded up: per call, or (eval) per version */
     uint64_t wt_version; /* eval: the version wt was made at (0: none) */
     const float *wt_src; /* and from which array */
     float *zero;      /* [(IW + 2 pad) * C] zeros: the padding rows and the (absent) bias */
     float *part;      /* eval: [N, OH, C] each output row's channel sums */
     int blocked;      /* the ring blocked by 8 channels (lk_dwf_layout, dwconv.c) */
     int64_t bs;       /* blocked: floats of one channel block of a ring row, (IW + 2 pad) 8 */
-    float *wb;        /* blocked: [NB, K * K, 8] the weights, NB = C / 8 rounded up */
     float *rowtmp;    /* blocked with in_rows: [team, IW * C] a row made by `in` */
 } lk_dwconv_fwd;
 

@@ -197,10 +197,11 @@ typedef enum lk_conv_wino_policy {
     LK_CONV_WINO_NEVER,
     LK_CONV_WINO_ALWAYS
 } lk_conv_wino_policy;
-/* Whether conv2d plans our stem kernel (lk_stem) where it has one (1, the default) or
- * never (0). Read by lk_conv2d_init only (not thread-safe). */
-void lk_conv2d_set_stem_policy(int on);
-int lk_conv2d_get_stem_policy(void);
+/* Whether conv2d plans our stem kernel (lk_stem) where it has one (AUTO) or never.
+ * Read by lk_conv2d_init only (not thread-safe). */
+typedef enum lk_conv_stem_policy { LK_CONV_STEM_AUTO = 0, LK_CONV_STEM_NEVER } lk_conv_stem_policy;
+void lk_conv2d_set_stem_policy(lk_conv_stem_policy p);
+lk_conv_stem_policy lk_conv2d_get_stem_policy(void);
 void lk_conv2d_set_wino_policy(lk_conv_wino_policy p);
 lk_conv_wino_policy lk_conv2d_get_wino_policy(void);
 

@@ -109,8 +109,8 @@ static PyObject *py_dwlayout_policy(PyObject *self, PyObject *arg) {
     return policy_switch(arg, names, 2, dwl_get, dwl_set, "depthwise ring layout");
 }
 
-static int stem_get(void) { return lk_conv2d_get_stem_policy() ? 0 : 1; }
-static void stem_set(int i) { lk_conv2d_set_stem_policy(i == 0); }
+static int stem_get(void) { return (int)lk_conv2d_get_stem_policy(); }
+static void stem_set(int i) { lk_conv2d_set_stem_policy((lk_conv_stem_policy)i); }
 
 /* Tests: whether dense convolutions with few input channels run our stem kernel
  * ("auto", "never"; read when a layer is planned); returns the previous one. */

@@ -804,7 +804,7 @@ static int test_stem(void) {
         }
         /* Through conv2d: an inference layer plans it; with the policy off, the primitive. */
         for (int on = 1; on >= 0; on--) {
-            lk_conv2d_set_stem_policy(on);
+            lk_conv2d_set_stem_policy(on ? LK_CONV_STEM_AUTO : LK_CONV_STEM_NEVER);
             lk_conv2d L;
             const lk_conv2d_cfg cc = {.n = n, .ic = ic, .ih = ih, .iw = iw, .oc = oc, .kh = k,
                                       .kw = k, .sh = st, .sw = st, .pt = pt, .pl = pl, .pb = pb,
@@ -813,7 +813,7 @@ static int test_stem(void) {
             const int planned = s1 == LK_OK ? L.stem : -1;
             if (s1 == LK_OK) s1 = lk_conv2d_forward(&L, y, x, w, b, 0);
             lk_conv2d_free(&L);
-            lk_conv2d_set_stem_policy(1);
+            lk_conv2d_set_stem_policy(LK_CONV_STEM_AUTO);
             OK(s1);
             EXPECT(planned == on, "stem case %zu: conv2d planned the stem kernel %d, policy %d",
                    t, planned, on);
