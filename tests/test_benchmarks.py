@@ -86,3 +86,22 @@ def test_bench_train_tiny_run_with_ceiling():
     ratio, ceiling = float(row.group(1)), float(row.group(2))
     # At the peak, ours would be at least as far ahead as it is now.
     assert ceiling >= ratio > 0, out
+
+
+def test_least_flops_count_the_winograd_layers_at_a_quarter(tmp_path):
+    """The ceilings' least arithmetic: V2-S's dense 3x3 stride-1 convolutions (the
+    FusedMBConv stages, from DESIGN.md's table) at a quarter, nothing else changed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_infer import worker_prep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    b3 = worker_prep("b3", 32, [1], 0, tmp_path, False, "dynamo")
+    v2 = worker_prep("v2s", 32, [1], 0, tmp_path, False, "dynamo")
+    assert b3["least_flops_per_image"] == b3["flops_per_image"]  # no such layer in B3
+    # 32x32 input: stage 1 (24->24, 2 blocks) at 16x16, stage 2's last three blocks
+    # (48->192) at 8x8, stage 3's last three (64->256) at 4x4; 2 FLOPs per multiply-add
+    wino = (
+        2 * 16 * 16 * 24 * 24 * 9 * 2 + 3 * 8 * 8 * 48 * 192 * 9 * 2 + 3 * 4 * 4 * 64 * 256 * 9 * 2
+    )
+    assert v2["least_flops_per_image"] == pytest.approx(v2["flops_per_image"] - 0.75 * wino)
