@@ -116,6 +116,24 @@ def nominal_peak(isa: str, cores: int, ghz: float | None, fma_units: int) -> dic
 
 
 # --------------------------------------------------------------------------- workers
+# F(4x4, 3x3) Winograd, which ours runs on dense 3x3 stride-1 layers, needs 36
+# multiplications per 4x4 output tile and input channel against the direct sum's 144 (its
+# transforms counted free): such a layer's least arithmetic, as a share of the direct one.
+WINOGRAD_SHARE = 36 / 144
+
+
+def winograd_layer(conv: Any) -> bool:
+    """Whether a torch Conv2d is a dense 3x3 stride-1 convolution with padding 1, whose
+    least arithmetic is WINOGRAD_SHARE of its direct sum."""
+    return (
+        conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
 def worker_prep(
     model: str, size: int, batches: list[int], seed: int, work: Path, onnx: bool, exporter: str
 ) -> dict[str, Any]:
@@ -147,8 +165,7 @@ def worker_prep(
     work.mkdir(parents=True, exist_ok=True)
     weights = work / f"{model}_seed{seed}.npz"
     np.savez(weights, **{k: v.detach().numpy() for k, v in net.state_dict().items()})
-    # The dense 3x3 stride-1 convolutions' share, which F(4x4, 3x3) Winograd computes with
-    # a quarter of the multiplications (36 per 4x4 tile and input channel against 144).
+    # The direct FLOPs of the Winograd layers, of which the least arithmetic keeps a share.
     wino = [0.0]
 
     def count_wino(mod: Any, inp: tuple[Any, ...], out: Any) -> None:
@@ -157,12 +174,7 @@ def worker_prep(
     hooks = [
         mod.register_forward_hook(count_wino)
         for mod in net.modules()
-        if isinstance(mod, torch.nn.Conv2d)
-        and mod.kernel_size == (3, 3)
-        and mod.stride == (1, 1)
-        and mod.padding == (1, 1)
-        and mod.dilation == (1, 1)
-        and mod.groups == 1
+        if isinstance(mod, torch.nn.Conv2d) and winograd_layer(mod)
     ]
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         net(torch.zeros(1, 3, size, size))
@@ -171,7 +183,7 @@ def worker_prep(
     out: dict[str, Any] = {
         "weights": str(weights),
         "flops_per_image": fc.get_total_flops(),
-        "least_flops_per_image": fc.get_total_flops() - 0.75 * wino[0],
+        "least_flops_per_image": fc.get_total_flops() - (1 - WINOGRAD_SHARE) * wino[0],
         "onnx": {},
         "exporter": None,
     }

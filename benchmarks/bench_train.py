@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_infer import cpu_mhz, nominal_peak, worker_peak
+from bench_infer import WINOGRAD_SHARE, cpu_mhz, nominal_peak, winograd_layer, worker_peak
 from bench_model import (
     ARCH,
     DEFAULT_SIZE,
@@ -194,15 +194,7 @@ def worker_flops(arch: str, policy: str, size: int, threads: int) -> dict[str, A
         if isinstance(mod, torch.nn.Conv2d):
             kh, kw = mod.kernel_size
             f = 2.0 * out.numel() * (mod.in_channels // mod.groups) * kh * kw
-            # F(4x4, 3x3): 36 multiplications per 4x4 tile and input channel against 144
-            wino = (
-                mod.kernel_size == (3, 3)
-                and mod.stride == (1, 1)
-                and mod.padding == (1, 1)
-                and mod.dilation == (1, 1)
-                and mod.groups == 1
-            )
-            least = f / 4 if wino else f
+            least = f * WINOGRAD_SHARE if winograd_layer(mod) else f
         else:
             f = least = 2.0 * out.numel() * mod.in_features
         seen.append((f, least, mod.weight.requires_grad, inp[0].requires_grad))
