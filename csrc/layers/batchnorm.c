@@ -380,22 +380,25 @@ static void bn_sum_chunks(const lk_bn *L, int64_t nchunk, double *s0, double *s1
 /* The fused passes' loops, compiled for each kernel path (lk_cpu.h): the callers split
  * the work, these run one task or tile on the calling thread. */
 
-/* Statistics of rows r0 .. r1 - 1, channels j0 .. j0 + jn - 1: dst[j] = sum of d and
- * dst[C + j] = sum of d^2, d = x - x[row 0] (the shift keeps E[d^2] - E[d]^2 free of
- * cancellation when |mean| >> std). Runs of BN_RUN rows are summed in float, which
- * vectorises 8 or 16 wide, and the runs in double: a fixed order on every path. */
-LK_ALWAYS_INLINE void bn_stats_body(double *dst, const float *x, int ch, int j0, int jn,
+/* Statistics of rows r0 .. r1 - 1, channels j0 .. j0 + jn - 1 (dst, x offset by j0): dst[j]
+ * = sum of d and dst[C + j] = sum of d^2, d = x - x[row 0] (the shift keeps E[d^2] - E[d]^2
+ * free of cancellation when |mean| >> std). Runs of BN_RUN rows are summed in float into
+ * f [2, jn], which vectorises 8 or 16 wide, and the runs in double: a fixed order on every
+ * path, and per channel the same whatever span of channels a task takes. Whole rows (j0 =
+ * 0, jn = C) are read contiguously: 64-channel pieces at a stride of C ran at 12-15 GB/s
+ * against 24 for the apply pass. */
+LK_ALWAYS_INLINE void bn_stats_body(double *dst, float *f, const float *x, int ch, int jn,
                                     int64_t r0, int64_t r1) {
-    double sd[BN_CB] = {0}, sq[BN_CB] = {0};
-    float fd[BN_CB], fq[BN_CB];
-    const float *x0 = x + j0;
+    double *sd = dst, *sq = dst + ch;
+    float *fd = f, *fq = f + jn;
+    for (int j = 0; j < jn; j++) sd[j] = sq[j] = 0.0;
     for (int64_t q = r0; q < r1; q += BN_RUN) {
         const int64_t q1 = q + BN_RUN < r1 ? q + BN_RUN : r1;
         for (int j = 0; j < jn; j++) fd[j] = fq[j] = 0.0f;
         for (int64_t r = q; r < q1; r++) {
-            const float *xr = x + r * ch + j0;
+            const float *xr = x + r * ch;
             for (int j = 0; j < jn; j++) {
-                const float d = xr[j] - x0[j];
+                const float d = xr[j] - x[j];
                 fd[j] += d;
                 fq[j] += d * d;
             }
@@ -405,43 +408,9 @@ LK_ALWAYS_INLINE void bn_stats_body(double *dst, const float *x, int ch, int j0,
             sq[j] += fq[j];
         }
     }
-    for (int j = 0; j < jn; j++) {
-        dst[j] = sd[j];
-        dst[ch + j] = sq[j];
-    }
 }
-LK_KERNEL_CLONES(bn_stats, (double *dst, const float *x, int ch, int j0, int jn, int64_t r0,
-                            int64_t r1), (dst, x, ch, j0, jn, r0, r1))
-
-/* bn_stats_body over every channel at once: dst [2, C] of rows r0 .. r1 - 1, each row
- * read whole (contiguous) instead of in 64-channel pieces at a stride of C, which ran
- * at 12-15 GB/s against 24 for the apply pass. The same operations in the same order per
- * channel as bn_stats_body (runs of BN_RUN rows in float into f [2, C], the runs in
- * double into dst), so the same bits. */
-LK_ALWAYS_INLINE void bn_stats_rows_body(double *dst, float *f, const float *x, int ch,
-                                         int64_t r0, int64_t r1) {
-    double *sd = dst, *sq = dst + ch;
-    float *fd = f, *fq = f + ch;
-    for (int j = 0; j < ch; j++) sd[j] = sq[j] = 0.0;
-    for (int64_t q = r0; q < r1; q += BN_RUN) {
-        const int64_t q1 = q + BN_RUN < r1 ? q + BN_RUN : r1;
-        for (int j = 0; j < ch; j++) fd[j] = fq[j] = 0.0f;
-        for (int64_t r = q; r < q1; r++) {
-            const float *xr = x + r * ch;
-            for (int j = 0; j < ch; j++) {
-                const float d = xr[j] - x[j];
-                fd[j] += d;
-                fq[j] += d * d;
-            }
-        }
-        for (int j = 0; j < ch; j++) {
-            sd[j] += fd[j];
-            sq[j] += fq[j];
-        }
-    }
-}
-LK_KERNEL_CLONES(bn_stats_rows, (double *dst, float *f, const float *x, int ch, int64_t r0,
-                                 int64_t r1), (dst, f, x, ch, r0, r1))
+LK_KERNEL_CLONES(bn_stats, (double *dst, float *f, const float *x, int ch, int jn, int64_t r0,
+                            int64_t r1), (dst, f, x, ch, jn, r0, r1))
 
 /* a [nr, jn] = (x - mean) * scale + beta for nr rows of x (row stride C). Row pointers:
  * the j loop vectorises (the indexed form did not). */
@@ -687,25 +656,24 @@ static void bn_silu_stats(lk_bn *L, float *mean, float *var, const float *x, flo
     const lk_bn_cfg *c = &L->cfg;
     const int ch = c->c, nblk = (ch + BN_CB - 1) / BN_CB;
     const int64_t rows = (int64_t)c->n * c->h * c->w, nchunk = L->nchunk, ntask = nchunk * nblk;
+    void (*stats)(double *, float *, const float *, int, int, int64_t, int64_t) =
+        LK_KERNEL_PICK(bn_stats);
     if (nchunk >= BN_ROWS_MIN_CHUNKS && ch <= BN_ROWS_MAX_C) {
-        void (*stats_rows)(double *, float *, const float *, int, int64_t, int64_t) =
-            LK_KERNEL_PICK(bn_stats_rows);
         /* Statistics per chunk of whole rows: enough chunks to share among the threads. */
 #pragma omp parallel for schedule(static) if (rows * ch >= BN_PAR_MIN)
         for (int64_t k = 0; k < nchunk; k++) {
             float f[2 * BN_ROWS_MAX_C]; /* [2, C] the float sums of a run */
-            stats_rows(L->part + (size_t)k * 2 * ch, f, x, ch, rows * k / nchunk,
-                       rows * (k + 1) / nchunk);
+            stats(L->part + (size_t)k * 2 * ch, f, x, ch, ch, rows * k / nchunk,
+                  rows * (k + 1) / nchunk);
         }
     } else {
-        void (*stats)(double *, const float *, int, int, int, int64_t, int64_t) =
-            LK_KERNEL_PICK(bn_stats);
         /* Statistics per (chunk, channel block) task. */
 #pragma omp parallel for schedule(static) if (ntask > 1 && rows * ch >= BN_PAR_MIN)
         for (int64_t t = 0; t < ntask; t++) {
             const int64_t k = t / nblk;
             const int j0 = (int)(t % nblk) * BN_CB, jn = ch - j0 < BN_CB ? ch - j0 : BN_CB;
-            stats(L->part + (size_t)k * 2 * ch + j0, x, ch, j0, jn, rows * k / nchunk,
+            float f[2 * BN_CB]; /* [2, jn] the float sums of a run */
+            stats(L->part + (size_t)k * 2 * ch + j0, f, x + j0, ch, jn, rows * k / nchunk,
                   rows * (k + 1) / nchunk);
         }
     }
